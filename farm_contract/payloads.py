@@ -1,0 +1,318 @@
+"""Telemetry, event and status payloads (contract §2, §3 and the status row of §1).
+
+Payloads are parsed with :func:`decode_json` (which refuses NaN and Infinity, as
+JSON itself does) and then validated by the pydantic models here. Producers build
+the same models and call :func:`encode`, so what a device sends and what ingest
+accepts cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
+
+from farm_contract.catalog import SiteType
+
+MAX_PAYLOAD_BYTES = 256 * 1024
+"""Largest payload ingest accepts; larger ones are rejected (``too_large``)."""
+
+MAX_BATCH = 1000
+"""Largest number of records in one ``batch`` message."""
+
+
+class PayloadError(ValueError):
+    """A payload that is not valid JSON of the contract's shape."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(payload: bytes) -> Any:
+    """Decode UTF-8 JSON strictly: no NaN/Infinity, no invalid UTF-8, bounded size."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("too_large", f"payload is {len(payload)} bytes; limit {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError("bad_json", f"payload is not UTF-8: {exc}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError("bad_json", f"payload is not JSON: {exc}") from None
+
+
+def parse_ts(value: object) -> datetime:
+    """Contract timestamps: RFC 3339 with an offset, or integer epoch milliseconds."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("timestamp has no UTC offset")
+        return value.astimezone(UTC)
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be RFC 3339 text or integer epoch milliseconds")
+    if isinstance(value, int):
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"epoch milliseconds {value} out of range") from None
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) < 20 or text[10] not in "Tt ":
+            raise ValueError(f"{value!r} is not an RFC 3339 timestamp")
+        if text.endswith(("z", "Z")):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an RFC 3339 timestamp") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"{value!r} has no UTC offset (RFC 3339 needs Z or ±hh:mm)")
+        return parsed.astimezone(UTC)
+    raise ValueError("timestamp must be RFC 3339 text or integer epoch milliseconds")
+
+
+def format_ts(value: datetime) -> str:
+    """RFC 3339 in UTC with millisecond precision, as devices are expected to send."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Timestamp = Annotated[datetime, BeforeValidator(parse_ts), PlainSerializer(format_ts)]
+Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+Reading = StrictBool | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+Mass = Annotated[StrictFloat | StrictInt, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class TelemetryRecord(_Model):
+    """One set of readings taken at ``ts``."""
+
+    seq: Seq
+    ts: Timestamp
+    readings: dict[str, Reading] = Field(min_length=1)
+
+
+class TelemetryMessage(_Model):
+    """A telemetry payload: one record, or a ``batch`` of records from a replay."""
+
+    v: Literal[1]
+    seq: Seq | None = None
+    ts: Timestamp | None = None
+    readings: dict[str, Reading] | None = Field(default=None, min_length=1)
+    batch: list[TelemetryRecord] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Self:
+        single = (self.seq, self.ts, self.readings)
+        if self.batch is not None:
+            if any(part is not None for part in single):
+                raise ValueError("a batch message carries only v and batch")
+        elif any(part is None for part in single):
+            raise ValueError("telemetry needs seq, ts and readings (or a batch)")
+        return self
+
+    def records(self) -> list[TelemetryRecord]:
+        """The message's records, whether it was sent singly or as a batch."""
+        if self.batch is not None:
+            return list(self.batch)
+        assert self.seq is not None and self.ts is not None and self.readings is not None
+        return [TelemetryRecord(seq=self.seq, ts=self.ts, readings=self.readings)]
+
+
+class EventType(StrEnum):
+    """Event types (contract §3)."""
+
+    FILM_APPLIED = "film_applied"
+    FILM_RECOVERED = "film_recovered"
+    HARVEST = "harvest"
+    STRAW_UTILIZED = "straw_utilized"
+    STRAW_BURNING = "straw_burning"
+    MANURE_TREATED = "manure_treated"
+    MANURE_UTILIZED = "manure_utilized"
+    FACILITY_FAULT = "facility_fault"
+    FACILITY_OK = "facility_ok"
+
+
+class Crop(StrEnum):
+    CORN = "corn"
+    SORGHUM = "sorghum"
+    MILLET = "millet"
+    POTATO = "potato"
+    OATS = "oats"
+    OTHER = "other"
+
+
+class StrawUse(StrEnum):
+    """The plan's "five uses" of straw."""
+
+    FERTILIZER = "fertilizer"
+    FEED = "feed"
+    FUEL = "fuel"
+    SUBSTRATE = "substrate"
+    MATERIAL = "material"
+
+
+class ManureUse(StrEnum):
+    FERTILIZER = "fertilizer"
+    ENERGY = "energy"
+    BEDDING = "bedding"
+    OTHER = "other"
+
+
+class Facility(StrEnum):
+    STORAGE = "storage"
+    SEPARATOR = "separator"
+    DIGESTER = "digester"
+    COMPOSTER = "composter"
+    LAGOON = "lagoon"
+
+
+EVENT_SITE_TYPE: dict[EventType, SiteType] = {
+    EventType.FILM_APPLIED: SiteType.DRIP,
+    EventType.FILM_RECOVERED: SiteType.DRIP,
+    EventType.HARVEST: SiteType.STRAW,
+    EventType.STRAW_UTILIZED: SiteType.STRAW,
+    EventType.STRAW_BURNING: SiteType.STRAW,
+    EventType.MANURE_TREATED: SiteType.MANURE,
+    EventType.MANURE_UTILIZED: SiteType.MANURE,
+    EventType.FACILITY_FAULT: SiteType.MANURE,
+    EventType.FACILITY_OK: SiteType.MANURE,
+}
+"""The site type each event belongs to."""
+
+EVENT_REQUIRED: dict[EventType, tuple[str, ...]] = {
+    EventType.FILM_APPLIED: ("mass_t", "area_mu", "thickness_mm"),
+    EventType.FILM_RECOVERED: ("mass_t",),
+    EventType.HARVEST: ("crop", "grain_t"),
+    EventType.STRAW_UTILIZED: ("mass_t", "use"),
+    EventType.STRAW_BURNING: (),
+    EventType.MANURE_TREATED: ("mass_t",),
+    EventType.MANURE_UTILIZED: ("mass_t", "use"),
+    EventType.FACILITY_FAULT: ("facility",),
+    EventType.FACILITY_OK: ("facility",),
+}
+"""Fields each event type must carry."""
+
+EVENT_NUMERIC_FIELDS = ("mass_t", "grain_t", "area_mu", "thickness_mm")
+EVENT_TAG_FIELDS = ("use", "crop", "facility")
+
+
+class EventRecord(_Model):
+    """One event. Fields not used by its type are ignored if absent, checked if present."""
+
+    seq: Seq
+    ts: Timestamp
+    type: EventType
+    mass_t: Mass | None = None
+    grain_t: Mass | None = None
+    area_mu: Mass | None = None
+    thickness_mm: Mass | None = None
+    crop: Crop | None = None
+    use: str | None = None
+    facility: Facility | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> Self:
+        missing = [name for name in EVENT_REQUIRED[self.type] if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{self.type.value} event needs {', '.join(missing)}")
+        if self.use is not None:
+            uses: type[StrEnum] | None = {
+                EventType.STRAW_UTILIZED: StrawUse,
+                EventType.MANURE_UTILIZED: ManureUse,
+            }.get(self.type)
+            if uses is None:
+                raise ValueError(f"{self.type.value} event takes no use")
+            allowed = [member.value for member in uses]
+            if self.use not in allowed:
+                raise ValueError(
+                    f"use {self.use!r} is not one of {', '.join(allowed)} for {self.type.value}"
+                )
+        return self
+
+    @property
+    def site_type(self) -> SiteType:
+        return EVENT_SITE_TYPE[self.type]
+
+
+class EventMessage(_Model):
+    """An event payload: one event, or a ``batch`` of events from a replay."""
+
+    v: Literal[1]
+    batch: list[EventRecord] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+    event: EventRecord | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_or_batch(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "batch" not in data and "event" not in data:
+            body = {key: value for key, value in data.items() if key != "v"}
+            return {"v": data.get("v"), "event": body}
+        return data
+
+    def records(self) -> list[EventRecord]:
+        if self.batch is not None:
+            return list(self.batch)
+        assert self.event is not None
+        return [self.event]
+
+
+class DeviceState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class StatusMessage(BaseModel):
+    """Birth (``online``, retained) and last-will (``offline``) status; extra metadata kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    v: Literal[1]
+    state: DeviceState
+    ts: Timestamp
+
+
+def encode(message: BaseModel) -> bytes:
+    """Serialise a payload model the way the contract's examples look."""
+    if isinstance(message, EventMessage) and message.batch is None:
+        assert message.event is not None
+        body = {"v": 1, **message.event.model_dump(mode="json", exclude_none=True)}
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def telemetry(seq: int, ts: datetime, readings: dict[str, bool | int | float]) -> bytes:
+    """A single telemetry payload."""
+    return encode(TelemetryMessage(v=1, seq=seq, ts=ts, readings=readings))
+
+
+def event(seq: int, ts: datetime, type: EventType | str, **fields: Any) -> bytes:
+    """A single event payload."""
+    record = EventRecord(seq=seq, ts=ts, type=EventType(type), **fields)
+    return encode(EventMessage(v=1, event=record))
+
+
+def status(state: DeviceState | str, ts: datetime, **metadata: Any) -> bytes:
+    """A status (birth or last-will) payload."""
+    return encode(StatusMessage(v=1, state=DeviceState(state), ts=ts, **metadata))

@@ -1,0 +1,23 @@
+"""The InfluxDB schema (contract §9): measurement, tag and field names.
+
+Grafana panels and people's own queries read InfluxDB directly, so these names
+are part of the public contract like the topics are.
+"""
+
+TELEMETRY = "telemetry"
+EVENT = "event"
+DEVICE_STATUS = "device_status"
+INDICATOR = "indicator"
+REJECTION = "rejection"
+
+TELEMETRY_TAGS = ("site_id", "device_id", "site_type", "county")
+EVENT_TAGS = ("site_id", "device_id", "site_type", "county", "type", "use", "crop", "facility")
+DEVICE_STATUS_TAGS = ("site_id", "device_id", "county")
+INDICATOR_TAGS = ("indicator", "scope", "county")
+REJECTION_TAGS = ("reason",)
+
+CITY_COUNTY_TAG = "all"
+"""The ``county`` tag value of city-wide indicator points."""
+
+REJECTION_PAYLOAD_BYTES = 1024
+"""How much of a rejected payload is kept."""

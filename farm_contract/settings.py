@@ -1,0 +1,123 @@
+"""Settings (contract §6): environment variables with the ``FARM_`` prefix.
+
+Only the variables in the contract's table are part of the contract; the rest
+are tuning knobs with defaults that suit one small machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from farm_contract.indicators import DEFAULT_STRAW_RATIOS
+
+
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    """``FARM_MQTT_URL`` taken apart."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+
+def parse_mqtt_url(url: str) -> MqttEndpoint:
+    """Parse ``mqtt://[user:pass@]host:port`` or ``mqtts://…``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"MQTT URL has no host: {url!r}")
+    tls = parts.scheme == "mqtts"
+    return MqttEndpoint(
+        host=parts.hostname,
+        port=parts.port or (8883 if tls else 1883),
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+class Settings(BaseSettings):
+    """Everything the ingest service, the API and the tools read from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore")
+
+    # contract §6
+    topic_prefix: str = Field(default="farm", pattern=r"^[A-Za-z0-9_-]+$")
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    influx_url: str = "http://127.0.0.1:8086"
+    influx_api: Literal["v1", "v2"] = "v2"
+    influx_token: SecretStr | None = None
+    influx_org: str = ""
+    influx_bucket: str = "farm"
+    influx_db: str = "farm"
+    influx_user: str | None = None
+    influx_password: SecretStr | None = None
+    registry_dir: Path | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    stale_hours: float = Field(default=24, gt=0)
+    straw_ratios: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STRAW_RATIOS))
+
+    # the project's own
+    api_token: SecretStr | None = None
+    """Bearer token for API calls that change state; required to listen beyond loopback."""
+    timezone: str = "Asia/Shanghai"
+    """Calendar years of the indicators are counted in this zone (Datong's)."""
+    mqtt_client_id: str = "farm-ingest"
+    mqtt_ca_file: Path | None = None
+    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    receive_maximum: int = Field(default=20000, ge=1, le=65535)
+    """MQTT v5 receive maximum: how many unacknowledged messages the broker may send us."""
+    batch_size: int = Field(default=5000, ge=1)
+    batch_interval_s: float = Field(default=0.2, gt=0)
+    indicator_interval_s: float = Field(default=60, gt=0)
+    max_future_skew_s: float = Field(default=600, ge=0)
+    earliest_ts: str = "2000-01-01T00:00:00Z"
+    subscribe_chirpstack: bool = True
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        parse_mqtt_url(value)
+        return value
+
+    @field_validator("influx_url")
+    @classmethod
+    def _influx_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("InfluxDB URL must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        ZoneInfo(value)
+        return value
+
+    @field_validator("straw_ratios")
+    @classmethod
+    def _ratios(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(DEFAULT_STRAW_RATIOS)
+        if unknown:
+            raise ValueError(f"unknown crop(s) {', '.join(sorted(unknown))}")
+        if any(ratio <= 0 for ratio in value.values()):
+            raise ValueError("straw-to-grain ratios must be positive")
+        return {**DEFAULT_STRAW_RATIOS, **value}
+
+    @property
+    def mqtt(self) -> MqttEndpoint:
+        return parse_mqtt_url(self.mqtt_url)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
