@@ -1,0 +1,12 @@
+"""The ingest service: MQTT in → validate → enrich from the registry → InfluxDB out.
+
+Stages, each a small module with a plain interface (the way Telegraf is built):
+
+- ``inputs.mqtt``: subscribes (QoS 1, persistent session, manual acks) and hands
+  each message on as an :class:`~ingest_service.model.Inbound`.
+- ``parse`` and ``chirpstack``: check a message against the wire contract.
+- ``enrich``: checks it against the registry and turns it into points.
+- ``outputs.lineprotocol`` and ``outputs.influx``: write points to InfluxDB.
+- ``pipeline``: batches, writes, retries, then acknowledges.
+- ``indicators`` and ``api``: the plan's indicators over HTTP.
+"""

@@ -1,0 +1,210 @@
+"""Stage 3: check a parsed message against the registry and turn it into InfluxDB points.
+
+Whole-message problems (an unknown device, a device under the wrong site) raise
+:class:`~ingest_service.parse.Rejected`. A single bad reading or record is
+rejected on its own and the rest of the message is stored: a broken soil probe
+must not cost the flow meter's data.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from farm_contract import schema
+from farm_contract.catalog import CATALOG
+from farm_contract.payloads import EVENT_NUMERIC_FIELDS, EVENT_TAG_FIELDS, parse_ts
+from farm_contract.registry import Device, Registry, Site
+from farm_contract.settings import Settings
+from ingest_service.model import FieldValue, Inbound, Point, Rejection
+from ingest_service.parse import Parsed, Rejected
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+SEQ_SLOTS = 1_000_000
+
+CounterLookup = Callable[[str, str], tuple[int, float] | None]
+"""(device_id, metric) → (time_ns, value) of the latest stored reading, or None."""
+
+
+def point_time_ns(ts: datetime, seq: int) -> int:
+    """The stored time: the device's ``ts`` to the millisecond, plus ``seq mod 10⁶`` ns.
+
+    A redelivered or replayed message lands on the very same point (stored once);
+    two distinct messages of a device differ in ``seq`` and never merge, even with
+    the same ``ts``.
+    """
+    return (ts - _EPOCH) // _MS * 1_000_000 + seq % SEQ_SLOTS
+
+
+class _Clock:
+    """Unique, rising nanosecond times for rejection points (they must never overwrite)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def now_ns(self, at_least: int) -> int:
+        with self._lock:
+            self._last = max(at_least, self._last + 1)
+            return self._last
+
+
+class Enricher:
+    """Registry checks, metric ranges, counters and timestamps; produces points."""
+
+    def __init__(
+        self, registry: Callable[[], Registry], settings: Settings,
+        counter_lookup: CounterLookup | None = None,
+    ) -> None:
+        self._registry = registry
+        self._future = timedelta(seconds=settings.max_future_skew_s)
+        self._earliest = parse_ts(settings.earliest_ts)
+        self._counter_lookup = counter_lookup
+        self._counters: dict[tuple[str, str], tuple[int, float]] = {}
+        self._clock = _Clock()
+
+    def rejection(self, inbound: Inbound, reason: str, detail: str) -> Rejection:
+        """A rejection record of ``inbound`` with a unique time."""
+        return Rejection(
+            reason=reason, detail=detail, topic=inbound.topic,
+            payload=inbound.payload[: schema.REJECTION_PAYLOAD_BYTES],
+            time_ns=self._clock.now_ns(inbound.received_ns),
+        )
+
+    def _identify(self, parsed: Parsed, registry: Registry) -> tuple[Device, Site]:
+        if parsed.dev_eui is not None:
+            device = registry.by_dev_eui.get(parsed.dev_eui)
+            if device is None:
+                raise Rejected("unknown_device", f"no device with dev_eui {parsed.dev_eui}")
+        else:
+            assert parsed.device_id is not None
+            device = registry.devices.get(parsed.device_id)
+            if device is None:
+                raise Rejected("unknown_device", f"device {parsed.device_id} is not registered")
+            if device.site_id != parsed.site_id:
+                raise Rejected(
+                    "wrong_site",
+                    f"device {device.device_id} belongs to site {device.site_id}, "
+                    f"not {parsed.site_id}",
+                )
+        site = registry.sites.get(device.site_id)
+        if site is None:
+            raise Rejected("unknown_device", f"site {device.site_id} is not registered")
+        return device, site
+
+    def _check_time(self, ts: datetime, now: datetime) -> tuple[str, str] | None:
+        if ts > now + self._future:
+            return "ts_in_future", f"ts {ts.isoformat()} is ahead of the server clock ({now:%FT%TZ})"
+        if ts < self._earliest:
+            return "ts_too_old", f"ts {ts.isoformat()} is before {self._earliest.isoformat()}"
+        return None
+
+    def _counter_ok(self, device_id: str, metric: str, time_ns: int, value: float) -> str | None:
+        """A never-decreasing counter may not fall below an earlier value or exceed a later one."""
+        key = (device_id, metric)
+        last = self._counters.get(key)
+        if last is None and self._counter_lookup is not None:
+            last = self._counter_lookup(device_id, metric)
+        if last is not None:
+            last_ns, last_value = last
+            if time_ns >= last_ns and value < last_value:
+                return f"{metric}={value:g} is below the previous reading {last_value:g}"
+            if time_ns < last_ns and value > last_value:
+                return f"{metric}={value:g} is above a later reading {last_value:g}"
+            if time_ns < last_ns:
+                return None
+        self._counters[key] = (time_ns, value)
+        return None
+
+    def points(
+        self, parsed: Parsed, inbound: Inbound, now: datetime | None = None
+    ) -> tuple[list[Point], list[Rejection]]:
+        """Points to store and the parts of the message rejected on their own."""
+        registry = self._registry()
+        device, site = self._identify(parsed, registry)
+        now = now or datetime.now(UTC)
+        tags = {
+            "site_id": site.site_id, "device_id": device.device_id,
+            "site_type": site.site_type.value, "county": site.county,
+        }
+        points: list[Point] = []
+        rejections: list[Rejection] = []
+
+        def reject(reason: str, detail: str) -> None:
+            rejections.append(self.rejection(inbound, reason, detail))
+
+        for record in parsed.telemetry:
+            problem = self._check_time(record.ts, now)
+            if problem:
+                reject(problem[0], f"seq {record.seq}: {problem[1]}")
+                continue
+            time_ns = point_time_ns(record.ts, record.seq)
+            fields: dict[str, FieldValue] = {}
+            for name, value in record.readings.items():
+                metric = CATALOG.get(name)
+                if metric is None:
+                    reject("unknown_metric", f"seq {record.seq}: {name} is not in the metric catalog")
+                    continue
+                if not metric.allowed_at(site.site_type):
+                    reject(
+                        "metric_not_for_site",
+                        f"seq {record.seq}: {name} is not a metric of {site.site_type} sites",
+                    )
+                    continue
+                error = metric.check(value)
+                if error:
+                    reject("out_of_range", f"seq {record.seq}: {error}")
+                    continue
+                if metric.never_decreasing:
+                    error = self._counter_ok(device.device_id, name, time_ns, float(value))
+                    if error:
+                        reject("counter_decreased", f"seq {record.seq}: {error}")
+                        continue
+                fields[name] = value if isinstance(value, bool) else float(value)
+            if fields:
+                fields["seq"] = record.seq
+                points.append(Point(schema.TELEMETRY, dict(tags), fields, time_ns))
+
+        for event in parsed.events:
+            problem = self._check_time(event.ts, now)
+            if problem:
+                reject(problem[0], f"seq {event.seq}: {problem[1]}")
+                continue
+            if event.site_type != site.site_type:
+                reject(
+                    "event_not_for_site",
+                    f"seq {event.seq}: {event.type.value} is a {event.site_type} event; "
+                    f"site {site.site_id} is {site.site_type}",
+                )
+                continue
+            event_tags = {**tags, "type": event.type.value}
+            for name in EVENT_TAG_FIELDS:
+                value = getattr(event, name)
+                if value is not None:
+                    event_tags[name] = str(getattr(value, "value", value))
+            fields = {
+                name: float(getattr(event, name))
+                for name in EVENT_NUMERIC_FIELDS if getattr(event, name) is not None
+            }
+            fields["seq"] = event.seq
+            points.append(
+                Point(schema.EVENT, event_tags, fields, point_time_ns(event.ts, event.seq))
+            )
+
+        if parsed.status is not None:
+            status = parsed.status
+            problem = self._check_time(status.ts, now)
+            if problem:
+                reject(*problem)
+            else:
+                status_tags = {key: tags[key] for key in schema.DEVICE_STATUS_TAGS}
+                points.append(
+                    Point(
+                        schema.DEVICE_STATUS, status_tags,
+                        {"online": status.state.value == "online"},
+                        point_time_ns(status.ts, 0),
+                    )
+                )
+        return points, rejections

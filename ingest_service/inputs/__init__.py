@@ -1,0 +1,1 @@
+"""Where messages come from: the MQTT broker (native devices and ChirpStack)."""

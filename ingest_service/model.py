@@ -1,0 +1,39 @@
+"""The plain data that flows between the ingest stages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+FieldValue = float | int | bool | str
+
+
+@dataclass(slots=True)
+class Inbound:
+    """One message from an input. ``ack`` confirms it to the broker once it is stored."""
+
+    topic: str
+    payload: bytes
+    received_ns: int
+    ack: Callable[[], None] = field(default=lambda: None, repr=False)
+
+
+@dataclass(slots=True)
+class Point:
+    """One InfluxDB point. Numeric fields are floats except ``seq`` (an integer)."""
+
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, FieldValue]
+    time_ns: int
+
+
+@dataclass(slots=True)
+class Rejection:
+    """Why (part of) a message was not stored; kept so an operator can query it."""
+
+    reason: str
+    detail: str
+    topic: str
+    payload: bytes
+    time_ns: int

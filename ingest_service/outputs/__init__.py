@@ -1,0 +1,1 @@
+"""Where points go: InfluxDB, through its v1 or v2 write API."""

@@ -1,0 +1,214 @@
+"""Writing to InfluxDB (v1 ``/write`` or v2 ``/api/v2/write``) and reading it with InfluxQL.
+
+InfluxQL is the read language because InfluxDB 1.x, 2.x (its v1-compatible
+``/query``, buckets mapped to databases) and 3.x all answer it; Flux they don't.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import urllib3.exceptions
+from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.rest import ApiException
+
+from farm_contract.settings import Settings
+
+
+class WriteError(Exception):
+    """A write that failed. ``transient`` errors are retried; the others mean bad points."""
+
+    def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+
+
+def _is_transient(status: int) -> bool:
+    return status >= 500 or status in (408, 429)
+
+
+class Writer(Protocol):
+    """Writes one line-protocol body, or raises :class:`WriteError`."""
+
+    def write(self, body: bytes) -> None: ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class InfluxV1Writer:
+    """InfluxDB 1.x: ``POST /write?db=…`` (creates the database on first use)."""
+
+    def __init__(self, settings: Settings, timeout_s: float = 30.0) -> None:
+        auth = None
+        if settings.influx_user:
+            password = settings.influx_password.get_secret_value() if settings.influx_password else ""
+            auth = httpx.BasicAuth(settings.influx_user, password)
+        self._db = settings.influx_db
+        self._http = httpx.Client(base_url=settings.influx_url, auth=auth, timeout=timeout_s)
+        self._db_ready = False
+
+    def _ensure_database(self) -> None:
+        if self._db_ready:
+            return
+        name = self._db.replace("\\", "\\\\").replace('"', '\\"')
+        try:
+            response = self._http.post("/query", data={"q": f'CREATE DATABASE "{name}"'})
+        except httpx.HTTPError as exc:
+            raise WriteError(f"InfluxDB unreachable: {exc}", transient=True) from None
+        # A user without admin rights may not create databases; the write will tell.
+        self._db_ready = response.status_code < 500
+
+    def write(self, body: bytes) -> None:
+        self._ensure_database()
+        try:
+            response = self._http.post(
+                "/write", params={"db": self._db, "precision": "ns"}, content=body
+            )
+        except httpx.HTTPError as exc:
+            raise WriteError(f"InfluxDB unreachable: {exc}", transient=True) from None
+        if response.status_code >= 300:
+            raise WriteError(
+                f"InfluxDB answered {response.status_code}: {response.text[:500]}",
+                transient=_is_transient(response.status_code), status=response.status_code,
+            )
+
+    def ping(self) -> bool:
+        try:
+            return self._http.get("/ping", timeout=2).status_code == 204
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class InfluxV2Writer:
+    """InfluxDB 2.x/3.x (and 1.8+): ``/api/v2/write`` through influxdb-client."""
+
+    def __init__(self, settings: Settings, timeout_s: float = 30.0) -> None:
+        token = settings.influx_token.get_secret_value() if settings.influx_token else ""
+        self._bucket = settings.influx_bucket
+        self._org = settings.influx_org or "-"
+        self._client = InfluxDBClient(
+            url=settings.influx_url, token=token, org=self._org,
+            timeout=int(timeout_s * 1000), retries=False,
+        )
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, body: bytes) -> None:
+        try:
+            self._write_api.write(
+                bucket=self._bucket, org=self._org, record=body, write_precision=WritePrecision.NS
+            )
+        except ApiException as exc:
+            status = int(exc.status or 0)
+            raise WriteError(
+                f"InfluxDB answered {status}: {str(exc.body or exc.reason)[:500]}",
+                transient=_is_transient(status) or status == 0, status=status,
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise WriteError(f"InfluxDB unreachable: {exc}", transient=True) from None
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def make_writer(settings: Settings) -> Writer:
+    """The writer ``FARM_INFLUX_API`` asks for."""
+    if settings.influx_api == "v1":
+        return InfluxV1Writer(settings)
+    return InfluxV2Writer(settings)
+
+
+class QueryError(Exception):
+    """InfluxDB refused or failed an InfluxQL query."""
+
+
+@dataclass(slots=True)
+class Series:
+    """One series of an InfluxQL result."""
+
+    name: str
+    tags: dict[str, str]
+    columns: list[str]
+    values: list[list[Any]] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Each row as a dict of column → value, with the series' tags added."""
+        return [{**self.tags, **dict(zip(self.columns, row, strict=False))} for row in self.values]
+
+
+def quote_ident(name: str) -> str:
+    """An InfluxQL identifier in double quotes."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """An InfluxQL string literal in single quotes: user input is never spliced in raw."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", " ") + "'"
+
+
+class InfluxQL:
+    """InfluxQL over HTTP ``/query`` against either API's database (v1 db or v2 bucket)."""
+
+    def __init__(self, settings: Settings, timeout_s: float = 60.0) -> None:
+        headers: dict[str, str] = {}
+        auth = None
+        if settings.influx_api == "v2":
+            self.database = settings.influx_bucket
+            if settings.influx_token:
+                headers["Authorization"] = f"Token {settings.influx_token.get_secret_value()}"
+        else:
+            self.database = settings.influx_db
+            if settings.influx_user:
+                password = (
+                    settings.influx_password.get_secret_value() if settings.influx_password else ""
+                )
+                auth = httpx.BasicAuth(settings.influx_user, password)
+        self._http = httpx.Client(
+            base_url=settings.influx_url, headers=headers, auth=auth, timeout=timeout_s
+        )
+
+    def query(self, q: str) -> list[Series]:
+        """Run one InfluxQL statement (or several; their series are concatenated)."""
+        try:
+            response = self._http.post(
+                "/query", data={"db": self.database, "q": q, "epoch": "ms"}
+            )
+        except httpx.HTTPError as exc:
+            raise QueryError(f"InfluxDB unreachable: {exc}") from None
+        if response.status_code >= 300:
+            raise QueryError(f"InfluxDB answered {response.status_code}: {response.text[:500]}")
+        series: list[Series] = []
+        for result in response.json().get("results", []):
+            if "error" in result:
+                raise QueryError(f"InfluxQL error: {result['error']} in {q[:300]}")
+            for item in result.get("series", []):
+                series.append(
+                    Series(
+                        name=item.get("name", ""), tags=item.get("tags") or {},
+                        columns=item.get("columns", []), values=item.get("values", []),
+                    )
+                )
+        return series
+
+    def ping(self) -> bool:
+        try:
+            return self._http.get("/ping", timeout=2).status_code in (200, 204)
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,85 @@
+"""Stage 2: check a message against the wire contract (topic and payload), registry-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from farm_contract.payloads import (
+    EventMessage,
+    EventRecord,
+    PayloadError,
+    StatusMessage,
+    TelemetryMessage,
+    TelemetryRecord,
+    decode_json,
+)
+from farm_contract.topics import MessageKind, TopicError, parse_device_topic
+
+
+class Rejected(Exception):
+    """A whole message refused; ``reason`` is a stable code, ``detail`` says what is wrong."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A contract-valid message, not yet checked against the registry.
+
+    Native devices name themselves in the topic (``site_id``, ``device_id``);
+    LoRaWAN uplinks name only their ``dev_eui``, looked up in the registry later.
+    """
+
+    kind: MessageKind
+    site_id: str | None = None
+    device_id: str | None = None
+    dev_eui: str | None = None
+    telemetry: list[TelemetryRecord] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    status: StatusMessage | None = None
+
+
+def describe(error: ValidationError) -> str:
+    """A one-line account of what pydantic found wrong, for an operator to read."""
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(part) for part in item["loc"] if part not in ("event",))
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    more = error.error_count() - 5
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def decode(payload: bytes) -> object:
+    """Decode the JSON body or raise :class:`Rejected`."""
+    try:
+        return decode_json(payload)
+    except PayloadError as exc:
+        raise Rejected(exc.reason, exc.detail) from None
+
+
+def parse_device_message(topic: str, payload: bytes, prefix: str) -> Parsed:
+    """Parse a ``{prefix}/v1/{site_id}/{device_id}/{kind}`` message or raise :class:`Rejected`."""
+    try:
+        where = parse_device_topic(topic, prefix)
+    except TopicError as exc:
+        raise Rejected(exc.reason, exc.detail) from None
+    data = decode(payload)
+    if not isinstance(data, dict):
+        raise Rejected("invalid_payload", "payload must be a JSON object")
+    parsed = Parsed(where.kind, site_id=where.site_id, device_id=where.device_id)
+    try:
+        if where.kind is MessageKind.TELEMETRY:
+            parsed.telemetry = TelemetryMessage.model_validate(data).records()
+        elif where.kind is MessageKind.EVENT:
+            parsed.events = EventMessage.model_validate(data).records()
+        else:
+            parsed.status = StatusMessage.model_validate(data)
+    except ValidationError as exc:
+        raise Rejected("invalid_payload", describe(exc)) from None
+    return parsed

@@ -1,0 +1,211 @@
+"""Stage 4: batch messages, write their points, and only then acknowledge them.
+
+A message is acknowledged to the broker after every point and rejection it
+produced is stored in InfluxDB, so a crash or an InfluxDB outage never loses
+one: the broker redelivers whatever was not acknowledged, and redeliveries land
+on the same points (see :func:`~ingest_service.enrich.point_time_ns`).
+
+Write failures are of two kinds. Transient ones (InfluxDB down, 5xx, timeouts)
+are retried with back-off for as long as it takes, holding the batch. A 4xx
+means some point is unacceptable (a field type conflict, say): the batch is
+split in halves until the offending message is found, which is then stored as
+a ``db_rejected`` rejection so that its neighbours are not held hostage.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
+
+from farm_contract import schema
+from farm_contract.settings import Settings
+from ingest_service.chirpstack import parse_uplink
+from ingest_service.enrich import Enricher
+from ingest_service.model import Inbound, Point, Rejection
+from ingest_service.outputs.influx import WriteError, Writer
+from ingest_service.outputs.lineprotocol import encode
+from ingest_service.parse import Parsed, Rejected, parse_device_message
+from ingest_service.state import Stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one message turned into."""
+
+    inbound: Inbound
+    points: list[Point] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def rejection_point(rejection: Rejection) -> Point:
+    """A rejection as a point of the ``rejection`` measurement (contract §9)."""
+    return Point(
+        schema.REJECTION,
+        {"reason": rejection.reason},
+        {
+            "topic": rejection.topic,
+            "payload": rejection.payload.decode("utf-8", errors="replace"),
+            "detail": rejection.detail,
+        },
+        rejection.time_ns,
+    )
+
+
+def _transient(error: BaseException) -> bool:
+    return isinstance(error, WriteError) and error.transient
+
+
+class Pipeline:
+    """Parse → enrich → write → ack, on one thread fed by the inputs."""
+
+    def __init__(self, settings: Settings, enricher: Enricher, writer: Writer, stats: Stats) -> None:
+        self._settings = settings
+        self._prefix = settings.topic_prefix
+        self._enricher = enricher
+        self._writer = writer
+        self._stats = stats
+        self._queue: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, inbound: Inbound) -> None:
+        """Hand a message over (called on the input's thread; never blocks)."""
+        self._queue.put(inbound)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="ingest-pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in hand (if InfluxDB lets us) and stop; the rest stays at the broker."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _collect(self) -> list[Inbound]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self._settings.batch_interval_s
+        while len(batch) < self._settings.batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._collect()
+            if not batch:
+                continue
+            try:
+                self.process(batch)
+            except Exception:  # a bug must not stop ingest; the batch is redelivered later
+                log.exception("batch of %d messages failed; left unacknowledged", len(batch))
+
+    def parse(self, inbound: Inbound) -> Parsed:
+        if inbound.topic.startswith("application/"):
+            return parse_uplink(inbound.topic, inbound.payload)
+        return parse_device_message(inbound.topic, inbound.payload, self._prefix)
+
+    def outcome(self, inbound: Inbound) -> Outcome:
+        """Turn one message into points and rejections; never raises."""
+        result = Outcome(inbound)
+        try:
+            parsed = self.parse(inbound)
+            result.points, result.rejections = self._enricher.points(parsed, inbound)
+        except Rejected as exc:
+            result.rejections = [self._enricher.rejection(inbound, exc.reason, exc.detail)]
+        except Exception as exc:
+            log.exception("could not process message on %s", inbound.topic)
+            result.rejections = [
+                self._enricher.rejection(inbound, "internal_error", f"{type(exc).__name__}: {exc}")
+            ]
+        return result
+
+    def process(self, batch: list[Inbound]) -> None:
+        """Store a batch and acknowledge every message in it. Raises only if stopped."""
+        started = time.monotonic()
+        self._stats.backlog = self._queue.qsize()
+        outcomes = [self.outcome(inbound) for inbound in batch]
+        self._store(outcomes)
+        for item in outcomes:
+            item.inbound.ack()
+        with self._stats._lock:
+            self._stats.received += len(batch)
+            self._stats.batches += 1
+            self._stats.last_batch_seconds = time.monotonic() - started
+            for item in outcomes:
+                if item.points:
+                    self._stats.stored_messages += 1
+                self._stats.stored_points += len(item.points)
+                for rejection in item.rejections:
+                    self._stats.rejected[rejection.reason] += 1
+
+    def _write(self, outcomes: list[Outcome]) -> None:
+        points = [p for item in outcomes for p in item.points]
+        points += [rejection_point(r) for item in outcomes for r in item.rejections]
+        if not points:
+            return
+        body = encode(points)
+        for attempt in Retrying(
+            retry=retry_if_exception(_transient),
+            wait=wait_exponential_jitter(multiplier=0.2, max=30),
+            stop=stop_when_event_set(self._stop),
+            reraise=True,
+            before_sleep=self._log_retry,
+        ):
+            with attempt:
+                self._writer.write(body)
+
+    def _log_retry(self, state: object) -> None:
+        with self._stats._lock:
+            self._stats.write_errors += 1
+        outcome = getattr(state, "outcome", None)
+        error = outcome.exception() if outcome is not None else None
+        log.warning("InfluxDB write failed, retrying: %s", error)
+
+    def _store(self, outcomes: list[Outcome]) -> None:
+        """Write, splitting the batch to isolate messages InfluxDB refuses."""
+        try:
+            self._write(outcomes)
+            return
+        except WriteError as exc:
+            if exc.transient:
+                raise
+            error = exc
+        if len(outcomes) > 1:
+            middle = len(outcomes) // 2
+            self._store(outcomes[:middle])
+            self._store(outcomes[middle:])
+            return
+        item = outcomes[0]
+        log.warning("InfluxDB refused a message on %s: %s", item.inbound.topic, error)
+        item.points = []
+        item.rejections.append(self._enricher.rejection(item.inbound, "db_rejected", str(error)))
+        try:
+            self._write([item])
+        except WriteError as again:
+            if again.transient:
+                raise
+            log.error("InfluxDB refused even the rejection record: %s", again)

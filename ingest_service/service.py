@@ -1,0 +1,66 @@
+"""The running service: the stages wired together, plus the indicator publisher."""
+
+from __future__ import annotations
+
+import logging
+
+from farm_contract.settings import Settings
+from ingest_service.enrich import Enricher
+from ingest_service.indicators import IndicatorEngine, IndicatorPublisher
+from ingest_service.inputs.mqtt import MqttInput
+from ingest_service.outputs.influx import InfluxQL, QueryError, make_writer, quote_ident, quote_literal
+from ingest_service.pipeline import Pipeline
+from ingest_service.state import RegistryHolder, ServiceState
+
+log = logging.getLogger(__name__)
+
+
+class IngestService:
+    """MQTT input → pipeline → InfluxDB, and the state the HTTP API reads."""
+
+    def __init__(self, settings: Settings, *, publish_indicators: bool = True) -> None:
+        self.settings = settings
+        self.state = ServiceState(settings, RegistryHolder.from_settings(settings))
+        self.writer = make_writer(settings)
+        self.query = InfluxQL(settings)
+        self.enricher = Enricher(self.state.registry.get, settings, self._last_counter)
+        self.pipeline = Pipeline(settings, self.enricher, self.writer, self.state.stats)
+        self.input = MqttInput(settings, self.pipeline.submit)
+        self.engine = IndicatorEngine(self.query, self.state.registry.get, settings)
+        self.publisher = (
+            IndicatorPublisher(self.engine, self.writer, settings) if publish_indicators else None
+        )
+        self.state.broker_connected = lambda: self.input.connected
+        self.state.influx_reachable = self.query.ping
+
+    def _last_counter(self, device_id: str, metric: str) -> tuple[int, float] | None:
+        """The latest stored value of a never-decreasing counter, so a restart keeps checking it."""
+        q = (
+            f"SELECT last({quote_ident(metric)}) FROM telemetry "
+            f"WHERE device_id = {quote_literal(device_id)}"
+        )
+        try:
+            series = self.query.query(q)
+        except QueryError as exc:
+            log.warning("cannot read the last %s of %s: %s", metric, device_id, exc)
+            return None
+        for item in series:
+            for row in item.values:
+                if row[1] is not None:
+                    return int(row[0]) * 1_000_000, float(row[1])
+        return None
+
+    def start(self) -> None:
+        self.pipeline.start()
+        self.input.start()
+        if self.publisher is not None:
+            self.publisher.start()
+
+    def stop(self) -> None:
+        """Finish the batch in hand, acknowledge it, then disconnect."""
+        if self.publisher is not None:
+            self.publisher.stop()
+        self.pipeline.stop()
+        self.input.stop()
+        self.writer.close()
+        self.query.close()
