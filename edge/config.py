@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -50,7 +50,8 @@ class SimulatedDriverConfig(_Strict):
         )
 
 
-DriverConfig = Annotated[SimulatedDriverConfig, Field(discriminator="kind")]
+DriverConfig = SimulatedDriverConfig
+"""Becomes a union discriminated by ``kind`` when a second driver kind (Modbus…) arrives."""
 
 
 class DeviceConfig(_Strict):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 
 from devstack.servers import LOOPBACK, find_binary, free_port
 
@@ -315,3 +316,21 @@ def test_compose_entrypoint_builds_the_broker_config(tmp_path: Path) -> None:
         BROKER / "mosquitto.conf").read_text()
     assert sorted(p.name for p in (tmp_path / "config" / "certs").iterdir()) == [
         "ca.crt", "server.crt", "server.key"]
+
+
+def test_compose_healthcheck_command(broker: Broker) -> None:
+    """The mosquitto service's healthcheck passes on a good broker and fails on bad credentials."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    kind, command = compose["services"]["mosquitto"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    command = command.replace("$$", "$")  # compose's escape for a literal $
+    assert " -p 1883 " in command
+    command = command.replace(" -p 1883 ", f" -p {broker.port} ")
+
+    def check(password: str) -> int:
+        env = {**os.environ, "MQTT_INGEST_PASSWORD": password}
+        return subprocess.run(["sh", "-c", command], env=env, timeout=10,
+                              capture_output=True).returncode
+
+    assert check(PASSWORDS["svc.ingest"]) == 0
+    assert check("wrong") != 0

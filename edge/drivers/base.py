@@ -7,9 +7,8 @@ real time and in fast simulated time.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
-
 from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
 Readings = dict[str, float | bool]
 """Metric name (from ``farm_contract.catalog``) → value."""

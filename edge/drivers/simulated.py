@@ -16,6 +16,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from edge.drivers.base import DriverEvent, Readings
 from farm_contract.catalog import CATALOG, SiteType, metrics_for
 from farm_contract.payloads import (
     Crop,
@@ -24,8 +25,6 @@ from farm_contract.payloads import (
     ManureUse,
     StrawUse,
 )
-
-from edge.drivers.base import DriverEvent, Readings
 
 LOCAL = timedelta(hours=8)
 """Asia/Shanghai has had no daylight saving since 1991: local time is UTC+8."""
@@ -79,7 +78,7 @@ def _clamp(name: str, value: float) -> float:
         value = max(metric.minimum, value)
     if metric.maximum is not None:
         value = min(metric.maximum, value)
-    return round(value, 3)
+    return float(round(value, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +241,8 @@ class SimulatedDriver:
             if run is not None and (back > 0 or run.start_h + run.hours <= hour):
                 candidates.append((back * 24 + hour - (run.start_h + run.hours), 0.34))
             rain = self._rain(d)
-            if rain is not None and rain.mm >= 5 and (back > 0 or rain.start_h + rain.hours <= hour):
+            rain_over = rain is not None and (back > 0 or rain.start_h + rain.hours <= hour)
+            if rain is not None and rain.mm >= 5 and rain_over:
                 peak = 0.2 + min(0.14, rain.mm / 150)
                 candidates.append((back * 24 + hour - (rain.start_h + rain.hours), peak))
             if candidates:

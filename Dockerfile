@@ -1,0 +1,25 @@
+# The farm-iot-collector image: the ingest service (default) and the simulators.
+#   docker build -t farm-iot-collector .
+#   docker run --rm farm-iot-collector python -m simulators --help
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# An unprivileged user; /var/lib/farm is its home and holds the registry folder
+# (a named volume mounted there starts out owned by it).
+RUN groupadd --system --gid 10001 farm \
+    && useradd --system --uid 10001 --gid farm --home-dir /var/lib/farm \
+       --shell /usr/sbin/nologin farm \
+    && install -d -o farm -g farm /var/lib/farm /var/lib/farm/registry
+
+# The project, installed from pyproject.toml; the source tree is not kept.
+COPY . /tmp/src
+RUN pip install /tmp/src && rm -rf /tmp/src
+
+USER farm
+WORKDIR /var/lib/farm
+EXPOSE 8000
+CMD ["python", "-m", "ingest_service"]

@@ -1,0 +1,43 @@
+# farm-iot-collector: everything a user or CI runs starts here.
+#   make demo [DURATION=60]   the whole system on real servers, indicators shown live
+#   make test                 install everything and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DURATION ?= 0
+SCENARIO ?= demo
+
+.PHONY: demo test test-fast lint typecheck dashboards system-deps venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+system-deps:
+	@scripts/ensure-system-deps.sh
+
+demo: system-deps $(STAMP)
+	$(PY) -m devstack.demo --duration $(DURATION) --scenario $(SCENARIO)
+
+test: system-deps $(STAMP) lint typecheck
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+dashboards: $(STAMP)
+	$(PY) -m dashboards.generate
+
+clean:
+	rm -rf run .pytest_cache .mypy_cache .ruff_cache

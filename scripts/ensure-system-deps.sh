@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Make sure the Debian packages the demo and the tests run for real are installed:
+# Mosquitto (broker and command-line clients) and InfluxDB. As root, install them;
+# otherwise say exactly what to install (or to use docker compose instead).
+set -euo pipefail
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "Installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian may start the packaged services; the project runs its own on free ports.
+  exit 0
+fi
+
+cat >&2 <<MSG
+Missing system packages: ${missing[*]}
+Install them with:
+    sudo apt-get install ${missing[*]}
+or run the whole stack in containers instead:
+    docker compose up
+MSG
+exit 1
