@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     from simulators.fleet import build_registry, run_backfill
+
     from simulators.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
@@ -114,21 +115,32 @@ def main(argv: list[str] | None = None) -> int:
         registry_dir = run_dir / "registry"
         registry = build_registry(scenario)
         registry.write_dir(registry_dir)
-        console.print(f"Registry: {len(registry.sites)} sites, {len(registry.devices)} devices "
-                      f"in {', '.join(registry.counties)} → {registry_dir}")
+        console.print(
+            f"Registry: {len(registry.sites)} sites, {len(registry.devices)} devices "
+            f"in {', '.join(registry.counties)} → {registry_dir}"
+        )
         api_port = _port(8000)
         env = {
             **os.environ,
-            "FARM_MQTT_URL": mosquitto.url, "FARM_INFLUX_URL": influxd.url,
-            "FARM_INFLUX_API": "v1", "FARM_INFLUX_DB": "farm",
-            "FARM_REGISTRY_DIR": str(registry_dir), "FARM_API_PORT": str(api_port),
-            "FARM_INDICATOR_INTERVAL_S": "5", "FARM_MQTT_CLIENT_ID": "farm-ingest-demo",
+            "FARM_MQTT_URL": mosquitto.url,
+            "FARM_INFLUX_URL": influxd.url,
+            "FARM_INFLUX_API": "v1",
+            "FARM_INFLUX_DB": "farm",
+            "FARM_REGISTRY_DIR": str(registry_dir),
+            "FARM_API_PORT": str(api_port),
+            "FARM_INDICATOR_INTERVAL_S": "5",
+            "FARM_MQTT_CLIENT_ID": "farm-ingest-demo",
         }
         log = (run_dir / "ingest.log").open("ab")
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "ingest_service"], env=env, stdout=log, stderr=log,
-            start_new_session=True,
-        ))
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "ingest_service"],
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
         api = f"http://127.0.0.1:{api_port}"
         with httpx.Client(base_url=api, timeout=30) as http:
             deadline = time.monotonic() + 60
@@ -141,19 +153,30 @@ def main(argv: list[str] | None = None) -> int:
                 if children[0].poll() is not None:
                     raise RuntimeError(f"ingest exited; see {run_dir / 'ingest.log'}")
                 time.sleep(0.2)
-            console.print(f"Ingest service and API up: {api}/docs  ({api}/api/v1/indicators"
-                          f"?year={this_year})")
+            console.print(
+                f"Ingest service and API up: {api}/docs  ({api}/api/v1/indicators?year={this_year})"
+            )
             console.print(f"Back-filling {this_year - 1} from the simulated fleet…")
             report = run_backfill(scenario, mosquitto.url, year=this_year - 1)
             console.print(f"  sent {report}")
             sim_log = (run_dir / "simulators.log").open("ab")
             sim_args = [
-                sys.executable, "-m", "simulators", "run", "--scenario", args.scenario,
-                "--mqtt-url", mosquitto.url, "--mode", "live",
-                "--duration", str(args.duration if args.duration else 0),
+                sys.executable,
+                "-m",
+                "simulators",
+                "run",
+                "--scenario",
+                args.scenario,
+                "--mqtt-url",
+                mosquitto.url,
+                "--mode",
+                "live",
+                "--duration",
+                str(args.duration if args.duration else 0),
             ]
-            children.append(subprocess.Popen(sim_args, stdout=sim_log, stderr=sim_log,
-                                             start_new_session=True))
+            children.append(
+                subprocess.Popen(sim_args, stdout=sim_log, stderr=sim_log, start_new_session=True)
+            )
             console.print("Live fleet running for this year. Ctrl-C stops everything.")
             started = time.monotonic()
             with Live(console=console, refresh_per_second=2, transient=False) as live:
@@ -175,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                 child.wait()
         influxd.stop()
         mosquitto.stop()
-        console.print("Stopped: simulators, ingest, InfluxDB and Mosquitto. "
-                      f"Data kept in {run_dir}.")
+        console.print(
+            f"Stopped: simulators, ingest, InfluxDB and Mosquitto. Data kept in {run_dir}."
+        )
     return 0
 
 
@@ -191,9 +215,13 @@ def _screen(http: httpx.Client, year: int) -> Group:
             parts.append(Text(f"indicators {shown}: {exc}", style="red"))
     try:
         stats = http.get("/api/v1/stats").json()
-        parts.append(Text(
-            f"messages received {stats['received']}, points stored {stats['stored_points']}, "
-            f"rejected {stats['rejected_total']} {stats['rejected']}", style="cyan"))
+        parts.append(
+            Text(
+                f"messages received {stats['received']}, points stored {stats['stored_points']}, "
+                f"rejected {stats['rejected_total']} {stats['rejected']}",
+                style="cyan",
+            )
+        )
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         parts.append(Text(f"stats: {exc}", style="red"))
     return Group(*parts)

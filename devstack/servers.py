@@ -77,7 +77,10 @@ class _Process:
         self.write_config()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
             start_new_session=True,
         )
         log.close()

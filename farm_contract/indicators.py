@@ -23,7 +23,12 @@ TARGETS: dict[IndicatorId, float] = {
 }
 
 DEFAULT_STRAW_RATIOS: dict[str, float] = {
-    "corn": 1.2, "sorghum": 1.3, "millet": 1.4, "potato": 0.5, "oats": 1.3, "other": 1.0,
+    "corn": 1.2,
+    "sorghum": 1.3,
+    "millet": 1.4,
+    "potato": 0.5,
+    "oats": 1.3,
+    "other": 1.0,
 }
 """Straw-to-grain ratios (草谷比) used when ``FARM_STRAW_RATIOS`` does not set a crop."""
 
@@ -45,14 +50,26 @@ class IndicatorValue(BaseModel):
 
     @classmethod
     def of(
-        cls, indicator: IndicatorId, scope: Scope, county: str | None, year: int,
-        numerator: float, denominator: float,
+        cls,
+        indicator: IndicatorId,
+        scope: Scope,
+        county: str | None,
+        year: int,
+        numerator: float,
+        denominator: float,
     ) -> IndicatorValue:
         """Build a result; the value is null and ``met`` false when the denominator is 0."""
         target = TARGETS[indicator]
         value = numerator / denominator if denominator > 0 else None
         met = value is not None and value >= target - 1e-12
         return cls(
-            indicator=indicator, scope=scope, county=county, year=year, value=value,
-            numerator=numerator, denominator=denominator, target=target, met=met,
+            indicator=indicator,
+            scope=scope,
+            county=county,
+            year=year,
+            value=value,
+            numerator=numerator,
+            denominator=denominator,
+            target=target,
+            met=met,
         )

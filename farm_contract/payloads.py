@@ -50,7 +50,9 @@ def _reject_constant(name: str) -> Any:
 def decode_json(payload: bytes) -> Any:
     """Decode UTF-8 JSON strictly: no NaN/Infinity, no invalid UTF-8, bounded size."""
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PayloadError("too_large", f"payload is {len(payload)} bytes; limit {MAX_PAYLOAD_BYTES}")
+        raise PayloadError(
+            "too_large", f"payload is {len(payload)} bytes; limit {MAX_PAYLOAD_BYTES}"
+        )
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -22,8 +22,15 @@ from farm_contract.topics import DEV_EUI_RE, ID_PATTERN
 SITES_FILE = "sites.csv"
 DEVICES_FILE = "devices.csv"
 SITE_COLUMNS = (
-    "site_id", "name", "county", "site_type", "lat", "lon",
-    "large_scale", "area_mu", "water_quota_m3_per_mu",
+    "site_id",
+    "name",
+    "county",
+    "site_type",
+    "lat",
+    "lon",
+    "large_scale",
+    "area_mu",
+    "water_quota_m3_per_mu",
 )
 DEVICE_COLUMNS = ("device_id", "site_id", "dev_eui", "model")
 _REQUIRED_SITE_COLUMNS = ("site_id", "name", "county", "site_type", "lat", "lon")
@@ -106,8 +113,12 @@ def _read_csv(source: str | Path, label: str, required: Iterable[str]) -> pd.Dat
     handle = io.StringIO(source) if isinstance(source, str) else source
     try:
         frame = pd.read_csv(
-            handle, dtype=str, keep_default_na=False, skip_blank_lines=True,
-            encoding="utf-8-sig", skipinitialspace=True,
+            handle,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=True,
+            encoding="utf-8-sig",
+            skipinitialspace=True,
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise RegistryError([f"{label}: cannot read CSV: {exc}"]) from None
@@ -170,8 +181,9 @@ class Registry:
             if device.site_id not in sites:
                 problems.append(f"{where}: unknown site_id {device.site_id}")
             if device.dev_eui and device.dev_eui in euis:
-                problems.append(f"{where}: dev_eui {device.dev_eui} already used by "
-                                f"{euis[device.dev_eui]}")
+                problems.append(
+                    f"{where}: dev_eui {device.dev_eui} already used by {euis[device.dev_eui]}"
+                )
             if device.dev_eui:
                 euis[device.dev_eui] = device.device_id
             devices[device.device_id] = device
@@ -213,6 +225,7 @@ class Registry:
     def large_scale_manure_sites(self, county: str | None = None) -> list[Site]:
         """The denominator of the manure indicators."""
         return [
-            site for site in self.sites_in(county)
+            site
+            for site in self.sites_in(county)
             if site.site_type == SiteType.MANURE and site.large_scale
         ]

@@ -22,7 +22,9 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        lines = [f"  FARM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
+        lines = [
+            f"  FARM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        ]
         sys.exit("invalid settings:\n" + "\n".join(lines))
 
 
@@ -42,8 +44,11 @@ def run(settings: Settings) -> int:
     service.start()
     logging.getLogger(__name__).info(
         "ingest running: MQTT %s, InfluxDB %s (%s API), HTTP on %s:%d",
-        settings.mqtt.host, settings.influx_url, settings.influx_api,
-        settings.api_host, settings.api_port,
+        settings.mqtt.host,
+        settings.influx_url,
+        settings.influx_api,
+        settings.api_host,
+        settings.api_port,
     )
     try:
         uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
@@ -60,7 +65,11 @@ def indicators(settings: Settings, year: int, county: str | None) -> int:
     holder = RegistryHolder.from_settings(settings)
     engine = IndicatorEngine(InfluxQL(settings), holder.get, settings)
     values = engine.compute(year, county)
-    print(json.dumps([value.model_dump(mode="json") for value in values], ensure_ascii=False, indent=2))
+    print(
+        json.dumps(
+            [value.model_dump(mode="json") for value in values], ensure_ascii=False, indent=2
+        )
+    )
     return 0
 
 
@@ -70,8 +79,10 @@ def check_registry(folder: Path) -> int:
     except RegistryError as exc:
         print("registry has problems:", *exc.problems, sep="\n  ", file=sys.stderr)
         return 1
-    print(f"ok: {len(registry.sites)} sites, {len(registry.devices)} devices, "
-          f"counties: {', '.join(registry.counties)}")
+    print(
+        f"ok: {len(registry.sites)} sites, {len(registry.devices)} devices, "
+        f"counties: {', '.join(registry.counties)}"
+    )
     return 0
 
 

@@ -55,7 +55,9 @@ class Enricher:
     """Registry checks, metric ranges, counters and timestamps; produces points."""
 
     def __init__(
-        self, registry: Callable[[], Registry], settings: Settings,
+        self,
+        registry: Callable[[], Registry],
+        settings: Settings,
         counter_lookup: CounterLookup | None = None,
     ) -> None:
         self._registry = registry
@@ -68,7 +70,9 @@ class Enricher:
     def rejection(self, inbound: Inbound, reason: str, detail: str) -> Rejection:
         """A rejection record of ``inbound`` with a unique time."""
         return Rejection(
-            reason=reason, detail=detail, topic=inbound.topic,
+            reason=reason,
+            detail=detail,
+            topic=inbound.topic,
             payload=inbound.payload[: schema.REJECTION_PAYLOAD_BYTES],
             time_ns=self._clock.now_ns(inbound.received_ns),
         )
@@ -96,7 +100,10 @@ class Enricher:
 
     def _check_time(self, ts: datetime, now: datetime) -> tuple[str, str] | None:
         if ts > now + self._future:
-            return "ts_in_future", f"ts {ts.isoformat()} is ahead of the server clock ({now:%FT%TZ})"
+            return (
+                "ts_in_future",
+                f"ts {ts.isoformat()} is ahead of the server clock ({now:%FT%TZ})",
+            )
         if ts < self._earliest:
             return "ts_too_old", f"ts {ts.isoformat()} is before {self._earliest.isoformat()}"
         return None
@@ -126,8 +133,10 @@ class Enricher:
         device, site = self._identify(parsed, registry)
         now = now or datetime.now(UTC)
         tags = {
-            "site_id": site.site_id, "device_id": device.device_id,
-            "site_type": site.site_type.value, "county": site.county,
+            "site_id": site.site_id,
+            "device_id": device.device_id,
+            "site_type": site.site_type.value,
+            "county": site.county,
         }
         points: list[Point] = []
         rejections: list[Rejection] = []
@@ -145,7 +154,9 @@ class Enricher:
             for name, value in record.readings.items():
                 metric = CATALOG.get(name)
                 if metric is None:
-                    reject("unknown_metric", f"seq {record.seq}: {name} is not in the metric catalog")
+                    reject(
+                        "unknown_metric", f"seq {record.seq}: {name} is not in the metric catalog"
+                    )
                     continue
                 if not metric.allowed_at(site.site_type):
                     reject(
@@ -186,7 +197,8 @@ class Enricher:
                     event_tags[name] = str(getattr(value, "value", value))
             fields = {
                 name: float(getattr(event, name))
-                for name in EVENT_NUMERIC_FIELDS if getattr(event, name) is not None
+                for name in EVENT_NUMERIC_FIELDS
+                if getattr(event, name) is not None
             }
             fields["seq"] = event.seq
             points.append(
@@ -202,7 +214,8 @@ class Enricher:
                 status_tags = {key: tags[key] for key in schema.DEVICE_STATUS_TAGS}
                 points.append(
                     Point(
-                        schema.DEVICE_STATUS, status_tags,
+                        schema.DEVICE_STATUS,
+                        status_tags,
                         {"online": status.state.value == "online"},
                         point_time_ns(status.ts, 0),
                     )

@@ -125,7 +125,6 @@ class Totals:
         ]
 
 
-
 class IndicatorEngine:
     """Computes the indicators for a year from InfluxDB and the current registry."""
 
@@ -149,7 +148,10 @@ class IndicatorEngine:
         if county is not None and county not in known:
             raise UnknownCountyError(county, known)
         counties = [county] if county is not None else known
-        window = year_window(year, self._settings.tz, now or datetime.now(UTC))
+        moment = now or datetime.now(UTC)
+        if moment.tzinfo is None:  # a naive "now" is taken as UTC
+            moment = moment.replace(tzinfo=UTC)
+        window = year_window(year, self._settings.tz, moment)
         totals = {name: Totals() for name in counties}
         for name in counties:
             totals[name].manure_sites = len(registry.large_scale_manure_sites(name))
@@ -166,7 +168,7 @@ class IndicatorEngine:
             rows += totals[name].values(year, name)
         return rows
 
-    def _run(self, q: str) -> list[Series]:
+    def query(self, q: str) -> list[Series]:
         """Run a query; a database nothing was written to yet simply has no data."""
         try:
             return self._query.query(q)
@@ -178,8 +180,10 @@ class IndicatorEngine:
     def _add_masses(self, window: Window, county: str | None, totals: dict[str, Totals]) -> None:
         """Film and straw tonnes per county tag, one query for all four event types."""
         types = (
-            EventType.FILM_APPLIED, EventType.FILM_RECOVERED,
-            EventType.HARVEST, EventType.STRAW_UTILIZED,
+            EventType.FILM_APPLIED,
+            EventType.FILM_RECOVERED,
+            EventType.HARVEST,
+            EventType.STRAW_UTILIZED,
         )
         where = f"{_types_clause(types)} AND {_events_in(window)}"
         if county is not None:
@@ -191,7 +195,7 @@ class IndicatorEngine:
             f"GROUP BY {quote_ident('county')}, {quote_ident('type')}, {quote_ident('crop')}"
         )
         ratios = self._settings.straw_ratios
-        for series in self._run(q):
+        for series in self.query(q):
             target = totals.get(series.tags.get("county", ""))
             if target is None:
                 continue
@@ -230,7 +234,7 @@ class IndicatorEngine:
             f"WHERE {_types_clause(types)} AND {_events_in(window)} "
             f"GROUP BY {quote_ident('site_id')}"
         )
-        return {s.tags["site_id"] for s in self._run(q) if s.tags.get("site_id") and s.values}
+        return {s.tags["site_id"] for s in self.query(q) if s.tags.get("site_id") and s.values}
 
     def _sites_reporting(self, window: Window) -> set[str]:
         """Manure sites with telemetry in ``(as_of - stale_hours, as_of]``."""
@@ -241,7 +245,7 @@ class IndicatorEngine:
             f"AND time > {time_literal(since)} AND time <= {time_literal(window.as_of)} "
             f"GROUP BY {quote_ident('site_id')}"
         )
-        return {s.tags["site_id"] for s in self._run(q) if s.tags.get("site_id") and s.values}
+        return {s.tags["site_id"] for s in self.query(q) if s.tags.get("site_id") and s.values}
 
     def _sites_with_open_fault(self, window: Window) -> set[str]:
         """Sites where some facility's latest fault (≤ as of) has no later ``facility_ok``.
@@ -256,13 +260,14 @@ class IndicatorEngine:
             f"GROUP BY {quote_ident('site_id')}, {quote_ident('facility')}, {quote_ident('type')}"
         )
         latest: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
-        for series in self._run(q):
+        for series in self.query(q):
             if not series.values:
                 continue
             row = series.rows()[0]
             key = (series.tags.get("site_id", ""), series.tags.get("facility", ""))
             latest.setdefault(key, {})[series.tags.get("type", "")] = (
-                _number(row.get("time")), _number(row.get("last")),
+                _number(row.get("time")),
+                _number(row.get("last")),
             )
         open_sites: set[str] = set()
         for (site_id, _facility), kinds in latest.items():

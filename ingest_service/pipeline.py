@@ -70,7 +70,9 @@ def _transient(error: BaseException) -> bool:
 class Pipeline:
     """Parse → enrich → write → ack, on one thread fed by the inputs."""
 
-    def __init__(self, settings: Settings, enricher: Enricher, writer: Writer, stats: Stats) -> None:
+    def __init__(
+        self, settings: Settings, enricher: Enricher, writer: Writer, stats: Stats
+    ) -> None:
         self._settings = settings
         self._prefix = settings.topic_prefix
         self._enricher = enricher

@@ -8,7 +8,13 @@ from farm_contract.settings import Settings
 from ingest_service.enrich import Enricher
 from ingest_service.indicators import IndicatorEngine, IndicatorPublisher
 from ingest_service.inputs.mqtt import MqttInput
-from ingest_service.outputs.influx import InfluxQL, QueryError, make_writer, quote_ident, quote_literal
+from ingest_service.outputs.influx import (
+    InfluxQL,
+    QueryError,
+    make_writer,
+    quote_ident,
+    quote_literal,
+)
 from ingest_service.pipeline import Pipeline
 from ingest_service.state import RegistryHolder, ServiceState
 

@@ -47,7 +47,9 @@ def mosquitto_pub(port: int, topic: str, payload: str | bytes, *extra: str) -> N
     data = payload.encode() if isinstance(payload, str) else payload
     subprocess.run(
         ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic, "-s", *extra],
-        input=data, check=True, timeout=10,
+        input=data,
+        check=True,
+        timeout=10,
     )
 
 
@@ -66,5 +68,6 @@ def rows(influxd: Influxd, q: str) -> list[dict[str, object]]:
     for item in influxd.query(q).get("results", []):  # type: ignore[union-attr]
         for series in item.get("series", []):
             for values in series["values"]:
-                out.append({**series.get("tags", {}), **dict(zip(series["columns"], values))})
+                named = dict(zip(series["columns"], values, strict=True))
+                out.append({**series.get("tags", {}), **named})
     return out

@@ -35,7 +35,9 @@ class InfluxV2Shim:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-            def _reply(self, status: int, body: bytes = b"", ctype: str = "application/json") -> None:
+            def _reply(
+                self, status: int, body: bytes = b"", ctype: str = "application/json"
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -57,11 +59,18 @@ class InfluxV2Shim:
             def _forward(self, method: str, path: str, query: str, body: bytes) -> None:
                 headers = {"Content-Type": self.headers.get("Content-Type", "text/plain")}
                 response = httpx.request(
-                    method, f"{shim.upstream}{path}", content=body if body else None,
-                    headers=headers if body else None, params=parse_qs(query), timeout=60,
+                    method,
+                    f"{shim.upstream}{path}",
+                    content=body if body else None,
+                    headers=headers if body else None,
+                    params=parse_qs(query),
+                    timeout=60,
                 )
-                self._reply(response.status_code, response.content,
-                            response.headers.get("Content-Type", "application/json"))
+                self._reply(
+                    response.status_code,
+                    response.content,
+                    response.headers.get("Content-Type", "application/json"),
+                )
 
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)

@@ -33,6 +33,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from devstack.servers import LOOPBACK, find_binary, free_port
 
@@ -137,7 +139,7 @@ class Peer:
         assert info.is_published()
 
     def subscribe(self, topic_filter: str) -> None:
-        granted: queue.Queue[list[mqtt.ReasonCode]] = queue.Queue()
+        granted: queue.Queue[list[ReasonCode]] = queue.Queue()
         self.client.on_subscribe = lambda _c, _u, _mid, codes, _p: granted.put(codes)
         self.client.subscribe(topic_filter, qos=1)
         codes = granted.get(timeout=5)
@@ -160,16 +162,16 @@ class Peer:
 
 def connect(
     broker: Broker, user: str | None, password: str | None = None, tls: bool = False,
-) -> tuple[mqtt.ReasonCode, Peer]:
+) -> tuple[ReasonCode, Peer]:
     """Connect (MQTT 3.1.1, like the devices) and return the CONNACK reason code."""
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:12]}",
+        CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:12]}",
         protocol=mqtt.MQTTv311,
     )
     peer = Peer(client)
-    connack: queue.Queue[mqtt.ReasonCode] = queue.Queue()
+    connack: queue.Queue[ReasonCode] = queue.Queue()
     client.on_connect = lambda _c, _u, _f, code, _p: connack.put(code)
-    client.on_message = lambda _c, _u, msg: peer.messages.put((msg.topic, msg.payload))
+    client.on_message = lambda _c, _u, msg: peer.messages.put((msg.topic, bytes(msg.payload)))
     if user is not None:
         client.username_pw_set(user, password)
     if tls:

@@ -48,24 +48,40 @@ def run(enricher: Enricher, topic: str, payload: object) -> tuple[list[Point], l
 
 
 def test_contract_example_is_stored_with_tags_from_registry(enricher: Enricher) -> None:
-    points, rejected = run(enricher, "farm/v1/drip-1/dev-1/telemetry", {
-        "v": 1, "seq": 1042, "ts": "2026-05-01T08:00:00Z",
-        "readings": {"soil_moisture_vwc": 0.31, "flow_lpm": 12.5},
-    })
+    points, rejected = run(
+        enricher,
+        "farm/v1/drip-1/dev-1/telemetry",
+        {
+            "v": 1,
+            "seq": 1042,
+            "ts": "2026-05-01T08:00:00Z",
+            "readings": {"soil_moisture_vwc": 0.31, "flow_lpm": 12.5},
+        },
+    )
     assert rejected == []
     (point,) = points
     assert point.measurement == "telemetry"
-    assert point.tags == {"site_id": "drip-1", "device_id": "dev-1", "site_type": "drip",
-                          "county": "平城区"}
+    assert point.tags == {
+        "site_id": "drip-1",
+        "device_id": "dev-1",
+        "site_type": "drip",
+        "county": "平城区",
+    }
     assert point.fields == {"soil_moisture_vwc": 0.31, "flow_lpm": 12.5, "seq": 1042}
     assert point.time_ns == 1777622400000 * 1_000_000 + 1042
 
 
 def test_bad_reading_is_rejected_alone(enricher: Enricher) -> None:
-    points, rejected = run(enricher, "farm/v1/drip-1/dev-1/telemetry", {
-        "v": 1, "seq": 1, "ts": 1777622400000,
-        "readings": {"flow_lpm": 9000, "pressure_kpa": 200, "nh3_ppm": 3, "made_up": 1},
-    })
+    points, rejected = run(
+        enricher,
+        "farm/v1/drip-1/dev-1/telemetry",
+        {
+            "v": 1,
+            "seq": 1,
+            "ts": 1777622400000,
+            "readings": {"flow_lpm": 9000, "pressure_kpa": 200, "nh3_ppm": 3, "made_up": 1},
+        },
+    )
     assert sorted(rejected) == ["metric_not_for_site", "out_of_range", "unknown_metric"]
     assert points[0].fields == {"pressure_kpa": 200.0, "seq": 1}
 
@@ -74,30 +90,55 @@ def test_bad_reading_is_rejected_alone(enricher: Enricher) -> None:
     ("topic", "payload", "reason"),
     [
         ("farm/v1/drip-1/dev-1/telemetry", b"{not json", "bad_json"),
-        ("farm/v1/drip-1/dev-1/telemetry", b'{"v":1,"seq":1,"ts":1,"readings":{"flow_lpm":NaN}}',
-         "bad_json"),
-        ("farm/v1/drip-1/dev-1/telemetry", {"v": 2, "seq": 1, "ts": 1, "readings": {"a": 1}},
-         "invalid_payload"),
-        ("farm/v1/drip-1/dev-1/telemetry", {"v": 1, "seq": -1, "ts": 1, "readings": {"a": 1}},
-         "invalid_payload"),
-        ("farm/v1/drip-1/dev-1/telemetry",
-         {"v": 1, "seq": 1, "ts": "2026-05-01 08:00", "readings": {"a": 1}}, "invalid_payload"),
+        (
+            "farm/v1/drip-1/dev-1/telemetry",
+            b'{"v":1,"seq":1,"ts":1,"readings":{"flow_lpm":NaN}}',
+            "bad_json",
+        ),
+        (
+            "farm/v1/drip-1/dev-1/telemetry",
+            {"v": 2, "seq": 1, "ts": 1, "readings": {"a": 1}},
+            "invalid_payload",
+        ),
+        (
+            "farm/v1/drip-1/dev-1/telemetry",
+            {"v": 1, "seq": -1, "ts": 1, "readings": {"a": 1}},
+            "invalid_payload",
+        ),
+        (
+            "farm/v1/drip-1/dev-1/telemetry",
+            {"v": 1, "seq": 1, "ts": "2026-05-01 08:00", "readings": {"a": 1}},
+            "invalid_payload",
+        ),
         ("farm/v1/drip-1/dev-1/telemetry", [1, 2], "invalid_payload"),
-        ("farm/v1/drip-1/dev-9/telemetry", {"v": 1, "seq": 1, "ts": 1, "readings": {"a": 1}},
-         "unknown_device"),
-        ("farm/v1/farm-1/dev-1/telemetry", {"v": 1, "seq": 1, "ts": 1, "readings": {"a": 1}},
-         "wrong_site"),
+        (
+            "farm/v1/drip-1/dev-9/telemetry",
+            {"v": 1, "seq": 1, "ts": 1, "readings": {"a": 1}},
+            "unknown_device",
+        ),
+        (
+            "farm/v1/farm-1/dev-1/telemetry",
+            {"v": 1, "seq": 1, "ts": 1, "readings": {"a": 1}},
+            "wrong_site",
+        ),
         ("farm/v1/Drip-1/dev-1/telemetry", {"v": 1}, "bad_topic"),
         ("farm/v1/drip-1/dev-1/other", {"v": 1}, "bad_topic"),
-        ("farm/v1/drip-1/dev-1/event", {"v": 1, "seq": 1, "ts": 1, "type": "harvest"},
-         "invalid_payload"),
-        ("farm/v1/drip-1/dev-1/event", {"v": 1, "seq": 1, "ts": 1, "type": "unknown"},
-         "invalid_payload"),
+        (
+            "farm/v1/drip-1/dev-1/event",
+            {"v": 1, "seq": 1, "ts": 1, "type": "harvest"},
+            "invalid_payload",
+        ),
+        (
+            "farm/v1/drip-1/dev-1/event",
+            {"v": 1, "seq": 1, "ts": 1, "type": "unknown"},
+            "invalid_payload",
+        ),
         ("farm/v1/drip-1/dev-1/telemetry", b"x" * 300_000, "too_large"),
     ],
 )
-def test_whole_message_rejections(enricher: Enricher, topic: str, payload: object,
-                                  reason: str) -> None:
+def test_whole_message_rejections(
+    enricher: Enricher, topic: str, payload: object, reason: str
+) -> None:
     with pytest.raises(Rejected) as caught:
         run(enricher, topic, payload)
     assert caught.value.reason == reason
@@ -106,53 +147,99 @@ def test_whole_message_rejections(enricher: Enricher, topic: str, payload: objec
 
 def test_timestamps_far_off_are_rejected(enricher: Enricher) -> None:
     future = (NOW + timedelta(hours=2)).isoformat()
-    _, rejected = run(enricher, "farm/v1/drip-1/dev-1/telemetry",
-                      {"v": 1, "seq": 1, "ts": future, "readings": {"flow_lpm": 1}})
+    _, rejected = run(
+        enricher,
+        "farm/v1/drip-1/dev-1/telemetry",
+        {"v": 1, "seq": 1, "ts": future, "readings": {"flow_lpm": 1}},
+    )
     assert rejected == ["ts_in_future"]
-    _, rejected = run(enricher, "farm/v1/drip-1/dev-1/telemetry",
-                      {"v": 1, "seq": 2, "ts": 0, "readings": {"flow_lpm": 1}})
+    _, rejected = run(
+        enricher,
+        "farm/v1/drip-1/dev-1/telemetry",
+        {"v": 1, "seq": 2, "ts": 0, "readings": {"flow_lpm": 1}},
+    )
     assert rejected == ["ts_too_old"]
 
 
 def test_volume_never_decreases(enricher: Enricher) -> None:
     topic = "farm/v1/drip-1/dev-1/telemetry"
     base = 1777622400000
-    for seq, (offset, volume, expected) in enumerate([
-        (0, 10.0, []), (60_000, 12.0, []), (120_000, 11.0, ["counter_decreased"]),
-        (60_000, 12.0, []),  # a redelivery of an earlier reading is fine
-        (30_000, 11.0, []),  # an older replayed reading below the later one is fine
-        (30_000, 13.0, ["counter_decreased"]),  # but not above a later reading
-    ]):
-        _, rejected = run(enricher, topic, {"v": 1, "seq": seq, "ts": base + offset,
-                                            "readings": {"volume_m3": volume}})
+    for seq, (offset, volume, expected) in enumerate(
+        [
+            (0, 10.0, []),
+            (60_000, 12.0, []),
+            (120_000, 11.0, ["counter_decreased"]),
+            (60_000, 12.0, []),  # a redelivery of an earlier reading is fine
+            (30_000, 11.0, []),  # an older replayed reading below the later one is fine
+            (30_000, 13.0, ["counter_decreased"]),  # but not above a later reading
+        ]
+    ):
+        _, rejected = run(
+            enricher,
+            topic,
+            {"v": 1, "seq": seq, "ts": base + offset, "readings": {"volume_m3": volume}},
+        )
         assert rejected == expected, (seq, volume)
 
 
 def test_events_keep_tags_and_distinct_seq(enricher: Enricher) -> None:
     topic = "farm/v1/farm-1/dev-2/event"
-    first, _ = run(enricher, topic, {"v": 1, "seq": 7, "ts": 1777622400000,
-                                     "type": "manure_utilized", "mass_t": 2, "use": "energy"})
-    second, _ = run(enricher, topic, {"v": 1, "seq": 8, "ts": 1777622400000,
-                                      "type": "manure_utilized", "mass_t": 2, "use": "energy"})
+    first, _ = run(
+        enricher,
+        topic,
+        {
+            "v": 1,
+            "seq": 7,
+            "ts": 1777622400000,
+            "type": "manure_utilized",
+            "mass_t": 2,
+            "use": "energy",
+        },
+    )
+    second, _ = run(
+        enricher,
+        topic,
+        {
+            "v": 1,
+            "seq": 8,
+            "ts": 1777622400000,
+            "type": "manure_utilized",
+            "mass_t": 2,
+            "use": "energy",
+        },
+    )
     assert first[0].tags["use"] == "energy" and first[0].tags["type"] == "manure_utilized"
     assert first[0].fields == {"mass_t": 2.0, "seq": 7}
     assert first[0].time_ns != second[0].time_ns  # same ts, never merged
-    _, rejected = run(enricher, topic, {"v": 1, "seq": 9, "ts": 1777622400000,
-                                        "type": "film_recovered", "mass_t": 1})
+    _, rejected = run(
+        enricher,
+        topic,
+        {"v": 1, "seq": 9, "ts": 1777622400000, "type": "film_recovered", "mass_t": 1},
+    )
     assert rejected == ["event_not_for_site"]
 
 
 def test_batch_replay_stores_each_record(enricher: Enricher) -> None:
-    points, rejected = run(enricher, "farm/v1/drip-1/dev-1/telemetry", {"v": 1, "batch": [
-        {"seq": 1, "ts": 1777622400000, "readings": {"flow_lpm": 1}},
-        {"seq": 2, "ts": 1777622460000, "readings": {"flow_lpm": 2}},
-    ]})
+    points, rejected = run(
+        enricher,
+        "farm/v1/drip-1/dev-1/telemetry",
+        {
+            "v": 1,
+            "batch": [
+                {"seq": 1, "ts": 1777622400000, "readings": {"flow_lpm": 1}},
+                {"seq": 2, "ts": 1777622460000, "readings": {"flow_lpm": 2}},
+            ],
+        },
+    )
     assert rejected == [] and [p.fields["seq"] for p in points] == [1, 2]
 
 
 def test_status_is_stored(enricher: Enricher) -> None:
-    points, _ = run(enricher, "farm/v1/drip-1/dev-1/status",
-                    {"v": 1, "state": "offline", "ts": "2026-05-01T08:00:00+08:00", "fw": "1.0"})
+    points, _ = run(
+        enricher,
+        "farm/v1/drip-1/dev-1/status",
+        {"v": 1, "state": "offline", "ts": "2026-05-01T08:00:00+08:00", "fw": "1.0"},
+    )
     assert points[0].measurement == "device_status" and points[0].fields == {"online": False}
 
 
@@ -160,9 +247,15 @@ def test_chirpstack_uplink(enricher: Enricher) -> None:
     uplink = {
         "deduplicationId": "3ac7e3c4-4401-4b8d-9386-a5c902f9202d",
         "time": "2026-05-01T08:00:00.000+00:00",
-        "deviceInfo": {"tenantId": "t", "applicationId": "a", "deviceName": "lagoon",
-                       "devEui": "0011223344556677"},
-        "fCnt": 10, "fPort": 1, "data": "AQ==",
+        "deviceInfo": {
+            "tenantId": "t",
+            "applicationId": "a",
+            "deviceName": "lagoon",
+            "devEui": "0011223344556677",
+        },
+        "fCnt": 10,
+        "fPort": 1,
+        "data": "AQ==",
         "object": {"lagoon_level_pct": 61.5, "battery_v": 3.6},
     }
     points, rejected = run(enricher, "application/a/device/0011223344556677/event/up", uplink)
@@ -170,11 +263,17 @@ def test_chirpstack_uplink(enricher: Enricher) -> None:
     assert points[0].tags["device_id"] == "dev-2" and points[0].tags["county"] == "云州区"
     assert points[0].fields == {"lagoon_level_pct": 61.5, "battery_v": 3.6, "seq": 10}
     with pytest.raises(Rejected, match="unknown_device"):
-        run(enricher, "application/a/device/ffffffffffffffff/event/up",
-            {**uplink, "deviceInfo": {"devEui": "ffffffffffffffff"}})
+        run(
+            enricher,
+            "application/a/device/ffffffffffffffff/event/up",
+            {**uplink, "deviceInfo": {"devEui": "ffffffffffffffff"}},
+        )
     with pytest.raises(Rejected, match="decoded object"):
-        run(enricher, "application/a/device/0011223344556677/event/up",
-            {k: v for k, v in uplink.items() if k != "object"})
+        run(
+            enricher,
+            "application/a/device/0011223344556677/event/up",
+            {k: v for k, v in uplink.items() if k != "object"},
+        )
 
 
 def test_point_time_is_unique_per_seq() -> None:
@@ -183,9 +282,14 @@ def test_point_time_is_unique_per_seq() -> None:
 
 
 def test_line_protocol_escapes_tags_and_strings() -> None:
-    point = Point("rejection", {"reason": "a b,c=d\ne\\"},
-                  {"detail": 'say "hi"\\\n', "n": 1.5, "i": 3, "b": True}, 1)
+    point = Point(
+        "rejection",
+        {"reason": "a b,c=d\ne\\"},
+        {"detail": 'say "hi"\\\n', "n": 1.5, "i": 3, "b": True},
+        1,
+    )
     line = encode_point(point)
     assert "\n" not in line
-    assert line == ('rejection,reason=a\\ b\\,c\\=d\\ e detail="say \\"hi\\"\\\\\\n",'
-                    "n=1.5,i=3i,b=true 1")
+    assert line == (
+        'rejection,reason=a\\ b\\,c\\=d\\ e detail="say \\"hi\\"\\\\\\n",n=1.5,i=3i,b=true 1'
+    )

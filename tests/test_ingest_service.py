@@ -27,11 +27,19 @@ def service(
     if request.param == "v2":
         shim = InfluxV2Shim(influxd.url)
         shim.start()
-        extra = {"influx_url": shim.url, "influx_api": "v2", "influx_token": TOKEN,
-                 "influx_org": "farm", "influx_bucket": "farm"}
+        extra = {
+            "influx_url": shim.url,
+            "influx_api": "v2",
+            "influx_token": TOKEN,
+            "influx_org": "farm",
+            "influx_bucket": "farm",
+        }
     settings = Settings(
-        mqtt_url=mosquitto.url, registry_dir=write_registry(tmp_path / "registry"),
-        mqtt_client_id=f"ingest-{request.param}", batch_interval_s=0.05, **extra,  # type: ignore[arg-type]
+        mqtt_url=mosquitto.url,
+        registry_dir=write_registry(tmp_path / "registry"),
+        mqtt_client_id=f"ingest-{request.param}",
+        batch_interval_s=0.05,
+        **extra,  # type: ignore[arg-type]
     )
     svc = IngestService(settings, publish_indicators=False)
     svc.start()
@@ -46,12 +54,32 @@ def service(
 def test_mosquitto_pub_message_lands_in_influxdb(
     service: IngestService, mosquitto: Mosquitto, influxd: Influxd
 ) -> None:
-    mosquitto_pub(mosquitto.port, "farm/v1/drip-1/dev-1/telemetry", json.dumps(
-        {"v": 1, "seq": 1042, "ts": "2026-05-01T08:00:00Z",
-         "readings": {"soil_moisture_vwc": 0.31, "flow_lpm": 12.5}}))
-    mosquitto_pub(mosquitto.port, "farm/v1/straw-1/dev-3/event", json.dumps(
-        {"v": 1, "seq": 17, "ts": 1746086400000, "type": "harvest", "crop": "corn",
-         "grain_t": 3.5}))
+    mosquitto_pub(
+        mosquitto.port,
+        "farm/v1/drip-1/dev-1/telemetry",
+        json.dumps(
+            {
+                "v": 1,
+                "seq": 1042,
+                "ts": "2026-05-01T08:00:00Z",
+                "readings": {"soil_moisture_vwc": 0.31, "flow_lpm": 12.5},
+            }
+        ),
+    )
+    mosquitto_pub(
+        mosquitto.port,
+        "farm/v1/straw-1/dev-3/event",
+        json.dumps(
+            {
+                "v": 1,
+                "seq": 17,
+                "ts": 1746086400000,
+                "type": "harvest",
+                "crop": "corn",
+                "grain_t": 3.5,
+            }
+        ),
+    )
     got = wait_for(lambda: rows(influxd, "SELECT * FROM telemetry GROUP BY *"))
     assert got[0]["county"] == "平城区" and got[0]["site_type"] == "drip"
     assert got[0]["flow_lpm"] == 12.5 and got[0]["seq"] == 1042
@@ -65,22 +93,34 @@ def test_malformed_message_is_rejected_and_neighbours_are_stored(
 ) -> None:
     topic = "farm/v1/drip-1/dev-1/telemetry"
     mosquitto_pub(mosquitto.port, topic, "{this is not json")
-    mosquitto_pub(mosquitto.port, topic, json.dumps(
-        {"v": 1, "seq": 2, "ts": 1777622400000, "readings": {"flow_lpm": 99999}}))
-    mosquitto_pub(mosquitto.port, "farm/v1/drip-1/nobody/telemetry", json.dumps(
-        {"v": 1, "seq": 1, "ts": 1777622400000, "readings": {"flow_lpm": 1}}))
-    mosquitto_pub(mosquitto.port, topic, json.dumps(
-        {"v": 1, "seq": 3, "ts": 1777622400000, "readings": {"flow_lpm": 3.0}}))
+    mosquitto_pub(
+        mosquitto.port,
+        topic,
+        json.dumps({"v": 1, "seq": 2, "ts": 1777622400000, "readings": {"flow_lpm": 99999}}),
+    )
+    mosquitto_pub(
+        mosquitto.port,
+        "farm/v1/drip-1/nobody/telemetry",
+        json.dumps({"v": 1, "seq": 1, "ts": 1777622400000, "readings": {"flow_lpm": 1}}),
+    )
+    mosquitto_pub(
+        mosquitto.port,
+        topic,
+        json.dumps({"v": 1, "seq": 3, "ts": 1777622400000, "readings": {"flow_lpm": 3.0}}),
+    )
     wait_for(lambda: count(influxd, "SELECT count(flow_lpm) FROM telemetry") == 1)
-    reasons = wait_for(lambda: {r["reason"]: r for r in rows(
-        influxd, "SELECT * FROM rejection GROUP BY reason")} if count(
-        influxd, "SELECT count(detail) FROM rejection") == 3 else None)
+    reasons = wait_for(
+        lambda: (
+            {r["reason"]: r for r in rows(influxd, "SELECT * FROM rejection GROUP BY reason")}
+            if count(influxd, "SELECT count(detail) FROM rejection") == 3
+            else None
+        )
+    )
     assert set(reasons) == {"bad_json", "out_of_range", "unknown_device"}
     assert reasons["bad_json"]["payload"] == "{this is not json"
     assert reasons["bad_json"]["topic"] == topic
     assert "flow_lpm=99999" in str(reasons["out_of_range"]["detail"])
-    assert service.state.stats.rejected == {"bad_json": 1, "out_of_range": 1,
-                                            "unknown_device": 1}
+    assert service.state.stats.rejected == {"bad_json": 1, "out_of_range": 1, "unknown_device": 1}
 
 
 def test_redelivered_message_is_stored_once_and_distinct_events_twice(
@@ -102,8 +142,18 @@ def test_influxdb_outage_loses_nothing(
     influxd.stop()
     topic = "farm/v1/drip-1/dev-1/telemetry"
     for seq in range(20):
-        mosquitto_pub(mosquitto.port, topic, json.dumps(
-            {"v": 1, "seq": seq, "ts": 1777622400000 + seq * 1000, "readings": {"flow_lpm": seq}}))
+        mosquitto_pub(
+            mosquitto.port,
+            topic,
+            json.dumps(
+                {
+                    "v": 1,
+                    "seq": seq,
+                    "ts": 1777622400000 + seq * 1000,
+                    "readings": {"flow_lpm": seq},
+                }
+            ),
+        )
     wait_for(lambda: service.state.stats.write_errors > 0)
     assert service.state.stats.stored_points == 0
     influxd.start()

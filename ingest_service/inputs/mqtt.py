@@ -79,7 +79,7 @@ class MqttInput:
     def start(self) -> None:
         """Connect in the background; paho keeps reconnecting until :meth:`stop`."""
         endpoint = self._settings.mqtt
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._settings.mqtt_session_expiry_s
         properties.ReceiveMaximum = self._settings.receive_maximum
         self._client.connect_async(
@@ -97,8 +97,12 @@ class MqttInput:
         self._connected.clear()
 
     def _on_connect(
-        self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-        reason: ReasonCode, properties: Properties | None,
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         if reason.is_failure:
             log.error("MQTT broker refused the connection: %s", reason)
@@ -110,8 +114,12 @@ class MqttInput:
         self._connected.set()
 
     def _on_disconnect(
-        self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
-        reason: ReasonCode, properties: Properties | None,
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         self._connected.clear()
         with self._lock:
@@ -127,4 +135,4 @@ class MqttInput:
                 return  # QoS 0 needs none; an older connection's id may name another message
             client.ack(mid, qos)
 
-        self._deliver(Inbound(message.topic, message.payload, time.time_ns(), ack))
+        self._deliver(Inbound(message.topic, bytes(message.payload), time.time_ns(), ack))

@@ -11,8 +11,9 @@ from typing import Any, Protocol
 
 import httpx
 import urllib3.exceptions
-from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from farm_contract.settings import Settings
@@ -47,7 +48,8 @@ class InfluxV1Writer:
     def __init__(self, settings: Settings, timeout_s: float = 30.0) -> None:
         auth = None
         if settings.influx_user:
-            password = settings.influx_password.get_secret_value() if settings.influx_password else ""
+            secret = settings.influx_password
+            password = secret.get_secret_value() if secret else ""
             auth = httpx.BasicAuth(settings.influx_user, password)
         self._db = settings.influx_db
         self._http = httpx.Client(base_url=settings.influx_url, auth=auth, timeout=timeout_s)
@@ -75,7 +77,8 @@ class InfluxV1Writer:
         if response.status_code >= 300:
             raise WriteError(
                 f"InfluxDB answered {response.status_code}: {response.text[:500]}",
-                transient=_is_transient(response.status_code), status=response.status_code,
+                transient=_is_transient(response.status_code),
+                status=response.status_code,
             )
 
     def ping(self) -> bool:
@@ -96,21 +99,28 @@ class InfluxV2Writer:
         self._bucket = settings.influx_bucket
         self._org = settings.influx_org or "-"
         self._client = InfluxDBClient(
-            url=settings.influx_url, token=token, org=self._org,
-            timeout=int(timeout_s * 1000), retries=False,
+            url=settings.influx_url,
+            token=token,
+            org=self._org,
+            timeout=int(timeout_s * 1000),
+            retries=False,
         )
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
     def write(self, body: bytes) -> None:
         try:
             self._write_api.write(
-                bucket=self._bucket, org=self._org, record=body, write_precision=WritePrecision.NS
+                bucket=self._bucket,
+                org=self._org,
+                record=body,
+                write_precision=WritePrecision.NS,  # type: ignore[arg-type]
             )
         except ApiException as exc:
             status = int(exc.status or 0)
             raise WriteError(
                 f"InfluxDB answered {status}: {str(exc.body or exc.reason)[:500]}",
-                transient=_is_transient(status) or status == 0, status=status,
+                transient=_is_transient(status) or status == 0,
+                status=status,
             ) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise WriteError(f"InfluxDB unreachable: {exc}", transient=True) from None
@@ -122,7 +132,7 @@ class InfluxV2Writer:
             return False
 
     def close(self) -> None:
-        self._client.close()
+        self._client.close()  # type: ignore[no-untyped-call]
 
 
 def make_writer(settings: Settings) -> Writer:
@@ -184,9 +194,7 @@ class InfluxQL:
     def query(self, q: str) -> list[Series]:
         """Run one InfluxQL statement (or several; their series are concatenated)."""
         try:
-            response = self._http.post(
-                "/query", data={"db": self.database, "q": q, "epoch": "ms"}
-            )
+            response = self._http.post("/query", data={"db": self.database, "q": q, "epoch": "ms"})
         except httpx.HTTPError as exc:
             raise QueryError(f"InfluxDB unreachable: {exc}") from None
         if response.status_code >= 300:
@@ -198,8 +206,10 @@ class InfluxQL:
             for item in result.get("series", []):
                 series.append(
                     Series(
-                        name=item.get("name", ""), tags=item.get("tags") or {},
-                        columns=item.get("columns", []), values=item.get("values", []),
+                        name=item.get("name", ""),
+                        tags=item.get("tags") or {},
+                        columns=item.get("columns", []),
+                        values=item.get("values", []),
                     )
                 )
         return series

@@ -1,0 +1,1 @@
+"""Grafana provisioning and dashboards; ``python -m dashboards.generate`` writes json/."""

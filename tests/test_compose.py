@@ -1,0 +1,227 @@
+"""docker-compose.yml, Dockerfile and .dockerignore, checked without a Docker engine.
+
+The compose file is validated against the Compose Specification's JSON schema
+(tests/schemas/compose-spec.json, see tests/schemas/README.md); the rest checks
+what the schema cannot: that mounted and built paths exist in the repository,
+that the ingest service's environment is made of known settings which parse,
+and that the services agree with each other on accounts, passwords and tokens.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from farm_contract.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "tests" / "schemas" / "compose-spec.json"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's variable substitution for the forms the file uses: ${V}, ${V:-default}, $$."""
+    env = env or {}
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(3)
+        return env.get(name) or (default if default is not None else "")
+
+    return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", one, value)
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment, interpolated with an empty shell environment."""
+    env = service.get("environment", {})
+    assert isinstance(env, dict), "environment is written as a mapping"
+    return {key: interpolate(str(value)) for key, value in env.items()}
+
+
+def test_valid_against_compose_spec(compose: dict[str, Any]) -> None:
+    schema = json.loads(SCHEMA.read_text())
+    # The schema's $schema URI is not one jsonschema knows; its keywords are draft-07's.
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors
+    # The validator really is strict: an unknown service key is an error.
+    broken = {**compose, "services": {**compose["services"], "x": {"image": "a", "imgae": "b"}}}
+    assert not validator.is_valid(broken)
+
+
+def test_expected_services(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {
+        "mosquitto", "influxdb", "grafana", "registry-init", "ingest", "simulator",
+    }
+
+
+def _mounts(service: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(type, source, target) of each mount, short or long syntax."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            mounts.append((volume["type"], volume.get("source", ""), volume["target"]))
+            continue
+        source, target = volume.split(":")[:2]
+        kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+        mounts.append((kind, source, target))
+    return mounts
+
+
+def test_bind_mounts_exist(compose: dict[str, Any]) -> None:
+    binds = [
+        (name, source)
+        for name, service in compose["services"].items()
+        for kind, source, _ in _mounts(service)
+        if kind == "bind"
+    ]
+    assert binds, "expected bind mounts (broker/, dashboards/)"
+    for name, source in binds:
+        assert source.startswith("./"), f"{name}: bind mount {source} is not inside the repo"
+        assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+
+
+def test_named_volumes_declared_and_used(compose: dict[str, Any]) -> None:
+    used = {
+        source
+        for service in compose["services"].values()
+        for kind, source, _ in _mounts(service)
+        if kind == "volume"
+    }
+    assert used == set(compose.get("volumes", {}))
+
+
+def test_build_contexts_and_dockerfiles_exist(compose: dict[str, Any]) -> None:
+    builds = {name: s["build"] for name, s in compose["services"].items() if "build" in s}
+    assert {"ingest", "simulator", "registry-init"} <= set(builds)
+    for name, build in builds.items():
+        context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
+        dockerfile = "Dockerfile"
+        if isinstance(build, dict):
+            dockerfile = build.get("dockerfile", dockerfile)
+        assert context.is_dir(), f"{name}: build context {context} missing"
+        assert (context / dockerfile).is_file(), f"{name}: {dockerfile} missing"
+
+
+def test_depends_on_healthy_services_have_healthchecks(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for dependency, spec in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{dependency} has no healthcheck"
+    ingest = services["ingest"]["depends_on"]
+    assert ingest["mosquitto"]["condition"] == "service_healthy"
+    assert ingest["influxdb"]["condition"] == "service_healthy"
+    assert ingest["registry-init"]["condition"] == "service_completed_successfully"
+
+
+def test_farm_environment_names_are_settings(compose: dict[str, Any]) -> None:
+    known = {f"FARM_{name.upper()}" for name in Settings.model_fields}
+    for name, service in compose["services"].items():
+        farm = {key for key in environment(service) if key.startswith("FARM_")}
+        assert farm <= known, f"{name}: unknown settings {sorted(farm - known)}"
+    ingest = environment(compose["services"]["ingest"])
+    assert {
+        "FARM_MQTT_URL", "FARM_INFLUX_URL", "FARM_INFLUX_API", "FARM_INFLUX_TOKEN",
+        "FARM_INFLUX_ORG", "FARM_INFLUX_BUCKET", "FARM_REGISTRY_DIR", "FARM_API_HOST",
+        "FARM_API_PORT", "FARM_API_TOKEN",
+    } <= set(ingest)
+
+
+def test_ingest_environment_parses(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in environment(compose["services"]["ingest"]).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.mqtt.host == "mosquitto" and settings.mqtt.port == 1883
+    assert settings.mqtt.username == "svc.ingest"
+    assert settings.influx_url == "http://influxdb:8086" and settings.influx_api == "v2"
+    assert settings.influx_bucket == "farm"
+    # Listening beyond loopback needs the API token.
+    assert settings.api_host == "0.0.0.0" and settings.api_token is not None
+    assert settings.api_token.get_secret_value()
+    mounts = {target for _, _, target in _mounts(compose["services"]["ingest"])}
+    assert str(settings.registry_dir) in mounts
+    registry_init = compose["services"]["registry-init"]
+    assert str(settings.registry_dir) in registry_init["command"]
+    assert str(settings.registry_dir) in {t for _, _, t in _mounts(registry_init)}
+
+
+def test_services_agree_on_secrets(compose: dict[str, Any]) -> None:
+    """With only the defaults, every service uses the same passwords and token."""
+    services = compose["services"]
+    broker = environment(services["mosquitto"])
+    influx = environment(services["influxdb"])
+    ingest = environment(services["ingest"])
+    grafana = environment(services["grafana"])
+    ingest_url = Settings.model_validate({"mqtt_url": ingest["FARM_MQTT_URL"]}).mqtt
+    assert ingest_url.password == broker["MQTT_INGEST_PASSWORD"]
+    simulator = [interpolate(part) for part in services["simulator"]["command"]]
+    simulator_url = simulator[simulator.index("--mqtt-url") + 1]
+    simulator_mqtt = Settings.model_validate({"mqtt_url": simulator_url}).mqtt
+    assert simulator_mqtt.username == "svc.simulator"
+    assert simulator_mqtt.password == broker["MQTT_SIMULATOR_PASSWORD"]
+    token = influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
+    assert ingest["FARM_INFLUX_TOKEN"] == token == grafana["INFLUX_TOKEN"]
+    assert ingest["FARM_INFLUX_ORG"] == influx["DOCKER_INFLUXDB_INIT_ORG"]
+    assert ingest["FARM_INFLUX_BUCKET"] == influx["DOCKER_INFLUXDB_INIT_BUCKET"] == "farm"
+    # InfluxDB refuses an initial password shorter than 8 characters.
+    assert len(influx["DOCKER_INFLUXDB_INIT_PASSWORD"]) >= 8
+    # The MQTT accounts the services log in with exist in the broker's ACL.
+    acl_users = re.findall(r"^user (\S+)$", (ROOT / "broker" / "acl").read_text(), re.MULTILINE)
+    assert {"svc.ingest", "svc.simulator"} <= set(acl_users)
+
+
+def test_grafana_mounts_provisioning_and_dashboards(compose: dict[str, Any]) -> None:
+    mounts = {source: target for _, source, target in _mounts(compose["services"]["grafana"])}
+    provider = yaml.safe_load(
+        (ROOT / "dashboards/provisioning/dashboards/farm.yaml").read_text())["providers"][0]
+    assert mounts["./dashboards/json"] == provider["options"]["path"]
+    assert mounts["./dashboards/provisioning/datasources"] == (
+        "/etc/grafana/provisioning/datasources")
+    assert mounts["./dashboards/provisioning/dashboards"] == "/etc/grafana/provisioning/dashboards"
+
+
+def test_dockerfile() -> None:
+    lines = [
+        line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert lines[0] == "FROM python:3.11-slim"
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert lines[-1] == 'CMD ["python", "-m", "ingest_service"]'
+    assert any(line.startswith("RUN pip install") for line in lines)
+
+
+def test_dockerignore_keeps_what_pip_install_needs() -> None:
+    patterns = [
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [p.rstrip("*") for p in include]
+    needed = ["pyproject.toml", pyproject["project"]["readme"], *packages]
+    for path in needed:
+        assert (ROOT / path).exists(), path
+        excluded = [p for p in patterns if fnmatch.fnmatch(path, p.lstrip("/"))]
+        assert not excluded, f".dockerignore drops {path} ({excluded})"
+    for path in (".venv", ".git", "tests"):
+        assert any(fnmatch.fnmatch(path, p) for p in patterns), f"{path} goes into the image"
