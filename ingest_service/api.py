@@ -28,6 +28,8 @@ from farm_contract.indicators import IndicatorValue
 from farm_contract.registry import Device, Registry, RegistryError, Site
 from farm_contract.settings import Settings
 from ingest_service.indicators import IndicatorEngine, UnknownCountyError, time_literal
+from ingest_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ingest_service.metrics import metrics_registry, render
 from ingest_service.outputs.influx import QueryError, Series, quote_ident, quote_literal
 from ingest_service.state import ServiceState
 
@@ -312,6 +314,19 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
                 "invalid token",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
+
+    prometheus = metrics_registry(state)
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {METRICS_CONTENT_TYPE: {}}}},
+    )
+    def metrics() -> Response:
+        """Messages received, stored, rejected by reason, batch timing, write errors, backlog."""
+        return Response(render(prometheus), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/healthz", tags=["health"], summary="The process is up", response_model=Health)
     def healthz() -> Health:

@@ -157,6 +157,7 @@ class Pipeline:
             self._stats.received += len(batch)
             self._stats.batches += 1
             self._stats.last_batch_seconds = time.monotonic() - started
+            self._stats.batch_seconds_sum += self._stats.last_batch_seconds
             for item in outcomes:
                 if item.points:
                     self._stats.stored_messages += 1

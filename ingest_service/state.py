@@ -23,6 +23,7 @@ class Stats:
     batches: int = 0
     write_errors: int = 0
     last_batch_seconds: float = 0.0
+    batch_seconds_sum: float = 0.0
     backlog: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -37,6 +38,7 @@ class Stats:
                 "batches": self.batches,
                 "write_errors": self.write_errors,
                 "last_batch_seconds": self.last_batch_seconds,
+                "batch_seconds_sum": self.batch_seconds_sum,
                 "backlog": self.backlog,
             }
 

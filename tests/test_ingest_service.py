@@ -158,3 +158,23 @@ def test_influxdb_outage_loses_nothing(
     assert service.state.stats.stored_points == 0
     influxd.start()
     wait_for(lambda: count(influxd, "SELECT count(flow_lpm) FROM telemetry") == 20, timeout=60)
+
+
+def test_metrics_count_what_happened(
+    service: IngestService, mosquitto: Mosquitto, influxd: Influxd
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from ingest_service.api import create_app
+
+    topic = "farm/v1/drip-1/dev-1/telemetry"
+    mosquitto_pub(mosquitto.port, topic, "[]")
+    mosquitto_pub(mosquitto.port, topic, json.dumps(
+        {"v": 1, "seq": 1, "ts": 1777622400000, "readings": {"flow_lpm": 1.0}}))
+    wait_for(lambda: service.state.stats.received == 2)
+    client = TestClient(create_app(service.state, service.engine))
+    text = client.get("/metrics").text
+    assert "farm_messages_received_total 2.0" in text
+    assert 'farm_rejections_total{reason="invalid_payload"} 1.0' in text
+    assert "farm_points_stored_total 1.0" in text
+    assert "farm_mqtt_connected 1.0" in text

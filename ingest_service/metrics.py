@@ -1,0 +1,82 @@
+"""``GET /metrics``: the service's counters in Prometheus text format.
+
+The pipeline keeps plain counters in :class:`~ingest_service.state.Stats`; a
+collector reads them at scrape time, so the hot path never touches
+prometheus_client and each service instance has its own registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ingest_service.state import ServiceState
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class StatsCollector(Collector):
+    """Exposes :class:`Stats` and readiness as Prometheus metrics."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._state.stats
+        with stats._lock:
+            received = stats.received
+            stored_messages = stats.stored_messages
+            stored_points = stats.stored_points
+            rejected = dict(stats.rejected)
+            batches = stats.batches
+            write_errors = stats.write_errors
+            batch_seconds = stats.last_batch_seconds
+            batch_seconds_sum = stats.batch_seconds_sum
+            backlog = stats.backlog
+        yield CounterMetricFamily(
+            "farm_messages_received", "MQTT messages taken in by the pipeline", value=received
+        )
+        yield CounterMetricFamily(
+            "farm_messages_stored", "Messages with at least one point stored", value=stored_messages
+        )
+        yield CounterMetricFamily(
+            "farm_points_stored", "Points written to InfluxDB", value=stored_points
+        )
+        family = CounterMetricFamily(
+            "farm_rejections", "Rejected messages, readings or records", labels=["reason"]
+        )
+        for reason, count in sorted(rejected.items()):
+            family.add_metric([reason], count)
+        yield family
+        yield CounterMetricFamily("farm_batches", "Batches written and acknowledged", value=batches)
+        yield CounterMetricFamily(
+            "farm_batch_seconds", "Total time spent on batches (parse to ack)",
+            value=batch_seconds_sum,
+        )
+        yield GaugeMetricFamily(
+            "farm_last_batch_seconds", "Time the last batch took, parse to ack", value=batch_seconds
+        )
+        yield CounterMetricFamily(
+            "farm_influx_write_errors", "Failed InfluxDB writes (each retried)", value=write_errors
+        )
+        yield GaugeMetricFamily(
+            "farm_backlog_messages", "Messages received and waiting for the pipeline", value=backlog
+        )
+        yield GaugeMetricFamily(
+            "farm_mqtt_connected", "1 while connected to the broker",
+            value=1.0 if self._state.broker_connected() else 0.0,
+        )
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+def metrics_registry(state: ServiceState) -> CollectorRegistry:
+    """A registry holding only this service's metrics."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StatsCollector(state))
+    return registry
