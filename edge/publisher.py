@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,6 +87,8 @@ class DevicePublisher:
         self._acked = 0
         self.refused = 0
         """PUBACKs carrying a failure reason code (e.g. not authorised)."""
+        self.sent_by_kind: Counter[MessageKind] = Counter()
+        """Messages handed to the client, by kind (status included)."""
         self._connected = threading.Event()
         self._closing = False
         self._started = False
@@ -207,6 +210,8 @@ class DevicePublisher:
             with self._lock:
                 self._published -= 1
             raise RuntimeError(f"{self.device_id}: publish failed: {mqtt.error_string(info.rc)}")
+        with self._lock:
+            self.sent_by_kind[kind] += 1
 
     @property
     def pending(self) -> int:

@@ -139,10 +139,8 @@ def _bad_payload(device: _Device, injection: Injection, ts: datetime) -> bytes:
     if injection.kind is InjectionKind.OUT_OF_RANGE:
         numeric = [CATALOG[name] for name in device.plan.metrics if not CATALOG[name].is_bool]
         metric = numeric[injection.variant % len(numeric)]
-        if metric.maximum is not None:
-            value = metric.maximum * 2 + 1
-        else:
-            value = (metric.minimum or 0) - 1
+        high = metric.maximum * 2 + 1 if metric.maximum is not None else None
+        value = high if high is not None else (metric.minimum or 0) - 1
         return payloads.telemetry(publisher.take_seq(), ts, {metric.name: float(value)})
     valid = payloads.telemetry(publisher.next_seq, ts, {"battery_v": 12.5})
     variant = injection.variant % 3
