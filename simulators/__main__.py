@@ -1,0 +1,126 @@
+"""``python -m simulators``: a scenario's registry, its fleet, its expected indicators.
+
+    python -m simulators registry --scenario demo --out run/registry
+    python -m simulators run --scenario demo --mqtt-url mqtt://127.0.0.1:1883 \
+        --mode live --duration 60
+    python -m simulators run --scenario test-small --mode backfill --year 2025
+    python -m simulators expected --scenario demo --year 2025
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from simulators.expected import expected_indicators
+from simulators.fleet import build_registry, report_json, run_backfill, run_live
+from simulators.scenario import Scenario, ScenarioError, load_scenario
+
+
+def _scenario(args: argparse.Namespace) -> Scenario:
+    scenario = load_scenario(args.scenario)
+    if getattr(args, "seed", None) is not None:
+        scenario = scenario.model_copy(update={"seed": args.seed})
+    return scenario
+
+
+def _registry(args: argparse.Namespace) -> int:
+    registry = build_registry(_scenario(args))
+    registry.write_dir(args.out)
+    print(f"wrote {len(registry.sites)} sites and {len(registry.devices)} devices to {args.out}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    scenario = _scenario(args)
+    if args.mode == "backfill":
+        report = run_backfill(scenario, args.mqtt_url, args.prefix, args.year,
+                              telemetry_interval_h=args.interval_h)
+    else:
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        report = run_live(scenario, args.mqtt_url, args.prefix, args.duration, stop,
+                          interval_s=args.interval_s)
+    print(report_json(report))
+    return 0
+
+
+def _expected(args: argparse.Namespace) -> int:
+    scenario = _scenario(args)
+    values = expected_indicators(scenario, args.year or scenario.year)
+    if args.json:
+        print(json.dumps([v.model_dump(mode="json") for v in values], ensure_ascii=False,
+                         indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{scenario.name}: expected indicators {args.year or scenario.year}")
+    for column in ("indicator", "scope", "value", "numerator", "denominator", "target", "met"):
+        table.add_column(column)
+    for v in values:
+        table.add_row(v.indicator.value, v.county or "全市", "—" if v.value is None
+                      else f"{v.value:.4f}", f"{v.numerator:g}", f"{v.denominator:g}",
+                      f"{v.target:g}", "✓" if v.met else "✗")
+    Console().print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulators", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="WARNING")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def scenario_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--scenario", required=True, help="scenario name or TOML path")
+        sub.add_argument("--seed", type=int, help="override the scenario's seed")
+
+    registry = commands.add_parser("registry", help="write sites.csv and devices.csv")
+    scenario_args(registry)
+    registry.add_argument("--out", required=True, help="folder to write into")
+    registry.set_defaults(handler=_registry)
+
+    run = commands.add_parser("run", help="run the fleet against a broker")
+    scenario_args(run)
+    run.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
+    run.add_argument("--prefix", default="farm")
+    run.add_argument("--mode", choices=("live", "backfill"), default="live")
+    run.add_argument("--duration", type=float, default=60.0, help="live: seconds to run")
+    run.add_argument("--interval-s", type=float, help="live: telemetry interval per device")
+    run.add_argument("--year", type=int, help="backfill: the year to simulate")
+    run.add_argument("--interval-h", type=float, help="backfill: telemetry interval (hours)")
+    run.set_defaults(handler=_run)
+
+    expected = commands.add_parser("expected", help="print the indicators ingest should compute")
+    scenario_args(expected)
+    expected.add_argument("--year", type=int)
+    expected.add_argument("--json", action="store_true")
+    expected.set_defaults(handler=_expected)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.handler(args)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
