@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,10 +33,10 @@ from devstack.servers import Influxd, Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = {
-    "manure_facility_rate": "manure facilities 粪污处理设施配套率",
-    "manure_ledger_coverage": "manure ledgers 粪污台账覆盖率",
-    "film_recovery_rate": "film recovery 农膜回收率",
-    "straw_utilization_rate": "straw utilisation 秸秆综合利用率",
+    "manure_facility_rate": "facilities 设施配套",
+    "manure_ledger_coverage": "ledgers 台账",
+    "film_recovery_rate": "film 农膜回收",
+    "straw_utilization_rate": "straw 秸秆利用",
 }
 
 
@@ -53,29 +54,28 @@ def _percent(value: float | None) -> str:
 
 
 def indicator_table(rows: list[dict[str, object]], year: int, title: str) -> Table:
-    """One row per indicator: the city and each county, met targets in green."""
-    counties = sorted({str(r["county"]) for r in rows if r["scope"] == "county"})
-    table = Table(title=f"{title} {year}", title_justify="left", expand=False)
-    table.add_column("indicator")
-    table.add_column("target", justify="right")
-    table.add_column("city 全市", justify="right")
-    for county in counties:
-        table.add_column(county, justify="right")
+    """One row per scope (the city, then each county), one column per indicator."""
+    table = Table(title=f"{title} {year}", title_justify="left")
+    table.add_column("scope 范围")
     for indicator, name in NAMES.items():
-        mine = [r for r in rows if r["indicator"] == indicator]
-        cells: list[Text | str] = [name]
-        target = next((float(str(r["target"])) for r in mine), 0.0)
-        cells.append(f"{target * 100:.0f} %")
-        for scope_county in [None, *counties]:
-            row = next((r for r in mine if r["county"] == scope_county), None)
+        target = next((float(str(r["target"])) for r in rows if r["indicator"] == indicator), 0)
+        table.add_column(f"{name}\n≥ {target * 100:.0f} %", justify="right")
+    counties = sorted({str(r["county"]) for r in rows if r["scope"] == "county"})
+    for county in [None, *counties]:
+        cells: list[Text | str] = ["city 全市" if county is None else county]
+        for indicator in NAMES:
+            row = next(
+                (r for r in rows if r["indicator"] == indicator and r["county"] == county), None
+            )
             if row is None:
                 cells.append("")
                 continue
             value = row["value"]
             text = _percent(float(str(value)) if value is not None else None)
-            detail = f" ({float(str(row['numerator'])):g}/{float(str(row['denominator'])):g})"
+            if indicator.startswith("manure"):
+                text += f" ({float(str(row['numerator'])):g}/{float(str(row['denominator'])):g})"
             style = "green" if row["met"] else ("red" if value is not None else "dim")
-            cells.append(Text(text + detail, style=style))
+            cells.append(Text(text, style=style))
         table.add_row(*cells)
     return table
 
@@ -96,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     from simulators.fleet import build_registry, run_backfill
-
     from simulators.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
     tz = ZoneInfo("Asia/Shanghai")
     this_year = datetime.now(tz).year
     run_dir: Path = args.run_dir
+    for old in ("mosquitto", "influxdb", "registry"):
+        shutil.rmtree(run_dir / old, ignore_errors=True)  # every demo starts from nothing
     run_dir.mkdir(parents=True, exist_ok=True)
     mosquitto = Mosquitto(run_dir / "mosquitto", port=_port(1883))
     influxd = Influxd(run_dir / "influxdb", port=_port(8086))
@@ -156,36 +157,34 @@ def main(argv: list[str] | None = None) -> int:
             console.print(
                 f"Ingest service and API up: {api}/docs  ({api}/api/v1/indicators?year={this_year})"
             )
+            started = time.monotonic()
             console.print(f"Back-filling {this_year - 1} from the simulated fleet…")
-            report = run_backfill(scenario, mosquitto.url, year=this_year - 1)
-            console.print(f"  sent {report}")
+            report = run_backfill(
+                scenario, mosquitto.url, year=this_year - 1, telemetry_interval_h=12
+            )
+            backfill_done = [
+                f"{this_year - 1} back-filled: {report.telemetry} telemetry, {report.events} "
+                f"events, {report.bad_payloads} bad payloads and {report.duplicates} duplicates "
+                f"injected, in {report.elapsed_s:.0f} s"
+            ]
+            console.print(backfill_done[0])
+            remaining = max(args.duration - (time.monotonic() - started), 5) if args.duration else 0
             sim_log = (run_dir / "simulators.log").open("ab")
             sim_args = [
-                sys.executable,
-                "-m",
-                "simulators",
-                "run",
-                "--scenario",
-                args.scenario,
-                "--mqtt-url",
-                mosquitto.url,
-                "--mode",
-                "live",
-                "--duration",
-                str(args.duration if args.duration else 0),
+                sys.executable, "-m", "simulators", "run", "--scenario", args.scenario,
+                "--mqtt-url", mosquitto.url, "--mode", "live",
+                "--duration", f"{remaining:.0f}",
             ]
-            children.append(
-                subprocess.Popen(sim_args, stdout=sim_log, stderr=sim_log, start_new_session=True)
-            )
+            children.append(subprocess.Popen(sim_args, stdout=sim_log, stderr=sim_log,
+                                             start_new_session=True))
             console.print("Live fleet running for this year. Ctrl-C stops everything.")
-            started = time.monotonic()
             with Live(console=console, refresh_per_second=2, transient=False) as live:
                 while not stop.is_set():
                     if args.duration and time.monotonic() - started >= args.duration:
                         break
-                    live.update(_screen(http, this_year))
+                    live.update(_screen(http, this_year, backfill_done))
                     stop.wait(2)
-                live.update(_screen(http, this_year))
+                live.update(_screen(http, this_year, backfill_done))
     finally:
         for child in reversed(children):
             if child.poll() is None:
@@ -199,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         influxd.stop()
         mosquitto.stop()
         console.print(
-            f"Stopped: simulators, ingest, InfluxDB and Mosquitto. Data kept in {run_dir}."
+            f"\nStopped: simulators, ingest, InfluxDB and Mosquitto. Data kept in {run_dir}."
         )
     return 0
 
 
-def _screen(http: httpx.Client, year: int) -> Group:
-    parts: list[Table | Text] = []
+def _screen(http: httpx.Client, year: int, notes: list[str]) -> Group:
+    parts: list[Table | Text] = [Text(note, style="cyan") for note in notes]
     for shown, title in ((year, "This year (live)"), (year - 1, "Last year (back-filled)")):
         try:
             response = http.get("/api/v1/indicators", params={"year": shown})
