@@ -1,6 +1,7 @@
 # farm-iot-collector: everything a user or CI runs starts here.
 #   make demo [DURATION=60]   the whole system on real servers, indicators shown live
 #   make test                 install everything and run the whole test suite
+#   make bench [BENCH_ARGS=…] ingest throughput/latency against the broker's ceiling
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 DURATION ?= 0
 SCENARIO ?= demo
 
-.PHONY: demo test test-fast lint typecheck dashboards system-deps venv clean
+.PHONY: demo test test-fast lint typecheck dashboards dev-certs system-deps venv clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +37,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+bench: system-deps $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
 dashboards: $(STAMP)
 	$(PY) -m dashboards.generate
+
+# Development CA and broker certificates for the TLS listener, into broker/certs/.
+dev-certs:
+	broker/make-dev-certs.sh
 
 clean:
 	rm -rf run .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,9 @@ What is substituted, following Grafana's InfluxDB (InfluxQL) datasource:
   ``!~ /…/``) the value is regex-escaped, as Grafana does; a list of values
   (multi-value variable) becomes ``(a|b)`` there and ``a,b`` elsewhere. A
   variable not given in ``variables`` takes the dashboard's current value.
+- a variable's "All" option (stored as ``$__all``) becomes its custom ``allValue``
+  (e.g. ``.*``) unescaped, as Grafana does; without an ``allValue`` Grafana would
+  need the variable's options, which only a live datasource knows, so that raises.
 
 A ``$name`` that is neither a built-in nor a variable raises ``KeyError``.
 """
@@ -141,6 +144,18 @@ def current_values(dashboard: Mapping[str, Any]) -> dict[str, VariableValue]:
     return values
 
 
+ALL_VALUE = "$__all"
+
+
+def all_values(dashboard: Mapping[str, Any]) -> dict[str, str]:
+    """Each variable's custom "All" value (``allValue``), for those that have one."""
+    return {
+        str(variable["name"]): str(variable["allValue"])
+        for variable in dashboard.get("templating", {}).get("list", [])
+        if variable.get("includeAll") and variable.get("allValue")
+    }
+
+
 def _in_regex_literal(query: str, start: int, end: int) -> bool:
     return any(
         m.start(1) <= start and end <= m.end(1) for m in _REGEX_LITERAL.finditer(query)
@@ -162,8 +177,13 @@ def _format(value: VariableValue, fmt: str | None, in_regex: bool) -> str:
 
 def interpolate(
     query: str, variables: Mapping[str, VariableValue], builtins: Mapping[str, str],
+    all_value: Mapping[str, str] | None = None,
 ) -> str:
-    """Replace every variable in ``query`` (one pass, as Grafana's template service)."""
+    """Replace every variable in ``query`` (one pass, as Grafana's template service).
+
+    ``all_value`` maps a variable to its custom "All" value, used unescaped when the
+    variable's value is ``$__all``.
+    """
 
     def one(match: re.Match[str]) -> str:
         name = match.group("plain") or match.group("bracket") or match.group("braced")
@@ -172,6 +192,10 @@ def interpolate(
             return builtins[name]
         if name not in variables:
             raise KeyError(f"query uses ${name}, which is not a variable: {query}")
+        if variables[name] == ALL_VALUE or variables[name] == [ALL_VALUE]:
+            if all_value is None or name not in all_value:
+                raise ValueError(f"${name} is 'All' but has no custom allValue: {query}")
+            return all_value[name]
         return _format(variables[name], fmt, _in_regex_literal(query, *match.span()))
 
     return _VARIABLE.sub(one, query)
@@ -215,6 +239,7 @@ def panel_queries(
     """
     board = load(dashboard_json)
     values = {**current_values(board), **variables}
+    everything = all_values(board)
     from_ms, to_ms = epoch_ms(time_from), epoch_ms(time_to)
     if to_ms < from_ms:
         raise ValueError("time_to is before time_from")
@@ -236,7 +261,7 @@ def panel_queries(
                     f"panel {panel.get('title')!r} {target.get('refId')}: only raw InfluxQL "
                     "queries are supported"
                 )
-            query = interpolate(str(target["query"]), values, builtins)
+            query = interpolate(str(target["query"]), values, builtins, everything)
             out.append((str(panel.get("title", "")), str(target.get("refId", "")), query))
     return out
 
@@ -253,5 +278,5 @@ def variable_queries(
         if variable.get("type") == "query":
             query = variable["query"]
             text = query if isinstance(query, str) else str(query.get("query", ""))
-            out.append((str(variable["name"]), interpolate(text, values, {})))
+            out.append((str(variable["name"]), interpolate(text, values, {}, all_values(board))))
     return out

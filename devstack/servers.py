@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -169,6 +170,11 @@ class Mosquitto(_Process):
             lines.append("allow_anonymous true")
         if self.acl_file is not None:
             lines.append(f"acl_file {self.acl_file}")
+        if os.geteuid() == 0 and not re.search(r"^\s*user\s", self.extra_config, re.MULTILINE):
+            # Started as root, Mosquitto drops to the "mosquitto" user, which cannot write
+            # the persistence file in root's private temp folders: every restart would
+            # silently lose the sessions and their queues. Stay root instead.
+            lines.append("user root")
         if self.extra_config:
             lines.append(self.extra_config)
         (self.workdir / "mosquitto.conf").write_text("\n".join(lines) + "\n")

@@ -11,11 +11,12 @@ from types import FrameType
 
 from edge.agent import Agent
 from edge.config import ConfigError, load_config
+from edge.outbox import OutboxLocked
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge", description=__doc__)
-    parser.add_argument("--config", required=True, help="device config file (TOML)")
+    parser.add_argument("--config", required=True, help="device config (TOML; YAML if .yaml/.yml)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -35,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    Agent(config).run(stop)
+    try:
+        agent = Agent(config)
+    except OutboxLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    agent.run(stop)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The agent loop: poll the driver every sample interval and publish what it says.
 
-Kept apart from ``__main__`` so tests and the simulators can run an agent in a
-thread with their own stop event.
+Kept apart from ``__main__`` so tests can run an agent in a thread with their
+own stop event. With an outbox (the default) every sample is on disk before the
+loop moves on, whether or not the broker is reachable.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
 from edge.config import DeviceConfig
 from edge.drivers.base import Driver
+from edge.outbox import Outbox
 from edge.publisher import DevicePublisher, utc_now
 from farm_contract.payloads import EventType
 
@@ -24,7 +27,9 @@ class SeqStore:
     """The device's ``seq`` counter on disk, so a restart does not reuse numbers.
 
     Ingest treats a repeated (device, seq) as a redelivery, so a device that
-    restarted at 0 would have fresh data dropped as duplicates.
+    restarted at 0 would have fresh data dropped as duplicates. With an outbox
+    the counter lives in the outbox (moved atomically with each record); this
+    file then only seeds a new outbox and is kept in step for a later downgrade.
     """
 
     def __init__(self, folder: Path | None, device_id: str) -> None:
@@ -55,6 +60,11 @@ class Agent:
         self.config = config
         self.driver = driver if driver is not None else config.driver.build()
         self.seq_store = SeqStore(config.state_dir, config.device_id)
+        path = config.outbox_path
+        self.outbox = None if path is None else Outbox(
+            path, max_records=config.outbox.max_records, policy=config.outbox.when_full,
+            first_seq=self.seq_store.load(),
+        )
         self.publisher = DevicePublisher(
             config.device_id,
             config.site_id,
@@ -65,6 +75,14 @@ class Agent:
             first_seq=self.seq_store.load(),
             metadata={"driver": config.driver.kind, "interval_s": config.sample_interval_s},
             ca_file=config.ca_file,
+            cert_file=config.cert_file,
+            key_file=config.key_file,
+            keepalive=config.keepalive_s,
+            reconnect_min_s=config.reconnect_min_s,
+            reconnect_max_s=config.reconnect_max_s,
+            outbox=self.outbox,
+            replay_records_per_s=config.outbox.replay_records_per_s,
+            batch_records=config.outbox.batch_records,
         )
 
     def sample(self, now: datetime) -> int:
@@ -78,21 +96,30 @@ class Agent:
         if readings:
             self.publisher.telemetry(now, dict(readings))
             sent += 1
-        self.seq_store.save(self.publisher.next_seq)
+        if self.outbox is None:
+            self.seq_store.save(self.publisher.next_seq)
         return sent
 
     def run(self, stop: threading.Event) -> None:
         """Sample until ``stop`` is set, then shut down cleanly (offline status, disconnect)."""
         self.publisher.start()
         interval = self.config.sample_interval_s
+        due = time.monotonic()
         try:
             while not stop.is_set():
                 try:
                     self.sample(utc_now())
                 except Exception:
                     log.exception("%s: sampling failed", self.config.device_id)
-                stop.wait(interval)
+                due += interval  # a fixed cadence: a slow sample does not shift the next ones
+                due = max(due, time.monotonic() - interval)
+                stop.wait(max(0.0, due - time.monotonic()))
         finally:
             self.publisher.close(timeout=5)
             self.driver.close()
             self.seq_store.save(self.publisher.next_seq)
+            if self.outbox is not None:
+                stats = self.outbox.stats()
+                log.info("%s: stopped; %d record(s) left in the outbox, %d dropped in total",
+                         self.config.device_id, stats.pending, stats.dropped)
+                self.outbox.close()

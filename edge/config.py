@@ -1,20 +1,31 @@
-"""The device config file (TOML), validated once at start.
+"""The device config file (TOML, or YAML by its extension), validated once at start.
 
 A field technician edits this file by hand, so every error names the key that
-is wrong (``driver.site_type: …``) and unknown keys are refused rather than
-silently ignored (a typo must not fall back to a default).
+is wrong (``driver.registers.2.type: …``) and unknown keys are refused rather
+than silently ignored (a typo must not fall back to a default).
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge.drivers.base import Driver
-from farm_contract.catalog import SiteType
+from edge.outbox import FullPolicy
+from farm_contract.catalog import CATALOG, SiteType
+from farm_contract.payloads import MAX_BATCH
 from farm_contract.settings import parse_mqtt_url
 from farm_contract.topics import ID_PATTERN
 
@@ -50,8 +61,109 @@ class SimulatedDriverConfig(_Strict):
         )
 
 
-DriverConfig = SimulatedDriverConfig
-"""Becomes a union discriminated by ``kind`` when a second driver kind (Modbus…) arrives."""
+RegisterType = Literal[
+    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool"
+]
+_WORDS = {"int16": 1, "uint16": 1, "bool": 1, "int32": 2, "uint32": 2, "float32": 2,
+          "int64": 4, "uint64": 4, "float64": 4}
+
+
+class RegisterConfig(_Strict):
+    """``[[driver.registers]]``: where one metric lives on a Modbus device, and its scaling.
+
+    Engineering value = raw × ``scale`` + ``offset``. Coils and discrete inputs,
+    a register read as ``bool`` (non-zero) or one ``bit`` of a register give booleans.
+    """
+
+    metric: str
+    unit_id: int = Field(default=1, ge=0, le=247)
+    table: Literal["holding", "input", "coil", "discrete"] = "holding"
+    address: int = Field(ge=0, le=65535)
+    type: RegisterType = "uint16"
+    word_order: Literal["big", "little"] = "big"
+    bit: int | None = Field(default=None, ge=0, le=15)
+    scale: float = 1.0
+    offset: float = 0.0
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in CATALOG:
+            raise ValueError(f"{value!r} is not in the metric catalog")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        is_bool = CATALOG[self.metric].is_bool
+        bits = self.table in ("coil", "discrete")
+        if bits and self.type != "bool":
+            raise ValueError(f"type: a {self.table} holds one bit; type must be \"bool\"")
+        if self.bit is not None and (bits or self.type not in ("uint16", "int16", "bool")):
+            raise ValueError("bit: picks one bit of a 16-bit register (type uint16)")
+        gives_bool = bits or self.type == "bool" or self.bit is not None
+        if is_bool != gives_bool:
+            want = "a boolean (coil, discrete, type bool or bit)" if is_bool else "a number"
+            raise ValueError(f"type: {self.metric} needs {want}")
+        return self
+
+    @property
+    def words(self) -> int:
+        return _WORDS[self.type]
+
+
+class ModbusDriverConfig(_Strict):
+    """``[driver] kind = "modbus"``: field devices on a Modbus TCP network or RS-485 bus."""
+
+    kind: Literal["modbus"]
+    site_type: SiteType
+    transport: Literal["tcp", "rtu", "rtu_over_tcp"] = "tcp"
+    host: str | None = None
+    port: int = Field(default=502, ge=1, le=65535)
+    serial_port: str | None = None
+    baudrate: int = Field(default=9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_s: float = Field(default=1.0, gt=0, le=60)
+    retries: int = Field(default=1, ge=0, le=10)
+    registers: list[RegisterConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _where(self) -> Self:
+        if self.transport == "rtu" and not self.serial_port:
+            raise ValueError("serial_port: transport rtu needs one (e.g. /dev/ttyUSB0)")
+        if self.transport != "rtu" and not self.host:
+            raise ValueError(f"host: transport {self.transport} needs one")
+        seen: set[str] = set()
+        for index, register in enumerate(self.registers):
+            if register.metric in seen:
+                raise ValueError(f"registers.{index}.metric: {register.metric} is mapped twice")
+            seen.add(register.metric)
+            if not CATALOG[register.metric].allowed_at(self.site_type):
+                raise ValueError(f"registers.{index}.metric: {register.metric} is not a metric of "
+                                 f"{self.site_type.value} sites")
+        return self
+
+    def build(self) -> Driver:
+        from edge.drivers.modbus import ModbusDriver
+
+        return ModbusDriver(self)
+
+
+DriverConfig = Annotated[SimulatedDriverConfig | ModbusDriverConfig, Field(discriminator="kind")]
+
+
+class OutboxConfig(_Strict):
+    """``[outbox]``: the durable store-and-forward queue (see ``edge/outbox.py``)."""
+
+    enabled: bool = True
+    path: Path | None = None
+    """Default: ``{state_dir}/{device_id}.outbox.sqlite``."""
+    max_records: int = Field(default=100_000, ge=10, le=100_000_000)
+    when_full: FullPolicy = FullPolicy.DROP_OLDEST
+    replay_records_per_s: float = Field(default=500, ge=0)
+    """Backlog replay rate; 0 means as fast as the broker acknowledges."""
+    batch_records: int = Field(default=500, ge=1, le=MAX_BATCH)
 
 
 class DeviceConfig(_Strict):
@@ -66,8 +178,14 @@ class DeviceConfig(_Strict):
     topic_prefix: str = Field(default="farm", pattern=r"^[A-Za-z0-9_-]+$")
     sample_interval_s: float = Field(default=60, gt=0, le=86400)
     state_dir: Path | None = None
-    """Where the device keeps its ``seq`` counter across restarts (none: start at 0)."""
+    """Where the device keeps its outbox (and ``seq`` counter) across restarts."""
     ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = Field(default=60, ge=5, le=3600)
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=600)
+    reconnect_max_s: float = Field(default=120.0, gt=0, le=3600)
+    outbox: OutboxConfig = OutboxConfig()
     driver: DriverConfig
 
     @field_validator("mqtt_url")
@@ -75,6 +193,30 @@ class DeviceConfig(_Strict):
     def _url(cls, value: str) -> str:
         parse_mqtt_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Self:
+        tls = parse_mqtt_url(self.mqtt_url).tls
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, key) is not None and not tls:
+                raise ValueError(f"{key}: only used with an mqtts:// mqtt_url")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("key_file: give cert_file and key_file together, or neither")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s: must not be below reconnect_min_s")
+        if self.outbox.enabled and self.outbox.path is None and self.state_dir is None:
+            raise ValueError("outbox.path: set outbox.path or state_dir (the outbox must be "
+                             "on disk), or outbox.enabled = false")
+        return self
+
+    @property
+    def outbox_path(self) -> Path | None:
+        if not self.outbox.enabled:
+            return None
+        if self.outbox.path is not None:
+            return self.outbox.path
+        assert self.state_dir is not None
+        return self.state_dir / f"{self.device_id}.outbox.sqlite"
 
     @property
     def mqtt_username(self) -> str:
@@ -85,22 +227,40 @@ def _describe(error: ValidationError) -> list[str]:
     problems = []
     for item in error.errors():
         loc = [str(part) for part in item["loc"]]
-        if len(loc) >= 2 and loc[0] == "driver" and loc[1] == "simulated":
+        if len(loc) >= 2 and loc[0] == "driver" and loc[1] in ("simulated", "modbus"):
             loc = [loc[0], *loc[2:]]  # the discriminator's tag is not a key in the file
-        where = ".".join(loc) or "(file)"
-        message = item["msg"]
+        message = str(item["msg"]).removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
+        elif item["type"] == "union_tag_invalid":
+            loc, message = [*loc, "kind"], "must be \"simulated\" or \"modbus\""
+        elif item["type"] == "union_tag_not_found":
+            loc, message = [*loc, "kind"], "missing (\"simulated\" or \"modbus\")"
+        key, sep, rest = message.partition(": ")
+        if sep and key and " " not in key:
+            # a cross-field check names its own key (``outbox.path: …``)
+            loc, message = [*loc, *key.split(".")], rest
+        where = ".".join(loc) or "(file)"
         problems.append(f"{where}: {message}")
     return problems
 
 
-def parse_config(text: str, source: str = "config") -> DeviceConfig:
-    """Parse and validate TOML text; raise :class:`ConfigError` naming each bad key."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+def parse_config(text: str, source: str = "config", *, yaml_format: bool = False
+                 ) -> DeviceConfig:
+    """Parse and validate TOML (or YAML) text; raise :class:`ConfigError` naming each bad key."""
+    data: Any
+    if yaml_format:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+        if not isinstance(data, dict):
+            raise ConfigError(source, ["(file): expected a mapping of keys"])
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
     try:
         return DeviceConfig.model_validate(data)
     except ValidationError as exc:
@@ -108,10 +268,10 @@ def parse_config(text: str, source: str = "config") -> DeviceConfig:
 
 
 def load_config(path: str | Path) -> DeviceConfig:
-    """Read and validate a device config file."""
+    """Read and validate a device config file (``.yaml``/``.yml``: YAML, otherwise TOML)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), yaml_format=path.suffix.lower() in (".yaml", ".yml"))

@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     max_future_skew_s: float = Field(default=600, ge=0)
     earliest_ts: str = "2000-01-01T00:00:00Z"
     subscribe_chirpstack: bool = True
+    influx_timeout_s: float = Field(default=30, gt=0)
+    """A slower write is abandoned and retried (it may have landed; retries are idempotent)."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line, for log collectors."""
+    broker_passwd_file: Path | None = None
+    """Mosquitto password file that device provisioning (``POST /api/v1/devices``) writes."""
+    broker_pid_file: Path | None = None
+    """Mosquitto's ``pid_file``: provisioning sends it SIGHUP so the new password takes effect."""
 
     @field_validator("mqtt_url")
     @classmethod

@@ -1,7 +1,9 @@
 """``python -m ingest_service``: run the ingest service and its HTTP API.
 
 Subcommands: ``run`` (the default), ``indicators --year YYYY`` (print them once),
-``check-registry DIR`` (validate a registry folder without starting anything).
+``check-registry DIR`` (validate a registry folder without starting anything),
+``provision-device`` (a device's broker credentials and registry row, in one step),
+``report --year YYYY [--out DIR]`` (the annual report: Excel workbook and CSV).
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
 from farm_contract.registry import Registry, RegistryError
 from farm_contract.settings import Settings
+from ingest_service.logs import setup_logging
 
 
 def _settings() -> Settings:
@@ -51,7 +56,14 @@ def run(settings: Settings) -> int:
         settings.api_port,
     )
     try:
-        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+        # log_config=None: uvicorn logs through the root handler (text or JSON, as set).
+        uvicorn.run(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+            log_config=None,
+        )
     finally:
         service.stop()
     return 0
@@ -73,6 +85,21 @@ def indicators(settings: Settings, year: int, county: str | None) -> int:
     return 0
 
 
+def report(settings: Settings, year: int, out: Path) -> int:
+    """Write the annual report (workbook and CSV) for ``year`` into ``out``."""
+    from ingest_service.indicators import IndicatorEngine
+    from ingest_service.outputs.influx import InfluxQL
+    from ingest_service.report import build_report
+    from ingest_service.report_excel import write_report
+    from ingest_service.state import RegistryHolder
+
+    holder = RegistryHolder.from_settings(settings)
+    engine = IndicatorEngine(InfluxQL(settings), holder.get, settings)
+    for path in write_report(build_report(engine, holder.get, settings, year), out):
+        print(path)
+    return 0
+
+
 def check_registry(folder: Path) -> int:
     try:
         registry = Registry.from_dir(folder)
@@ -86,6 +113,59 @@ def check_registry(folder: Path) -> int:
     return 0
 
 
+def provision_device(args: argparse.Namespace) -> int:
+    """Provision one device and print its credentials (the only time they are shown)."""
+    from ingest_service.provision import ProvisionError, make_device, provision
+
+    folder: Path | None = args.registry_dir
+    if folder is None:
+        folder = _settings().registry_dir
+    if folder is None:
+        print("provision-device: give --registry-dir or set FARM_REGISTRY_DIR", file=sys.stderr)
+        return 2
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+    try:
+        registry = Registry.from_dir(folder)
+        device = make_device(args.device_id, args.site_id, args.dev_eui, args.model)
+        done = provision(
+            registry,
+            lambda updated: updated.write_dir(folder),
+            args.passwd_file,
+            device,
+            password=password,
+            broker_pid=args.broker_pid,
+            broker_pid_file=args.broker_pid_file,
+        )
+    except RegistryError as exc:
+        print("registry has problems:", *exc.problems, sep="\n  ", file=sys.stderr)
+        return 1
+    except ProvisionError as exc:
+        print("not provisioned:", *exc.problems, sep="\n  ", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "device_id": done.device.device_id,
+                "site_id": done.device.site_id,
+                "dev_eui": done.device.dev_eui,
+                "model": done.device.model,
+                "mqtt_username": done.device.device_id,
+                "mqtt_password": done.password,
+                "created": done.created,
+                "broker_reloaded": done.broker_reloaded,
+            },
+            indent=2,
+        )
+    )
+    if not done.broker_reloaded:
+        print(
+            "note: the broker was not signalled; run `kill -HUP <mosquitto pid>` "
+            "(or pass --broker-pid / --broker-pid-file) so the password takes effect",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ingest_service", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -94,16 +174,40 @@ def main(argv: list[str] | None = None) -> int:
     ind = sub.add_parser("indicators", help="compute the indicators once and print them as JSON")
     ind.add_argument("--year", type=int, required=True)
     ind.add_argument("--county")
+    rep = sub.add_parser("report", help="write the annual report: Excel workbook and CSV")
+    rep.add_argument("--year", type=int, required=True)
+    rep.add_argument("--out", type=Path, default=Path("."), help="folder (default: here)")
     chk = sub.add_parser("check-registry", help="validate sites.csv and devices.csv in a folder")
     chk.add_argument("folder", type=Path)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    prov = sub.add_parser(
+        "provision-device",
+        help="give a device broker credentials and a registry row; prints its password once",
     )
+    prov.add_argument("--device-id", required=True, help="also its MQTT username")
+    prov.add_argument("--site-id", required=True)
+    prov.add_argument("--dev-eui", help="16 hex digits, for LoRaWAN devices")
+    prov.add_argument("--model", default="")
+    prov.add_argument("--passwd-file", type=Path, required=True, help="Mosquitto password file")
+    prov.add_argument("--registry-dir", type=Path, help="default: FARM_REGISTRY_DIR")
+    prov.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from stdin instead of generating one",
+    )
+    hup = prov.add_mutually_exclusive_group()
+    hup.add_argument("--broker-pid", type=int, help="send this Mosquitto SIGHUP afterwards")
+    hup.add_argument("--broker-pid-file", type=Path, help="... or the one in this pid file")
+    args = parser.parse_args(argv)
+    json_logs = os.environ.get("FARM_LOG_FORMAT", "").strip().lower() == "json"
+    log_format: Literal["text", "json"] = "json" if json_logs else "text"
+    setup_logging(args.log_level, log_format)
     if args.command == "check-registry":
         return check_registry(args.folder)
+    if args.command == "provision-device":
+        return provision_device(args)
     settings = _settings()
+    if args.command == "report":
+        return report(settings, args.year, args.out)
     if args.command == "indicators":
         return indicators(settings, args.year, args.county)
     return run(settings)

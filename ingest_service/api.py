@@ -27,6 +27,7 @@ from farm_contract import CONTRACT_VERSION, schema
 from farm_contract.indicators import IndicatorValue
 from farm_contract.registry import Device, Registry, RegistryError, Site
 from farm_contract.settings import Settings
+from ingest_service.api_report import report_router
 from ingest_service.indicators import IndicatorEngine, UnknownCountyError, time_literal
 from ingest_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ingest_service.metrics import metrics_registry, render
@@ -568,4 +569,8 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
             counties=registry.counties,
         )
 
+    from ingest_service.api_admin import admin_router  # here: it imports this module
+
+    app.include_router(admin_router(state))
+    app.include_router(report_router(state, engine))
     return app

@@ -9,6 +9,7 @@ must not cost the flow meter's data.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,10 @@ from ingest_service.parse import Parsed, Rejected
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 SEQ_SLOTS = 1_000_000
+MAX_REJECTIONS_PER_MESSAGE = 100
+"""Beyond this, a message's further rejections are summed up, one record per reason:
+a 256 KiB message of ten thousand bad readings must not become 10 MB of rejections."""
+MAX_DETAIL_CHARS = 1000
 
 CounterLookup = Callable[[str, str], tuple[int, float] | None]
 """(device_id, metric) → (time_ns, value) of the latest stored reading, or None."""
@@ -59,8 +64,10 @@ class Enricher:
         registry: Callable[[], Registry],
         settings: Settings,
         counter_lookup: CounterLookup | None = None,
+        refresh: Callable[[], Registry] | None = None,
     ) -> None:
         self._registry = registry
+        self._refresh = refresh
         self._future = timedelta(seconds=settings.max_future_skew_s)
         self._earliest = parse_ts(settings.earliest_ts)
         self._counter_lookup = counter_lookup
@@ -69,6 +76,8 @@ class Enricher:
 
     def rejection(self, inbound: Inbound, reason: str, detail: str) -> Rejection:
         """A rejection record of ``inbound`` with a unique time."""
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[: MAX_DETAIL_CHARS - 1] + "…"
         return Rejection(
             reason=reason,
             detail=detail,
@@ -129,8 +138,13 @@ class Enricher:
         self, parsed: Parsed, inbound: Inbound, now: datetime | None = None
     ) -> tuple[list[Point], list[Rejection]]:
         """Points to store and the parts of the message rejected on their own."""
-        registry = self._registry()
-        device, site = self._identify(parsed, registry)
+        try:
+            device, site = self._identify(parsed, self._registry())
+        except Rejected:
+            if self._refresh is None:
+                raise
+            # Perhaps provisioned a moment ago: look at the registry folder once more.
+            device, site = self._identify(parsed, self._refresh())
         now = now or datetime.now(UTC)
         tags = {
             "site_id": site.site_id,
@@ -140,9 +154,13 @@ class Enricher:
         }
         points: list[Point] = []
         rejections: list[Rejection] = []
+        overflow: Counter[str] = Counter()
 
         def reject(reason: str, detail: str) -> None:
-            rejections.append(self.rejection(inbound, reason, detail))
+            if len(rejections) < MAX_REJECTIONS_PER_MESSAGE:
+                rejections.append(self.rejection(inbound, reason, detail))
+            else:
+                overflow[reason] += 1
 
         for record in parsed.telemetry:
             problem = self._check_time(record.ts, now)
@@ -220,4 +238,8 @@ class Enricher:
                         point_time_ns(status.ts, 0),
                     )
                 )
+        for reason, more in sorted(overflow.items()):
+            rejections.append(
+                self.rejection(inbound, reason, f"{more} more like this in the same message")
+            )
         return points, rejections

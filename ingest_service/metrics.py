@@ -10,10 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from ingest_service.state import ServiceState
+from ingest_service.state import BATCH_SECONDS_BUCKETS, ServiceState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -35,6 +40,7 @@ class StatsCollector(Collector):
             write_errors = stats.write_errors
             batch_seconds = stats.last_batch_seconds
             batch_seconds_sum = stats.batch_seconds_sum
+            per_bucket = list(stats.batch_seconds_buckets)
             backlog = stats.backlog
         yield CounterMetricFamily(
             "farm_messages_received", "MQTT messages taken in by the pipeline", value=received
@@ -52,10 +58,7 @@ class StatsCollector(Collector):
             family.add_metric([reason], count)
         yield family
         yield CounterMetricFamily("farm_batches", "Batches written and acknowledged", value=batches)
-        yield CounterMetricFamily(
-            "farm_batch_seconds", "Total time spent on batches (parse to ack)",
-            value=batch_seconds_sum,
-        )
+        yield batch_histogram(per_bucket, batch_seconds_sum)
         yield GaugeMetricFamily(
             "farm_last_batch_seconds", "Time the last batch took, parse to ack", value=batch_seconds
         )
@@ -69,6 +72,26 @@ class StatsCollector(Collector):
             "farm_mqtt_connected", "1 while connected to the broker",
             value=1.0 if self._state.broker_connected() else 0.0,
         )
+
+
+def batch_histogram(per_bucket: list[int], total_seconds: float) -> HistogramMetricFamily:
+    """``farm_batch_seconds``: how long batches take from parse to ack, as a histogram.
+
+    Its ``_sum`` and ``_count`` replace the former counter of the same name; the buckets
+    show the tail (a batch held by an InfluxDB outage lands in the top ones).
+    """
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip(BATCH_SECONDS_BUCKETS, per_bucket, strict=False):
+        running += count
+        buckets.append((repr(bound), running))
+    buckets.append(("+Inf", running + per_bucket[-1]))
+    return HistogramMetricFamily(
+        "farm_batch_seconds",
+        "Time a batch takes, parse to ack (includes write retries)",
+        buckets=buckets,
+        sum_value=total_seconds,
+    )
 
 
 def render(registry: CollectorRegistry) -> bytes:

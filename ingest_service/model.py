@@ -10,12 +10,17 @@ FieldValue = float | int | bool | str
 
 @dataclass(slots=True)
 class Inbound:
-    """One message from an input. ``ack`` confirms it to the broker once it is stored."""
+    """One message from an input. ``ack`` confirms it to the broker once it is stored.
+
+    ``stale`` turns true when the connection the message came on is gone: its ack
+    would be dropped and the broker redelivers it, so holding it only costs memory.
+    """
 
     topic: str
     payload: bytes
     received_ns: int
     ack: Callable[[], None] = field(default=lambda: None, repr=False)
+    stale: Callable[[], bool] = field(default=lambda: False, repr=False)
 
 
 @dataclass(slots=True)

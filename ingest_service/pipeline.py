@@ -10,22 +10,32 @@ are retried with back-off for as long as it takes, holding the batch. A 4xx
 means some point is unacceptable (a field type conflict, say): the batch is
 split in halves until the offending message is found, which is then stored as
 a ``db_rejected`` rejection so that its neighbours are not held hostage.
+
+Memory stays bounded while InfluxDB is down: the broker sends at most the
+receive maximum of unacknowledged messages, and when the connection is lost the
+messages of the old connection are dropped here (the broker redelivers them), so
+reconnects cannot pile up copies. A batch whose messages all came on a lost
+connection stops retrying for the same reason.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
-import queue
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_when_event_set,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from farm_contract import schema
 from farm_contract.settings import Settings
@@ -35,9 +45,26 @@ from ingest_service.model import Inbound, Point, Rejection
 from ingest_service.outputs.influx import WriteError, Writer
 from ingest_service.outputs.lineprotocol import encode
 from ingest_service.parse import Parsed, Rejected, parse_device_message
-from ingest_service.state import Stats
+from ingest_service.state import BATCH_SECONDS_BUCKETS, Stats
 
 log = logging.getLogger(__name__)
+
+RETRY_MAX_WAIT_S = 10.0
+"""Longest pause between write attempts: how late, at worst, ingest notices InfluxDB is back."""
+
+
+class StopWhen(stop_base):
+    """Stop retrying once ``predicate()`` holds."""
+
+    def __init__(self, predicate: Callable[[], bool]) -> None:
+        self._predicate = predicate
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._predicate()
+
+
+class BatchAbandoned(Exception):
+    """Every message of the batch came on a lost connection; the broker redelivers them."""
 
 
 @dataclass(slots=True)
@@ -78,13 +105,34 @@ class Pipeline:
         self._enricher = enricher
         self._writer = writer
         self._stats = stats
-        self._queue: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
+        self._queue: deque[Inbound] = deque()
+        self._ready = threading.Condition()
+        self._in_hand = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def submit(self, inbound: Inbound) -> None:
         """Hand a message over (called on the input's thread; never blocks)."""
-        self._queue.put(inbound)
+        with self._ready:
+            self._queue.append(inbound)
+            self._stats.backlog = len(self._queue) + self._in_hand
+            self._ready.notify()
+
+    def drop_stale(self) -> None:
+        """Forget queued messages of a lost connection: the broker redelivers them."""
+        with self._ready:
+            kept = [inbound for inbound in self._queue if not inbound.stale()]
+            dropped = len(self._queue) - len(kept)
+            self._queue = deque(kept)
+            self._stats.backlog = len(self._queue) + self._in_hand
+        if dropped:
+            log.info("dropped %d queued messages of a lost connection (redelivered)", dropped)
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet acknowledged or dropped (queue and batch in hand)."""
+        with self._ready:
+            return len(self._queue) + self._in_hand
 
     def start(self) -> None:
         self._stop.clear()
@@ -99,20 +147,20 @@ class Pipeline:
             self._thread = None
 
     def _collect(self) -> list[Inbound]:
-        try:
-            first = self._queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self._settings.batch_interval_s
-        while len(batch) < self._settings.batch_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(self._queue.get(timeout=remaining))
-            except queue.Empty:
-                break
+        """Up to ``batch_size`` messages, waiting at most ``batch_interval_s`` after the first."""
+        size = self._settings.batch_size
+        with self._ready:
+            if not self._queue and not self._ready.wait(timeout=0.2):
+                return []
+            deadline = time.monotonic() + self._settings.batch_interval_s
+            while len(self._queue) < size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    break
+                self._ready.wait(timeout=remaining)
+            batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+            self._in_hand = len(batch)
+            self._stats.backlog = len(self._queue) + self._in_hand
         return batch
 
     def _run(self) -> None:
@@ -122,8 +170,16 @@ class Pipeline:
                 continue
             try:
                 self.process(batch)
+            except BatchAbandoned:
+                log.info("gave up a batch of %d messages of a lost connection", len(batch))
+            except WriteError as exc:
+                log.warning("stopped with a batch of %d unwritten: %s", len(batch), exc)
             except Exception:  # a bug must not stop ingest; the batch is redelivered later
                 log.exception("batch of %d messages failed; left unacknowledged", len(batch))
+            finally:
+                with self._ready:
+                    self._in_hand = 0
+                    self._stats.backlog = len(self._queue)
 
     def parse(self, inbound: Inbound) -> Parsed:
         if inbound.topic.startswith("application/"):
@@ -148,16 +204,18 @@ class Pipeline:
     def process(self, batch: list[Inbound]) -> None:
         """Store a batch and acknowledge every message in it. Raises only if stopped."""
         started = time.monotonic()
-        self._stats.backlog = self._queue.qsize()
         outcomes = [self.outcome(inbound) for inbound in batch]
         self._store(outcomes)
         for item in outcomes:
             item.inbound.ack()
+        seconds = time.monotonic() - started
         with self._stats._lock:
             self._stats.received += len(batch)
             self._stats.batches += 1
-            self._stats.last_batch_seconds = time.monotonic() - started
-            self._stats.batch_seconds_sum += self._stats.last_batch_seconds
+            self._stats.last_batch_seconds = seconds
+            self._stats.batch_seconds_sum += seconds
+            bucket = bisect.bisect_left(BATCH_SECONDS_BUCKETS, seconds)
+            self._stats.batch_seconds_buckets[bucket] += 1
             for item in outcomes:
                 if item.points:
                     self._stats.stored_messages += 1
@@ -171,15 +229,25 @@ class Pipeline:
         if not points:
             return
         body = encode(points)
-        for attempt in Retrying(
-            retry=retry_if_exception(_transient),
-            wait=wait_exponential_jitter(multiplier=0.2, max=30),
-            stop=stop_when_event_set(self._stop),
-            reraise=True,
-            before_sleep=self._log_retry,
-        ):
-            with attempt:
-                self._writer.write(body)
+        inbounds = [item.inbound for item in outcomes]
+
+        def abandoned() -> bool:
+            return all(inbound.stale() for inbound in inbounds)
+
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception(_transient),
+                wait=wait_exponential_jitter(multiplier=0.2, max=RETRY_MAX_WAIT_S),
+                stop=stop_when_event_set(self._stop) | StopWhen(abandoned),
+                reraise=True,
+                before_sleep=self._log_retry,
+            ):
+                with attempt:
+                    self._writer.write(body)
+        except WriteError as exc:
+            if exc.transient and not self._stop.is_set() and abandoned():
+                raise BatchAbandoned() from exc
+            raise
 
     def _log_retry(self, state: object) -> None:
         with self._stats._lock:

@@ -16,6 +16,7 @@ from ingest_service.outputs.influx import (
     quote_literal,
 )
 from ingest_service.pipeline import Pipeline
+from ingest_service.site_points import write_site_points
 from ingest_service.state import RegistryHolder, ServiceState
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,11 @@ class IngestService:
         self.state = ServiceState(settings, RegistryHolder.from_settings(settings))
         self.writer = make_writer(settings)
         self.query = InfluxQL(settings)
-        self.enricher = Enricher(self.state.registry.get, settings, self._last_counter)
+        self.enricher = Enricher(
+            self.state.registry.get, settings, self._last_counter, self.state.registry.refresh
+        )
         self.pipeline = Pipeline(settings, self.enricher, self.writer, self.state.stats)
-        self.input = MqttInput(settings, self.pipeline.submit)
+        self.input = MqttInput(settings, self.pipeline.submit, self.pipeline.drop_stale)
         self.engine = IndicatorEngine(self.query, self.state.registry.get, settings)
         self.publisher = (
             IndicatorPublisher(self.engine, self.writer, settings) if publish_indicators else None
@@ -57,6 +60,7 @@ class IngestService:
         return None
 
     def start(self) -> None:
+        write_site_points(self.writer, self.state.registry.get())  # registry facts for Grafana
         self.pipeline.start()
         self.input.start()
         if self.publisher is not None:

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farm_contract.registry import Registry
+from farm_contract.registry import DEVICES_FILE, SITES_FILE, Registry, RegistryError
 from farm_contract.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+BATCH_SECONDS_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0
+)
+"""Upper bounds of the batch-latency histogram (parse to ack), in seconds."""
+
+
+def _buckets() -> list[int]:
+    return [0] * (len(BATCH_SECONDS_BUCKETS) + 1)
 
 
 @dataclass
@@ -24,6 +37,8 @@ class Stats:
     write_errors: int = 0
     last_batch_seconds: float = 0.0
     batch_seconds_sum: float = 0.0
+    batch_seconds_buckets: list[int] = field(default_factory=_buckets)
+    """Batches per latency bucket (not cumulative; the last one is above every bound)."""
     backlog: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -44,12 +59,46 @@ class Stats:
 
 
 class RegistryHolder:
-    """The current registry; replaced whole on import so readers never see half of one."""
+    """The current registry; replaced whole on import so readers never see half of one.
+
+    When it comes from a folder, :meth:`refresh` picks up edits made there by someone
+    else (``provision-device``, an operator's spreadsheet export) without a restart.
+    """
 
     def __init__(self, registry: Registry, folder: Path | None = None) -> None:
         self._registry = registry
         self.folder = folder
         self._lock = threading.Lock()
+        self._stamp = self._files_stamp()
+
+    def _files_stamp(self) -> tuple[tuple[int, int], ...]:
+        if self.folder is None:
+            return ()
+        stamp = []
+        for name in (SITES_FILE, DEVICES_FILE):
+            try:
+                info = (self.folder / name).stat()
+            except OSError:
+                return ()
+            stamp.append((info.st_mtime_ns, info.st_size))
+        return tuple(stamp)
+
+    def refresh(self) -> Registry:
+        """Re-import the folder if its files changed; keep the current registry if invalid."""
+        stamp = self._files_stamp()
+        if self.folder is None or not stamp or stamp == self._stamp:
+            return self._registry
+        with self._lock:
+            if stamp == self._stamp:
+                return self._registry
+            self._stamp = stamp
+            try:
+                self._registry = Registry.from_dir(self.folder)
+            except RegistryError as exc:
+                log.error("registry folder changed but is invalid; keeping the old one: %s", exc)
+            else:
+                log.info("registry re-imported from %s", self.folder)
+        return self._registry
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryHolder:
@@ -66,6 +115,7 @@ class RegistryHolder:
         with self._lock:
             if persist and self.folder is not None:
                 registry.write_dir(self.folder)
+                self._stamp = self._files_stamp()
             self._registry = registry
 
 

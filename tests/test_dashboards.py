@@ -3,8 +3,10 @@
 Grafana itself does not run here; what can be checked without it is: the
 committed JSON is what the generator makes, every panel reads the provisioned
 InfluxQL datasource with raw queries, the provisioning files have the keys
-Grafana needs, panel_queries fills in variables as Grafana does, and every
-panel query runs on a real InfluxDB holding contract-shaped points (§9).
+Grafana needs, panel_queries fills in variables as Grafana does, shapes reads a
+panel's expectations right, and every panel query runs on a real InfluxDB
+holding contract-shaped points (§9) and returns the shape its panel draws.
+tests/test_dashboards_simulated.py does the same on a whole simulated year.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from dashboards import generate
+from dashboards import generate, shapes
 from dashboards.panel_queries import (
     auto_interval_ms,
     format_interval,
@@ -31,6 +33,7 @@ from dashboards.panel_queries import (
 from devstack.servers import Influxd
 from farm_contract import schema
 from farm_contract.indicators import TARGETS, IndicatorId
+from ingest_service.site_points import SITE_MEASUREMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_DIR = ROOT / "dashboards" / "json"
@@ -76,9 +79,59 @@ def test_panels_use_the_datasource_and_raw_influxql(name: str) -> None:
             assert target["datasource"]["uid"] == "farm-influx"
             assert target["rawQuery"] is True
             assert target["query"].startswith("SELECT ")
-            assert "$timeFilter" in target["query"], "every panel query is bounded in time"
+            query = target["query"]
+            # Bounded in time: the range, or "as of its end" for latest states; the
+            # registry facts of the site measurement are timeless.
+            assert ("$timeFilter" in query or "time <= ${__to}ms" in query
+                    or f'FROM "{SITE_MEASUREMENT}"' in query), (panel["title"], query)
     for variable in board["templating"]["list"]:
         assert variable["datasource"]["uid"] == "farm-influx"
+
+
+@pytest.mark.parametrize("name", sorted(committed()))
+def test_every_dashboard_is_bilingual_linked_and_filtered(name: str) -> None:
+    board = committed()[name]
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    assert " / " in board["title"] and cjk.search(board["title"]), board["title"]
+    for panel in iter_panels(board["panels"]):
+        assert " / " in panel["title"] and cjk.search(panel["title"]), panel["title"]
+        assert panel.get("description"), f"{panel['title']}: say what it shows"
+    (link,) = board["links"]
+    assert link["type"] == "dashboards" and link["tags"] == ["farm"]
+    assert link["includeVars"] and link["keepTime"]
+    assert "farm" in board["tags"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["county"]["query"] == 'SHOW TAG VALUES FROM "indicator" WITH KEY = "county"'
+    assert variables["county"]["current"]["value"] == schema.CITY_COUNTY_TAG
+    if name != "city-overview.json":
+        site = variables["site"]
+        assert site["includeAll"] and site["allValue"] == ".*"
+        assert site["current"]["value"] == "$__all"
+        assert "$county" in site["query"]
+        queries = [t["query"] for p in iter_panels(board["panels"]) for t in p["targets"]]
+        filtered = [q for q in queries if 'FROM "rejection"' not in q]
+        assert all("$county" in q for q in filtered), "every farm panel follows $county"
+        assert sum("$site" in q for q in filtered) >= len(filtered) - 2
+
+
+def test_dashboards_cover_the_issue() -> None:
+    boards = committed()
+    kinds = {name: {p["type"] for p in iter_panels(b["panels"])} for name, b in boards.items()}
+    assert {"gauge", "barchart", "table", "timeseries", "geomap"} <= kinds["city-overview.json"]
+    text = {name: json.dumps(b, ensure_ascii=False) for name, b in boards.items()}
+    for needle in ("soil_moisture_vwc", "flow_lpm", "pressure_kpa", "volume_m3",
+                   "water_quota_m3_per_mu", "fertilizer_l"):
+        assert needle in text["drip-irrigation.json"], needle
+    for needle in ("lagoon_level_pct", "facility_fault", "manure_treated", "manure_utilized"):
+        assert needle in text["livestock-manure.json"], needle
+    for needle in ('GROUP BY \\"use\\"', "harvest", "straw_burning", "straw_utilization_rate"):
+        assert needle in text["straw.json"], needle
+    for needle in ("battery_v", "rssi_dbm", "device_status", "rejection"):
+        assert needle in text["devices.json"], needle
+    lagoon = next(p for p in iter_panels(boards["livestock-manure.json"]["panels"])
+                  if p["type"] == "timeseries" and "lagoon" in p["targets"][0]["query"])
+    assert [s["value"] for s in lagoon["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [
+        None, 80, 90]
 
 
 def test_city_overview_content() -> None:
@@ -92,18 +145,26 @@ def test_city_overview_content() -> None:
         (indicator,) = re.findall(r"\"indicator\" = '(\w+)'", query)
         steps = gauge["fieldConfig"]["defaults"]["thresholds"]["steps"]
         assert steps[-1] == {"color": "green", "value": TARGETS[IndicatorId(indicator)]}
+        assert [s["color"] for s in steps] == ["red", "orange", "green"]
         assert f'FROM "{schema.INDICATOR}"' in query and "/^$county$/" in query
         seen.add(indicator)
     assert seen == {i.value for i in IndicatorId}
-    trends = [p for p in panels if p["type"] == "timeseries" and "indicator" in str(p)]
+    assert sorted(TARGETS.values()) == [0.85, 0.9, 0.98, 1.0]
+    trends = [p for p in panels if p["type"] == "timeseries"]
     assert len(trends) == 4
     assert all("GROUP BY time($__interval)" in p["targets"][0]["query"] for p in trends)
-    table = next(p for p in panels if p["type"] == "table")
-    assert 'GROUP BY "county"' in table["targets"][0]["query"]
-    queries = " ".join(t["query"] for p in panels for t in p["targets"])
-    assert f'FROM "{schema.TELEMETRY}"' in queries and 'mean("soil_moisture_vwc")' in queries
-    assert f'FROM "{schema.REJECTION}"' in queries and 'GROUP BY time($__interval), "reason"' in (
-        queries)
+    ranking = next(p for p in panels if p["type"] == "table" and "ranking" in p["title"])
+    assert 'GROUP BY "indicator", "county"' in ranking["targets"][0]["query"]
+    assert ranking["transformations"][-1]["id"] == "sortBy"
+    bars = next(p for p in panels if p["type"] == "barchart")
+    assert bars["options"]["xField"] == "county"
+    geomap = next(p for p in panels if p["type"] == "geomap")
+    layer = geomap["options"]["layers"][0]
+    assert layer["location"] == {"latitude": "lat", "longitude": "lon", "mode": "coords"}
+    assert layer["config"]["style"]["color"]["field"] == "online"
+    assert f'FROM "{SITE_MEASUREMENT}"' in geomap["targets"][0]["query"]
+    assert geomap["transformations"][0] == {"id": "joinByField",
+                                            "options": {"byField": "site_id", "mode": "outer"}}
     (county,) = board["templating"]["list"]
     assert county["name"] == "county"
     assert county["query"] == 'SHOW TAG VALUES FROM "indicator" WITH KEY = "county"'
@@ -219,18 +280,88 @@ def test_panel_queries_leave_no_variables(name: str) -> None:
         assert "$" not in query.replace("$/", ""), (title, ref, query)
         assert "[[" not in query, (title, ref, query)
     for _, query in variable_queries(board):
-        assert "$" not in query
+        assert "$" not in query.replace("$/", "")
+
+
+def test_all_option_becomes_its_custom_value_unescaped() -> None:
+    board = committed()["drip-irrigation.json"]
+    queries = panel_queries(board, {"county": "all"}, START, END)
+    assert all('"site_id" =~ /^.*$/' in q for _, _, q in queries if "site_id\" =~" in q)
+    one = panel_queries(board, {"county": "all", "site": "a.b"}, START, END)
+    assert any(r'"site_id" =~ /^a\.b$/' in q for _, _, q in one)
+    no_all_value = generate.dashboard("t", "t", [generate.panel(
+        "timeseries", "p", generate.Box(0, 0, 1, 1),
+        [generate.target('SELECT "x" FROM "m" WHERE "s" =~ /^$s$/ AND $timeFilter')])],
+        variables=[{**generate.query_variable("s", "S", "SHOW TAG VALUES WITH KEY = \"s\"", "x",
+                                              include_all=True), "allValue": None}])
+    with pytest.raises(ValueError, match="allValue"):
+        panel_queries(no_all_value, {}, START, END)
+
+
+def test_shapes_reads_columns_tags_and_time_grouping() -> None:
+    query = ('SELECT sum("w") AS "water_m3" FROM (SELECT spread("v") AS "w" FROM "t" '
+             'WHERE $timeFilter GROUP BY "site_id", "device_id") GROUP BY "site_id"')
+    assert shapes.selected_columns(query) == (shapes.Column("water_m3", True),)
+    assert shapes.group_by(query) == (("site_id",), False)
+    query = ('SELECT last("seq") AS "seq", "type" FROM "event" WHERE "x" = \'a, b\' '
+             'GROUP BY time(1h), "site_id", "facility" fill(none)')
+    assert shapes.selected_columns(query) == (shapes.Column("seq", False),
+                                              shapes.Column("type", False))
+    assert shapes.group_by(query) == (("site_id", "facility"), True)
+    assert shapes.selected_columns('SELECT count("detail") FROM "r"') == (
+        shapes.Column("count", True),)
+
+
+def test_shapes_finds_what_a_panel_cannot_draw() -> None:
+    gauge = {"type": "gauge", "fieldConfig": {"defaults": {"min": 0, "max": 1}}}
+    target = {"query": 'SELECT last("value") FROM "indicator"', "resultFormat": "time_series"}
+    expected = shapes.expectation(gauge, target)
+    good = {"series": [{"name": "indicator", "columns": ["time", "last"], "values": [[1, 0.5]]}]}
+    assert shapes.check(expected, good, gauge) == []
+    assert shapes.check(expected, {"statement_id": 0}, gauge) == ["no data"]
+    two = {"series": [*good["series"], *good["series"]]}
+    assert shapes.check(expected, two, gauge) == ["gauge needs one series, got 2"]
+    high = {"series": [{"name": "i", "columns": ["time", "last"], "values": [[1, 3.0]]}]}
+    assert "not a number in [0, 1]" in shapes.check(expected, high, gauge)[0]
+    table = {"type": "table"}
+    grouped = shapes.expectation(table, {"query": 'SELECT sum("m") AS "t" FROM "e" GROUP BY "use"',
+                                         "resultFormat": "table"})
+    untagged = {"series": [{"name": "e", "columns": ["time", "t"], "values": [[0, None]]}]}
+    assert shapes.check(grouped, untagged, table) == [
+        "series: grouped tags ['use'] missing", "series: column 't' is all null"]
+    join = {"transformations": [{"id": "joinByField", "options": {"byField": "site_id"}}]}
+    a = {"series": [{"name": "a", "tags": {"site_id": "s1"}, "columns": ["time", "x"],
+                     "values": [[0, 1]]}]}
+    b = {"series": [{"name": "b", "tags": {"site_id": "s2"}, "columns": ["time", "y"],
+                     "values": [[0, 1]]}]}
+    assert shapes.check_transformations(join, {"A": a, "B": b}) == [
+        "joined queries share no 'site_id'"]
+    assert shapes.check_transformations(join, {"A": a, "B": a}) == []
 
 
 # --- every panel query on a real InfluxDB ---------------------------------------
 
 COUNTY = "平城区"
+SITE_POINTS = (
+    f'{SITE_MEASUREMENT},site_id=drip-1,county={COUNTY},site_type=drip,name=滴灌一号'
+    " lat=40.1,lon=113.3,large_scale=false,area_mu=120.0,water_quota_m3_per_mu=300.0 {t0}\n"
+    f'{SITE_MEASUREMENT},site_id=farm-1,county={COUNTY},site_type=manure,name=养殖场'
+    " lat=40.2,lon=113.5,large_scale=true {t0}\n"
+    f'{SITE_MEASUREMENT},site_id=straw-1,county={COUNTY},site_type=straw,name=秸秆站'
+    " lat=40.0,lon=113.6,large_scale=false,area_mu=300.0 {t0}\n"
+)
+
+
+def event(site: str, site_type: str, kind: str, fields: str, ts: int, **tags: str) -> str:
+    extra = "".join(f",{k}={v}" for k, v in sorted(tags.items()))
+    return (f"{schema.EVENT},site_id={site},device_id=dev-{site},site_type={site_type},"
+            f"county={COUNTY},type={kind}{extra} {fields},seq={ts % 1000}i {ts}")
 
 
 def contract_points(now_ms: int) -> str:
     """A few points of each measurement the dashboards read, as the ingest service writes them."""
-    lines = []
-    for minutes_ago in (30, 10):
+    lines = [SITE_POINTS.format(t0=now_ms - 7_200_000).strip()]
+    for step, minutes_ago in enumerate((30, 10)):
         ts = now_ms - minutes_ago * 60_000
         for indicator in IndicatorId:
             for scope, county in (("city", schema.CITY_COUNTY_TAG), ("county", COUNTY)):
@@ -239,35 +370,64 @@ def contract_points(now_ms: int) -> str:
                     f" value=0.9,numerator=9,denominator=10,target={TARGETS[indicator]},year=2026i"
                     f" {ts}"
                 )
-        lines.append(
+        lines += [
             f"{schema.TELEMETRY},site_id=drip-1,device_id=dev-1,site_type=drip,county={COUNTY}"
-            f" soil_moisture_vwc=0.31,flow_lpm=12.5,valve_open=true,seq={minutes_ago}i {ts}"
-        )
-        lines.append(
+            f" soil_moisture_vwc=0.31,flow_lpm=12.5,pressure_kpa=180.0,volume_m3={100.0 + step},"
+            f"fertilizer_l={20.0 + step},battery_v=12.6,rssi_dbm=-80.0,valve_open=true,"
+            f"seq={minutes_ago}i {ts}",
+            f"{schema.TELEMETRY},site_id=farm-1,device_id=dev-2,site_type=manure,county={COUNTY}"
+            f" lagoon_level_pct=85.0,digester_temp_c=35.0,biogas_m3h=20.0,separator_on=true,"
+            f"pump_on=false,nh3_ppm=8.0,battery_v=12.1,rssi_dbm=-100.0,seq={minutes_ago}i {ts}",
+            f"{schema.DEVICE_STATUS},site_id=drip-1,device_id=dev-1,county={COUNTY} online=true"
+            f" {ts}",
+            f"{schema.DEVICE_STATUS},site_id=farm-1,device_id=dev-2,county={COUNTY} online=false"
+            f" {ts}",
             f"{schema.REJECTION},reason=unknown_device"
             f' topic="farm/v1/s1/nobody/telemetry",payload="{{\\"v\\":1}}",'
-            f'detail="device nobody is not in the registry" {ts}'
-        )
+            f'detail="device nobody is not in the registry" {ts}',
+            event("farm-1", "manure", "manure_treated", "mass_t=12.5", ts),
+            event("farm-1", "manure", "manure_utilized", "mass_t=10.0", ts, use="fertilizer"),
+            event("straw-1", "straw", "straw_utilized", "mass_t=3.0", ts, use="feed"),
+        ]
+    two_days_ago = now_ms - 2 * 86_400_000  # the daily water and fertiliser bars need two days
+    lines.append(
+        f"{schema.TELEMETRY},site_id=drip-1,device_id=dev-1,site_type=drip,county={COUNTY}"
+        f" volume_m3=90.0,fertilizer_l=15.0,seq=1i {two_days_ago}")
+    t = now_ms - 20 * 60_000
+    lines += [
+        event("farm-1", "manure", "facility_fault", "", t, facility="lagoon").replace(" ,", " "),
+        event("straw-1", "straw", "harvest", "grain_t=10.0", t, crop="corn"),
+        event("straw-1", "straw", "straw_burning", "", t + 1).replace(" ,", " "),
+    ]
     return "\n".join(lines) + "\n"
 
 
 @pytest.mark.integration
-def test_every_panel_query_returns_data(influxd: Influxd) -> None:
+def test_every_panel_query_returns_data_of_its_shape(influxd: Influxd) -> None:
     now_ms = int(time.time() * 1000)
     response = httpx.post(
         f"{influxd.url}/write", params={"db": "farm", "precision": "ms"},
         content=contract_points(now_ms).encode(), timeout=10,
     )
     assert response.status_code == 204, response.text
-    start, end = now_ms - 3_600_000, now_ms + 60_000
+    start, end = now_ms - 3 * 86_400_000, now_ms + 60_000
     for name, board in committed().items():
-        for _, query in variable_queries(board):
+        panels = {p["title"]: p for p in iter_panels(board["panels"])}
+        for variable, query in variable_queries(board):
             result: Any = influxd.query(query)["results"]
             values = {row[1] for row in result[0]["series"][0]["values"]}
-            assert {schema.CITY_COUNTY_TAG, COUNTY} <= values
+            if variable == "county":
+                assert {schema.CITY_COUNTY_TAG, COUNTY} <= values
+            else:
+                assert values <= {"drip-1", "farm-1", "straw-1"} and values, (name, values)
         for county in (schema.CITY_COUNTY_TAG, COUNTY):
+            results: dict[str, dict[str, Any]] = {}
             for title, ref, query in panel_queries(board, {"county": county}, start, end):
-                result = influxd.query(query)["results"]
-                result = result[0]
-                assert "error" not in result, (name, title, ref, query, result)
-                assert result.get("series"), (name, county, title, ref, query)
+                result = influxd.query(query)["results"][0]
+                results.setdefault(title, {})[ref] = result
+                target = next(t for t in panels[title]["targets"] if t["refId"] == ref)
+                problems = shapes.check(shapes.expectation(panels[title], target), result,
+                                        panels[title])
+                assert not problems, (name, county, title, ref, query, problems)
+            for title, by_ref in results.items():
+                assert not shapes.check_transformations(panels[title], by_ref), (name, title)

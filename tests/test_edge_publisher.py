@@ -19,7 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from devstack.servers import Mosquitto
+from devstack.servers import Mosquitto, free_port
 from edge.publisher import DevicePublisher
 from farm_contract.payloads import StatusMessage, TelemetryMessage, decode_json
 from tests.helpers import wait_for
@@ -125,17 +125,6 @@ def test_publisher_survives_a_broker_restart(mosquitto: Mosquitto) -> None:
     publisher.close()
 
 
-@pytest.mark.integration
-def test_last_will_marks_a_vanished_device_offline(mosquitto: Mosquitto) -> None:
-    publisher = DevicePublisher("d-z-1", "site-z", mosquitto.url, keepalive=1)
-    publisher.start(wait_s=10)
-    assert publisher.wait_all_acked(5)
-    publisher._client._sock_close()  # the radio link drops: no DISCONNECT is sent
-    publisher._client.loop_stop()
-    wait_for(lambda: retained(mosquitto.port, "farm/v1/site-z/d-z-1/status")[0]
-             .json()["state"] == "offline", timeout=10)
-
-
 def write_config(tmp_path: Path, url: str) -> Path:
     path = tmp_path / "device.toml"
     path.write_text(
@@ -162,6 +151,23 @@ def run_agent(config: Path) -> subprocess.Popen[bytes]:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
+
+
+@pytest.mark.integration
+def test_last_will_marks_a_vanished_device_offline(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """A power cut (SIGKILL: no DISCONNECT) leaves the broker's last will as the status."""
+    config = write_config(tmp_path, mosquitto.url)
+    agent = run_agent(config)
+    topic = "farm/v1/hunyuan-drip-01/d-hunyuan-drip-01-1/status"
+    try:
+        wait_for(lambda: [m for m in retained(mosquitto.port, topic)
+                          if m.json()["state"] == "online"], timeout=20)
+    finally:
+        agent.kill()
+        agent.communicate(timeout=10)
+    [kept] = wait_for(lambda: [m for m in retained(mosquitto.port, topic)
+                               if m.json()["state"] == "offline"], timeout=10)
+    assert kept.json()["reason"] == "connection lost"
 
 
 @pytest.mark.integration
@@ -206,3 +212,48 @@ def test_edge_agent_refuses_a_bad_config(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "driver.site_type" in result.stderr
+
+
+@pytest.mark.integration
+def test_tls_with_client_certificate_and_per_device_password(tmp_path: Path) -> None:
+    """``mqtts://`` with the project's CA, a client certificate and the device's own password."""
+    certs = tmp_path / "certs"
+    subprocess.run([str(ROOT / "broker" / "make-dev-certs.sh"), "--out", str(certs),
+                    "--client", "d-tls-1"], check=True, capture_output=True, timeout=60)
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "d-tls-1", "s3cret"],
+                   check=True, capture_output=True, timeout=30)
+    tls_port = free_port()
+    broker = Mosquitto(
+        tmp_path / "mosquitto", password_file=passwords,
+        extra_config="\n".join([
+            *(["user root"] if os.geteuid() == 0 else []),
+            f"listener {tls_port} 127.0.0.1",
+            f"cafile {certs / 'ca.crt'}",
+            f"certfile {certs / 'server.crt'}",
+            f"keyfile {certs / 'server.key'}",
+            "require_certificate true",
+        ]),
+    )
+    broker.start()
+    url = f"mqtts://127.0.0.1:{tls_port}"
+    cert, key = certs / "client-d-tls-1.crt", certs / "client-d-tls-1.key"
+    try:
+        good = DevicePublisher("d-tls-1", "site-t", url, password="s3cret",
+                               ca_file=certs / "ca.crt", cert_file=cert, key_file=key)
+        good.start(wait_s=10)
+        good.telemetry(datetime(2025, 6, 1, tzinfo=UTC), {"battery_v": 12.5})
+        assert good.wait_all_acked(10)
+        good.close()
+
+        wrong_password = DevicePublisher("d-tls-1", "site-t", url, password="guess",
+                                         ca_file=certs / "ca.crt", cert_file=cert, key_file=key,
+                                         reconnect_max_s=0.5)
+        no_certificate = DevicePublisher("d-tls-1", "site-t", url, password="s3cret",
+                                         ca_file=certs / "ca.crt", reconnect_max_s=0.5)
+        for refused in (wrong_password, no_certificate):
+            refused.start()
+            assert not refused.wait_connected(3)
+            refused.close(timeout=1)
+    finally:
+        broker.stop()

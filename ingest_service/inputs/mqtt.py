@@ -10,7 +10,14 @@ the message. Two details keep that safe:
 - A packet id is only meaningful on the connection it arrived on. After a
   reconnect the broker redelivers what we did not ack, and an old id may name a
   new message; so each message remembers its connection and an ack for an older
-  connection is dropped (the redelivered copy gets acked instead).
+  connection is dropped (the redelivered copy gets acked instead). The check and
+  the ack happen under the lock that ``on_disconnect`` takes to bump the
+  connection number, and paho empties its outgoing queue on reconnect, so an ack
+  can never slip from one connection into the next.
+- Messages of a lost connection are redelivered on the next one, so the pipeline
+  is told to drop the ones it still holds (``on_connection_change``); otherwise
+  every reconnect during an InfluxDB outage would add another receive-maximum of
+  messages to memory.
 """
 
 from __future__ import annotations
@@ -47,9 +54,15 @@ def subscription_filters(settings: Settings) -> list[str]:
 class MqttInput:
     """Subscribes to the contract's topics and delivers each message as an :class:`Inbound`."""
 
-    def __init__(self, settings: Settings, deliver: Callable[[Inbound], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        deliver: Callable[[Inbound], None],
+        on_connection_change: Callable[[], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._deliver = deliver
+        self._on_connection_change = on_connection_change
         self._connection = 0
         self._connected = threading.Event()
         self._lock = threading.Lock()
@@ -109,6 +122,8 @@ class MqttInput:
             return
         with self._lock:
             self._connection += 1
+        if self._on_connection_change is not None:
+            self._on_connection_change()
         log.info("connected to MQTT broker (session present: %s)", flags.session_present)
         client.subscribe([(item, QOS) for item in subscription_filters(self._settings)])
         self._connected.set()
@@ -124,6 +139,8 @@ class MqttInput:
         self._connected.clear()
         with self._lock:
             self._connection += 1
+        if self._on_connection_change is not None:
+            self._on_connection_change()
         log.warning("disconnected from MQTT broker: %s", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
@@ -131,8 +148,16 @@ class MqttInput:
         mid, qos = message.mid, message.qos
 
         def ack() -> None:
-            if qos == 0 or connection != self._connection:
-                return  # QoS 0 needs none; an older connection's id may name another message
-            client.ack(mid, qos)
+            if qos == 0:
+                return
+            with self._lock:  # no reconnect between the check and the queued PUBACK
+                if connection != self._connection:
+                    return  # an older connection's id may name another message now
+                client.ack(mid, qos)
 
-        self._deliver(Inbound(message.topic, bytes(message.payload), time.time_ns(), ack))
+        def stale() -> bool:
+            return qos > 0 and connection != self._connection
+
+        self._deliver(
+            Inbound(message.topic, bytes(message.payload), time.time_ns(), ack, stale)
+        )

@@ -28,8 +28,18 @@ class WriteError(Exception):
         self.status = status
 
 
+BAD_POINTS_STATUSES = frozenset({400, 413, 422})
+"""Answers that blame the points themselves: the batch is split to find the culprit."""
+
+
 def _is_transient(status: int) -> bool:
-    return status >= 500 or status in (408, 429)
+    """Anything but "bad points" is retried: 5xx and timeouts, but also 401/403/404.
+
+    A revoked token or a missing database is an operator's problem to fix, not the
+    messages'; treating it as bad points would turn every message into a
+    ``db_rejected`` rejection (that InfluxDB refuses too) and acknowledge it: lost.
+    """
+    return status not in BAD_POINTS_STATUSES
 
 
 class Writer(Protocol):
@@ -45,7 +55,8 @@ class Writer(Protocol):
 class InfluxV1Writer:
     """InfluxDB 1.x: ``POST /write?db=…`` (creates the database on first use)."""
 
-    def __init__(self, settings: Settings, timeout_s: float = 30.0) -> None:
+    def __init__(self, settings: Settings, timeout_s: float | None = None) -> None:
+        timeout_s = settings.influx_timeout_s if timeout_s is None else timeout_s
         auth = None
         if settings.influx_user:
             secret = settings.influx_password
@@ -74,6 +85,8 @@ class InfluxV1Writer:
             )
         except httpx.HTTPError as exc:
             raise WriteError(f"InfluxDB unreachable: {exc}", transient=True) from None
+        if response.status_code == 404 and "database not found" in response.text:
+            self._db_ready = False  # dropped under us: create it again on the next attempt
         if response.status_code >= 300:
             raise WriteError(
                 f"InfluxDB answered {response.status_code}: {response.text[:500]}",
@@ -94,7 +107,8 @@ class InfluxV1Writer:
 class InfluxV2Writer:
     """InfluxDB 2.x/3.x (and 1.8+): ``/api/v2/write`` through influxdb-client."""
 
-    def __init__(self, settings: Settings, timeout_s: float = 30.0) -> None:
+    def __init__(self, settings: Settings, timeout_s: float | None = None) -> None:
+        timeout_s = settings.influx_timeout_s if timeout_s is None else timeout_s
         token = settings.influx_token.get_secret_value() if settings.influx_token else ""
         self._bucket = settings.influx_bucket
         self._org = settings.influx_org or "-"
@@ -166,8 +180,14 @@ def quote_ident(name: str) -> str:
 
 
 def quote_literal(value: str) -> str:
-    """An InfluxQL string literal in single quotes: user input is never spliced in raw."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", " ") + "'"
+    """An InfluxQL string literal in single quotes: user input is never spliced in raw.
+
+    InfluxQL ends a string at a raw CR, LF or NUL and has no escape for CR or NUL:
+    CR and LF become spaces, as they do in stored tag values (line protocol), and
+    NUL becomes U+FFFD, which matches nothing stored.
+    """
+    cleaned = value.replace("\\", "\\\\").replace("'", "\\'").replace("\x00", "\ufffd")
+    return "'" + cleaned.replace("\r", " ").replace("\n", " ") + "'"
 
 
 class InfluxQL:

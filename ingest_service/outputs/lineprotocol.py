@@ -41,5 +41,10 @@ def encode_point(point: Point) -> str:
 
 
 def encode(points: Iterable[Point]) -> bytes:
-    """Points as a line-protocol body."""
-    return "\n".join(encode_point(point) for point in points if point.fields).encode("utf-8")
+    """Points as a line-protocol body.
+
+    JSON can carry lone surrogates (``"\\ud800"``) that UTF-8 cannot; they become
+    ``?`` rather than an exception that would hold the whole batch back.
+    """
+    body = "\n".join(encode_point(point) for point in points if point.fields)
+    return body.encode("utf-8", errors="replace")

@@ -1,0 +1,144 @@
+"""Medians, ratios against the same run's references, targets, the table, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+LABELS = {
+    "ceiling": "mosquitto_sub ceiling",
+    "bare": "bare paho subscriber",
+    "baseline": "plain paho + batched /write",
+    "ingest": "ingest_service",
+}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and spread of one subject's runs; losses and memory as worst cases."""
+    rates = [r["rate"] for r in runs]
+    summary: dict[str, Any] = {
+        "runs": runs,
+        "rate_median": round(statistics.median(rates), 1),
+        "rate_min": min(rates),
+        "rate_max": max(rates),
+        "publisher_rate_median": round(statistics.median(r["publisher_rate"] for r in runs), 1),
+        "lost_max": max(r["lost"] for r in runs),
+        "peak_rss_mib_max": max(r["peak_rss_mib"] for r in runs),
+        "cpu_percent_median": round(statistics.median(r["cpu_percent"] for r in runs), 1),
+    }
+    if any("redelivered" in r for r in runs):
+        summary["redelivered_max"] = max(r.get("redelivered", 0) for r in runs)
+    return summary
+
+
+def ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each subject's median rate against the ceiling and the plain baseline of the same run."""
+    out: dict[str, float] = {}
+    for reference in ("ceiling", "baseline"):
+        ref = throughput.get(reference, {}).get("rate_median")
+        if not ref:
+            continue
+        for name, item in throughput.items():
+            if name != reference:
+                out[f"{name}/{reference}"] = round(item["rate_median"] / ref, 3)
+    return out
+
+
+def targets(result: dict[str, Any]) -> dict[str, bool | None]:
+    """Issue #6's targets; None where this invocation did not measure the figure."""
+    r = result.get("ratios", {})
+    ingest = result.get("throughput", {}).get("ingest")
+    latency = result.get("latency")
+    backlog = result.get("backlog")
+    return {
+        "end_to_end >= 1.5x baseline": r["ingest/baseline"] >= 1.5
+        if "ingest/baseline" in r else None,
+        "end_to_end >= 60% of ceiling": r["ingest/ceiling"] >= 0.6
+        if "ingest/ceiling" in r else None,
+        "zero lost": ingest["lost_max"] == 0 if ingest else None,
+        "zero duplicated (redelivered)": ingest.get("redelivered_max", 0) == 0 if ingest else None,
+        "rss <= 150 MB flat on 1M backlog": backlog["peak_rss_mib"] <= 150
+        if backlog and backlog["backlog"] >= 1_000_000 else None,
+        "p99 <= 2 s at 5,000 msg/s": latency["p99_s"] <= 2.0
+        if latency and latency["offered_rate"] >= 5000 else None,
+    }
+
+
+def _fmt(value: object, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(result: dict[str, Any], console: Console) -> None:
+    """The throughput table, then latency, backlog, indicators and targets."""
+    throughput = result.get("throughput", {})
+    ceiling = throughput.get("ceiling", {}).get("rate_median")
+    baseline = throughput.get("baseline", {}).get("rate_median")
+    config = result["config"]
+    grid = Table(title=f"{config['messages']:,} QoS 1 messages from {config['devices']:,} devices, "
+                 f"median of {config['runs']} run(s); load {result['machine']['load_average']}")
+    for column in ("subject", "msg/s (median)", "min – max", "× ceiling", "× baseline",
+                   "publisher msg/s", "lost", "redelivered", "peak RSS MiB", "CPU %"):
+        grid.add_column(column, justify="left" if column == "subject" else "right")
+    for name, item in throughput.items():
+        rate = item["rate_median"]
+        grid.add_row(
+            LABELS.get(name, name),
+            _fmt(rate),
+            f"{_fmt(item['rate_min'])} – {_fmt(item['rate_max'])}",
+            f"{rate / ceiling:.2f}" if ceiling else "–",
+            f"{rate / baseline:.2f}" if baseline else "–",
+            _fmt(item["publisher_rate_median"]),
+            _fmt(item["lost_max"]),
+            _fmt(item.get("redelivered_max")),
+            _fmt(item["peak_rss_mib_max"], 1),
+            _fmt(item["cpu_percent_median"]),
+        )
+    if throughput:
+        console.print(grid)
+    if latency := result.get("latency"):
+        console.print(
+            f"latency at {latency['offered_rate']:,} msg/s offered for {latency['seconds']:g} s "
+            f"(achieved offer {latency['achieved_offer_rate']:,.0f}/s): publish→stored "
+            f"p50 {latency['p50_s']} s, p99 {latency['p99_s']} s, max {latency['max_s']} s; "
+            f"lost {latency['lost']}; ingest peak RSS {latency['peak_rss_mib']} MiB, "
+            f"CPU {latency['cpu_percent']} %"
+        )
+    if backlog := result.get("backlog"):
+        console.print(
+            f"backlog {backlog['backlog']:,}: drained in {backlog['drain_s']} s "
+            f"({backlog['drain_rate']:,.0f} msg/s), ingest peak RSS {backlog['peak_rss_mib']} MiB "
+            f"(10/50/90 % of drain: {backlog['rss_mib_at_10_50_90_pct_of_drain']}), "
+            f"lost {backlog['lost']}, broker RSS {backlog['broker_rss_mib_with_backlog']} MiB"
+        )
+    if ind := result.get("indicators"):
+        console.print(
+            f"indicators, {ind['sites']:,} sites, {ind['points_written']:,} points for "
+            f"{ind['year']}: city {ind['city_median_s']} s (first {ind['city_first_s']} s), "
+            f"one county {ind['county_median_s']} s"
+        )
+    if result.get("ratios"):
+        console.print("ratios: " + ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))
+    for name, met in result.get("targets", {}).items():
+        mark = "–" if met is None else ("[green]met[/]" if met else "[red]NOT met[/]")
+        console.print(f"  target {name}: {mark}")
+
+
+def write_json(result: dict[str, Any], path: Path | None) -> Path:
+    """Write the result to ``path`` or ``bench/results/<UTC timestamp>.json``."""
+    if path is None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,135 @@
+"""Admin endpoints of the HTTP API: ``POST /api/v1/devices`` provisions a device.
+
+A router of its own, included by :func:`ingest_service.api.create_app`, so the
+API module stays the readers' and this one holds what hands out credentials.
+Every call needs ``Authorization: Bearer $FARM_API_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, Field
+
+from farm_contract.topics import ID_PATTERN
+from ingest_service.api import _bearer, configured_token
+from ingest_service.provision import Provisioned, ProvisionError, make_device, provision
+from ingest_service.state import ServiceState
+
+
+class DeviceRequest(BaseModel):
+    device_id: str = Field(pattern=ID_PATTERN, description="also the device's MQTT username")
+    site_id: str = Field(pattern=ID_PATTERN)
+    dev_eui: str | None = Field(default=None, description="16 hex digits (LoRaWAN devices)")
+    model: str = ""
+    password: str | None = Field(
+        default=None, min_length=12, description="omit to have a strong one generated"
+    )
+
+
+class DeviceCredentials(BaseModel):
+    device_id: str
+    site_id: str
+    dev_eui: str | None
+    model: str
+    mqtt_username: str
+    mqtt_password: str = Field(description="shown this once; only a hash is kept")
+    created: bool = Field(description="false when an existing device was updated")
+    broker_reloaded: bool = Field(description="Mosquitto was sent SIGHUP")
+
+
+class ProvisionProblems(BaseModel):
+    detail: str
+    problems: list[str]
+
+
+def admin_router(state: ServiceState) -> APIRouter:
+    """The admin routes over the running service's state."""
+    router = APIRouter(tags=["registry"])
+    lock = threading.Lock()  # one read-modify-write of the registry at a time
+
+    def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        token = configured_token(state.settings)
+        if token is None:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, "state-changing calls are disabled: set FARM_API_TOKEN"
+            )
+        if credentials is None or not secrets.compare_digest(
+            credentials.credentials.encode(), token.encode()
+        ):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or invalid 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def run(body: DeviceRequest) -> Provisioned:
+        settings = state.settings
+        if settings.broker_passwd_file is None:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "provisioning is not configured: set FARM_BROKER_PASSWD_FILE "
+                "(and FARM_BROKER_PID_FILE so the broker reloads it)",
+            )
+        device = make_device(body.device_id, body.site_id, body.dev_eui, body.model)
+        with lock:
+            return provision(
+                state.registry.get(),
+                state.registry.replace,
+                settings.broker_passwd_file,
+                device,
+                password=body.password,
+                broker_pid_file=settings.broker_pid_file,
+            )
+
+    @router.post(
+        "/api/v1/devices",
+        summary="Provision a device: broker credentials and registry row (token needed)",
+        description=(
+            "Adds the device to the registry (or updates it) and sets its MQTT password "
+            "in the broker's password file, then signals the broker to reload. The "
+            "password is returned once and never stored in clear."
+        ),
+        response_model=DeviceCredentials,
+        status_code=status.HTTP_201_CREATED,
+        dependencies=[Depends(require_token)],
+        responses={
+            200: {"model": DeviceCredentials, "description": "an existing device was updated"},
+            422: {"model": ProvisionProblems, "description": "the device does not fit"},
+        },
+    )
+    async def provision_device(body: DeviceRequest) -> JSONResponse:
+        try:
+            done = await run_in_threadpool(run, body)
+        except ProvisionError as exc:
+            return JSONResponse(
+                ProvisionProblems(
+                    detail="device not provisioned", problems=exc.problems
+                ).model_dump(),
+                status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            )
+        credentials = DeviceCredentials(
+            device_id=done.device.device_id,
+            site_id=done.device.site_id,
+            dev_eui=done.device.dev_eui,
+            model=done.device.model,
+            mqtt_username=done.device.device_id,
+            mqtt_password=done.password,
+            created=done.created,
+            broker_reloaded=done.broker_reloaded,
+        )
+        return JSONResponse(
+            credentials.model_dump(),
+            status_code=status.HTTP_201_CREATED if done.created else status.HTTP_200_OK,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    return router

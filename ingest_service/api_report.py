@@ -1,0 +1,84 @@
+"""``GET /api/v1/report``: the annual report as a download (Excel workbook or CSV).
+
+The same report as ``python -m ingest_service report``: indicators from the engine
+(the numbers of ``GET /api/v1/indicators``) and the ledgers beneath them. A read,
+so open like the other reads. The file name goes in ``Content-Disposition`` twice —
+an ASCII ``filename`` for old clients and an RFC 5987 ``filename*`` in UTF-8.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from ingest_service.indicators import IndicatorEngine
+from ingest_service.outputs.influx import QueryError
+from ingest_service.report import Report, build_report, ledger_csv, summary_csv
+from ingest_service.report_excel import workbook_bytes
+from ingest_service.state import ServiceState
+
+XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+MIN_YEAR, MAX_YEAR = 2000, 2100
+
+
+def content_disposition(filename: str, ascii_fallback: str) -> str:
+    """``attachment`` with an ASCII name and the UTF-8 name (RFC 6266 / RFC 5987)."""
+    return f"attachment; filename=\"{ascii_fallback}\"; filename*=UTF-8''{quote(filename)}"
+
+
+def _render(report: Report, output_format: str) -> tuple[bytes, str, str]:
+    """Body, media type and file extension of one format."""
+    if output_format == "xlsx":
+        return workbook_bytes(report), XLSX_MEDIA_TYPE, "xlsx"
+    text = ledger_csv(report) if output_format == "ledger-csv" else summary_csv(report)
+    return ("\ufeff" + text).encode("utf-8"), CSV_MEDIA_TYPE, "csv"
+
+
+def report_router(state: ServiceState, engine: IndicatorEngine) -> APIRouter:
+    router = APIRouter(tags=["indicators"])
+
+    @router.get(
+        "/api/v1/report",
+        summary="The annual report for a year (Excel or CSV)",
+        description=(
+            "The city report of a calendar year: `xlsx` is a workbook with the summary "
+            "(city and every county: indicator, numerator, denominator, value, target, "
+            "met), the film, straw and manure ledgers per site and native charts of the "
+            "indicators against their targets; `csv` is the summary (the API's indicator "
+            "columns plus the Chinese name), `ledger-csv` the ledgers. CSV starts with a "
+            "UTF-8 byte-order mark so Excel shows Chinese names intact."
+        ),
+        response_class=Response,
+        responses={
+            200: {"content": {XLSX_MEDIA_TYPE: {}, "text/csv": {}}},
+            503: {"description": "InfluxDB unreachable"},
+        },
+    )
+    async def report(
+        year: Annotated[int | None, Query(ge=MIN_YEAR, le=MAX_YEAR,
+                                          description="calendar year; default: this one")] = None,
+        output_format: Annotated[Literal["xlsx", "csv", "ledger-csv"], Query(
+            alias="format", description="xlsx (default), csv or ledger-csv")] = "xlsx",
+    ) -> Response:
+        settings = state.settings
+        chosen = year if year is not None else datetime.now(settings.tz).year
+        try:
+            built = await run_in_threadpool(
+                build_report, engine, state.registry.get, settings, chosen)
+        except QueryError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                f"InfluxDB unavailable: {exc}") from None
+        body, media_type, extension = _render(built, output_format)
+        suffix = "-ledger" if output_format == "ledger-csv" else ""
+        ascii_name = f"datong-farm-report-{chosen}{suffix}.{extension}"
+        name = f"大同市农业绿色发展指标-{chosen}{suffix}.{extension}"
+        return Response(body, media_type=media_type,
+                        headers={"Content-Disposition": content_disposition(name, ascii_name)})
+
+    return router

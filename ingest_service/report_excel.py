@@ -1,0 +1,311 @@
+"""The annual report as an Excel workbook (openpyxl), for the city's reviewers.
+
+Sheets, in order: 汇总 Summary (city and every county: indicator, numerator,
+denominator, value, target, met — the API's numbers), 农膜 Film, 秸秆 Straw,
+粪污 Manure (the ledgers behind them, per site, with county totals) and 图表 Charts
+(native Excel bar charts of each indicator per county against its target line).
+
+Cells hold numbers, not formulas, so any reader — openpyxl, LibreOffice, a
+script — sees the same values without recalculating; percentages are numbers
+with a percent format. The summary sheet fits one landscape A4 page.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from openpyxl import Workbook
+from openpyxl.chart import BarChart, LineChart, Reference
+from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.worksheet import Worksheet
+
+from farm_contract.indicators import TARGETS, IndicatorId
+from farm_contract.payloads import EventType, ManureUse, StrawUse
+from ingest_service.report import (
+    CITY_LABEL,
+    INDICATOR_LABELS,
+    Report,
+    county_totals,
+    ledger_csv,
+    summary_csv,
+)
+
+TITLE_FONT = Font(size=15, bold=True, color="1F3864")
+HEADER_FONT = Font(bold=True, color="FFFFFF")
+HEADER_FILL = PatternFill("solid", fgColor="2F5597")
+CITY_FILL = PatternFill("solid", fgColor="DDEBF7")
+MET_FILL = PatternFill("solid", fgColor="C6EFCE")
+MISSED_FILL = PatternFill("solid", fgColor="FFC7CE")
+TOTAL_FONT = Font(bold=True)
+THIN = Side(style="thin", color="BFBFBF")
+BORDER = Border(left=THIN, right=THIN, top=THIN, bottom=THIN)
+PERCENT = "0.0%"
+TONNES = "#,##0.000"
+
+STRAW_USES = [u.value for u in StrawUse]
+MANURE_USES = [u.value for u in ManureUse]
+USE_ZH = {"fertilizer": "肥料化", "feed": "饲料化", "fuel": "燃料化", "substrate": "基料化",
+          "material": "原料化", "energy": "能源化", "bedding": "垫料", "other": "其他"}
+SHEETS = ("汇总 Summary", "农膜 Film", "秸秆 Straw", "粪污 Manure", "图表 Charts")
+
+
+def _header(sheet: Worksheet, row: int, labels: Sequence[str]) -> None:
+    for col, label in enumerate(labels, start=1):
+        cell = sheet.cell(row=row, column=col, value=label)
+        cell.font, cell.fill, cell.border = HEADER_FONT, HEADER_FILL, BORDER
+        cell.alignment = Alignment(horizontal="center", vertical="center", wrap_text=True)
+    sheet.row_dimensions[row].height = 32
+
+
+def _row(sheet: Worksheet, row: int, values: Sequence[object],
+         formats: Sequence[str | None] = ()) -> None:
+    for col, value in enumerate(values, start=1):
+        cell = sheet.cell(row=row, column=col, value=value)
+        cell.border = BORDER
+        fmt = formats[col - 1] if col - 1 < len(formats) else None
+        if fmt:
+            cell.number_format = fmt
+
+
+def _widths(sheet: Worksheet, widths: Iterable[float]) -> None:
+    for col, width in enumerate(widths, start=1):
+        sheet.column_dimensions[get_column_letter(col)].width = width
+
+
+def _title(sheet: Worksheet, report: Report, title: str) -> int:
+    sheet["A1"] = title
+    sheet["A1"].font = TITLE_FONT
+    sheet["A2"] = (f"{report.year} 年度 · 截至 as of {_local(report.as_of)} · "
+                   f"生成 generated {_local(report.generated)}")
+    sheet["A2"].font = Font(italic=True, color="595959")
+    return 4
+
+
+def _local(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M %Z").strip()
+
+
+def summary_sheet(sheet: Worksheet, report: Report) -> None:
+    row = _title(sheet, report,
+                 f"大同市农业绿色发展指标 {report.year} 年度报告 / "
+                 f"Datong green-agriculture indicators, {report.year}")
+    _header(sheet, row, ["范围 Scope", "指标 Indicator", "分子 Numerator", "分母 Denominator",
+                         "单位 Unit", "数值 Value", "目标 Target", "达标 Met"])
+    for item in report.indicators:
+        row += 1
+        zh, en, unit = INDICATOR_LABELS[item.indicator]
+        met = "✓ 达标 met" if item.met else "✗ 未达标 not met"
+        _row(sheet, row, [item.county or CITY_LABEL, f"{zh} {en}", item.numerator,
+                          item.denominator, "吨 t" if unit == "t" else "场 farms", item.value,
+                          item.target, met],
+             [None, None, "#,##0.###", "#,##0.###", None, PERCENT, "0%", None])
+        if item.county is None:
+            for col in range(1, 6):
+                sheet.cell(row=row, column=col).fill = CITY_FILL
+            sheet.cell(row=row, column=1).font = TOTAL_FONT
+        sheet.cell(row=row, column=8).fill = MET_FILL if item.met else MISSED_FILL
+        if item.value is None:
+            sheet.cell(row=row, column=6, value="—").alignment = Alignment(horizontal="right")
+    row += 2
+    notes = [
+        "数值 = 分子 ÷ 分母；分母为 0 时无数值且不达标。Value = numerator ÷ denominator; "
+        "none (and not met) when the denominator is 0.",
+        "全市合计各区县分子与分母后再相除，不对比率取平均。The city adds up the counties' "
+        "numerators and denominators; it never averages rates.",
+        "与 GET /api/v1/indicators 数据一致；明细见各台账工作表。Same numbers as the API; "
+        "ledgers on the following sheets.",
+    ]
+    for note in notes:
+        sheet.cell(row=row, column=1, value=note).font = Font(size=9, color="595959")
+        row += 1
+    _widths(sheet, [14, 40, 14, 14, 9, 10, 9, 16])
+    sheet.freeze_panes = "A5"
+    sheet.page_setup.orientation = "landscape"
+    sheet.page_setup.paperSize = sheet.PAPERSIZE_A4
+    sheet.page_setup.fitToWidth = 1
+    sheet.page_setup.fitToHeight = 0
+    sheet.sheet_properties.pageSetUpPr.fitToPage = True
+    sheet.print_title_rows = "4:4"
+
+
+def film_sheet(sheet: Worksheet, report: Report) -> None:
+    row = _title(sheet, report, "农膜使用与回收台账 / Film applied and recovered (t)")
+    _header(sheet, row, ["区县 County", "站点 Site", "名称 Name", "覆膜 Applied t",
+                         "回收 Recovered t", "回收率 Rate"])
+    sites: dict[tuple[str, str, str], dict[EventType, float]] = {}
+    for e in report.entries(EventType.FILM_APPLIED, EventType.FILM_RECOVERED):
+        sites.setdefault((e.county, e.site_id, e.site_name), {})[e.type] = e.mass_t
+    fmts = [None, None, None, TONNES, TONNES, PERCENT]
+    for county in report.counties:
+        for (c, site_id, name), masses in sorted(sites.items()):
+            if c != county:
+                continue
+            row += 1
+            applied = masses.get(EventType.FILM_APPLIED, 0.0)
+            recovered = masses.get(EventType.FILM_RECOVERED, 0.0)
+            _row(sheet, row, [county, site_id, name, applied, recovered,
+                              recovered / applied if applied else None], fmts)
+        row += 1
+        applied = report.total(county, EventType.FILM_APPLIED)
+        recovered = report.total(county, EventType.FILM_RECOVERED)
+        _total_row(sheet, row, [county, "合计 Total", "", applied, recovered,
+                                recovered / applied if applied else None], fmts)
+    _widths(sheet, [12, 22, 22, 14, 14, 11])
+    sheet.freeze_panes = "A5"
+
+
+def _total_row(sheet: Worksheet, row: int, values: Sequence[object],
+               formats: Sequence[str | None]) -> None:
+    _row(sheet, row, values, formats)
+    for col in range(1, len(values) + 1):
+        sheet.cell(row=row, column=col).font = TOTAL_FONT
+        sheet.cell(row=row, column=col).fill = CITY_FILL
+
+
+def straw_sheet(sheet: Worksheet, report: Report) -> None:
+    row = _title(sheet, report, "秸秆产生与利用台账 / Straw harvested and utilised (t)")
+    totals = county_totals(report)
+    uses = [f"{USE_ZH[u]} {u}" for u in STRAW_USES]
+    _header(sheet, row, ["区县 County", "粮食 Grain t", "秸秆产生 Produced t", *uses,
+                         "利用合计 Utilised t", "利用率 Rate"])
+    by_use: dict[tuple[str, str], float] = {}
+    for e in report.entries(EventType.STRAW_UTILIZED):
+        by_use[(e.county, e.item)] = by_use.get((e.county, e.item), 0.0) + e.mass_t
+    fmts = [None, TONNES, TONNES, *[TONNES] * len(uses), TONNES, PERCENT]
+    for county in report.counties:
+        row += 1
+        produced = totals[county].get("straw_produced", 0.0)
+        used = totals[county].get(EventType.STRAW_UTILIZED.value, 0.0)
+        _row(sheet, row, [county, totals[county].get("grain", 0.0), produced,
+                          *[by_use.get((county, u), 0.0) for u in STRAW_USES], used,
+                          used / produced if produced else None], fmts)
+    row += 2
+    sheet.cell(row=row, column=1, value="收获明细 Harvests").font = TOTAL_FONT
+    row += 1
+    _header(sheet, row, ["区县 County", "站点 Site", "名称 Name", "作物 Crop", "粮食 Grain t",
+                         "草谷比 Ratio", "秸秆产生 Produced t"])
+    for e in report.entries(EventType.HARVEST):
+        row += 1
+        _row(sheet, row, [e.county, e.site_id, e.site_name, e.item, e.grain_t, e.straw_ratio,
+                          e.straw_t], [None, None, None, None, TONNES, "0.0#", TONNES])
+    row += 2
+    sheet.cell(row=row, column=1, value="利用明细 Utilisation").font = TOTAL_FONT
+    row += 1
+    _header(sheet, row, ["区县 County", "站点 Site", "名称 Name", "用途 Use", "利用 Utilised t",
+                         "记录 Entries"])
+    for e in report.entries(EventType.STRAW_UTILIZED):
+        row += 1
+        _row(sheet, row, [e.county, e.site_id, e.site_name, f"{USE_ZH.get(e.item, '')} {e.item}",
+                          e.mass_t, e.entries], [None, None, None, None, TONNES, "0"])
+    _widths(sheet, [12, 20, 22, 16, 14, 14, 14, 14, 14, 14, 11])
+    sheet.freeze_panes = "A5"
+
+
+def manure_sheet(sheet: Worksheet, report: Report) -> None:
+    row = _title(sheet, report, "粪污资源化利用台账 / Manure treated and utilised (t)")
+    uses = [f"{USE_ZH[u]} {u}" for u in MANURE_USES]
+    _header(sheet, row, ["区县 County", "站点 Site", "名称 Name", "规模场 Large-scale",
+                         "处理 Treated t", *uses, "利用合计 Utilised t", "记录 Entries",
+                         "有台账 Ledger"])
+    fmts = [None, None, None, None, TONNES, *[TONNES] * len(uses), TONNES, "0", None]
+    for county in report.counties:
+        for site_id, name, large in report.manure_sites.get(county, []):
+            mine = [e for e in report.entries(EventType.MANURE_TREATED, EventType.MANURE_UTILIZED)
+                    if e.site_id == site_id and e.county == county]
+            treated = sum(e.mass_t for e in mine if e.type == EventType.MANURE_TREATED)
+            used = {u: sum(e.mass_t for e in mine if e.type == EventType.MANURE_UTILIZED
+                           and e.item == u) for u in MANURE_USES}
+            entries = sum(e.entries for e in mine)
+            row += 1
+            _row(sheet, row, [county, site_id, name, "是 yes" if large else "否 no", treated,
+                              *used.values(), sum(used.values()), entries,
+                              "是 yes" if entries else "否 no"], fmts)
+            if large and not entries:
+                sheet.cell(row=row, column=len(fmts)).fill = MISSED_FILL
+    _widths(sheet, [12, 22, 24, 12, 13, 13, 13, 13, 13, 14, 10, 11])
+    sheet.freeze_panes = "A5"
+
+
+def charts_sheet(sheet: Worksheet, report: Report) -> None:
+    """A data table (scopes × indicators, with targets) and one bar chart per indicator."""
+    row = _title(sheet, report, "指标对比图 / Indicators against their targets")
+    indicators = list(IndicatorId)
+    _header(sheet, row, ["范围 Scope", *[f"{INDICATOR_LABELS[i][0]}" for i in indicators],
+                         *[f"目标 {INDICATOR_LABELS[i][0]}" for i in indicators]])
+    values = {(v.indicator, v.county): v.value for v in report.indicators}
+    first = row + 1
+    for county in [None, *report.counties]:
+        row += 1
+        _row(sheet, row, [county or CITY_LABEL, *[values.get((i, county)) for i in indicators],
+                          *[TARGETS[i] for i in indicators]],
+             [None, *[PERCENT] * len(indicators), *["0%"] * len(indicators)])
+    last = row
+    _widths(sheet, [14, *[16] * (2 * len(indicators))])
+    sheet.page_setup.orientation = "landscape"
+    sheet.page_setup.fitToWidth = 1
+    sheet.page_setup.fitToHeight = 0
+    sheet.sheet_properties.pageSetUpPr.fitToPage = True
+    categories = Reference(sheet, min_col=1, min_row=first, max_row=last)
+    for n, indicator in enumerate(indicators):
+        bars = BarChart()
+        bars.type = "col"
+        zh, en, _ = INDICATOR_LABELS[indicator]
+        bars.title = f"{zh} {en}"
+        bars.y_axis.title = "%"
+        bars.y_axis.scaling.min = 0
+        bars.y_axis.scaling.max = 1
+        bars.y_axis.number_format = "0%"
+        bars.y_axis.majorGridlines = None
+        bars.add_data(Reference(sheet, min_col=2 + n, min_row=first - 1, max_row=last),
+                      titles_from_data=True)
+        bars.set_categories(categories)
+        goal = LineChart()
+        goal.add_data(Reference(sheet, min_col=2 + len(indicators) + n, min_row=first - 1,
+                                max_row=last), titles_from_data=True)
+        goal.series[0].graphicalProperties.line.solidFill = "C00000"
+        goal.series[0].graphicalProperties.line.dashStyle = "dash"
+        goal.series[0].graphicalProperties.line.width = 28575
+        bars.series[0].graphicalProperties.solidFill = "2F5597"
+        bars += goal
+        bars.legend.position = "b"
+        bars.height, bars.width = 7.5, 13
+        anchor_row = last + 3 + (n // 2) * 16
+        sheet.add_chart(bars, f"{'A' if n % 2 == 0 else 'G'}{anchor_row}")
+
+
+def workbook(report: Report) -> Workbook:
+    book = Workbook()
+    summary = book.active
+    assert summary is not None
+    summary.title = SHEETS[0]
+    summary_sheet(summary, report)
+    film_sheet(book.create_sheet(SHEETS[1]), report)
+    straw_sheet(book.create_sheet(SHEETS[2]), report)
+    manure_sheet(book.create_sheet(SHEETS[3]), report)
+    charts_sheet(book.create_sheet(SHEETS[4]), report)
+    book.properties.title = f"Datong green-agriculture indicators {report.year}"
+    book.properties.creator = "farm-iot-collector"
+    return book
+
+
+def workbook_bytes(report: Report) -> bytes:
+    buffer = io.BytesIO()
+    workbook(report).save(buffer)
+    return buffer.getvalue()
+
+
+def write_report(report: Report, folder: Path) -> list[Path]:
+    """``report-YYYY.xlsx``, ``report-YYYY-summary.csv`` and ``report-YYYY-ledger.csv``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"report-{report.year}"
+    xlsx = folder / f"{stem}.xlsx"
+    xlsx.write_bytes(workbook_bytes(report))
+    summary = folder / f"{stem}-summary.csv"
+    summary.write_text(summary_csv(report), encoding="utf-8-sig")
+    ledger = folder / f"{stem}-ledger.csv"
+    ledger.write_text(ledger_csv(report), encoding="utf-8-sig")
+    return [xlsx, summary, ledger]

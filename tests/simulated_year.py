@@ -1,0 +1,63 @@
+"""A simulated year in real servers, shared by the dashboard and report tests.
+
+Real Mosquitto and InfluxDB, the ingest service in-process (indicators not
+published in the background, so the test decides when), the ``test-small``
+scenario back-filled through MQTT, then the indicators of the scenario's year
+written once — what a running system holds at the end of that year.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.servers import Influxd, Mosquitto
+from farm_contract.settings import Settings
+from ingest_service.indicators import IndicatorPublisher
+from ingest_service.service import IngestService
+from simulators.fleet import FleetReport, build_registry, run_backfill
+from simulators.scenario import Scenario, load_scenario
+from tests.helpers import wait_for
+
+
+@dataclass
+class SimulatedYear:
+    scenario: Scenario
+    influxd: Influxd
+    service: IngestService
+    report: FleetReport
+
+    @property
+    def counties(self) -> list[str]:
+        return build_registry(self.scenario).counties
+
+
+@contextmanager
+def simulated_year(folder: Path, scenario_name: str = "test-small") -> Iterator[SimulatedYear]:
+    """Start everything in ``folder``, back-fill the year, publish its indicators once."""
+    scenario = load_scenario(scenario_name)
+    mosquitto, influxd = Mosquitto(folder / "mosquitto"), Influxd(folder / "influxd")
+    mosquitto.start()
+    influxd.start()
+    influxd.query("CREATE DATABASE farm")
+    registry_dir = folder / "registry"
+    build_registry(scenario).write_dir(registry_dir)
+    settings = Settings(mqtt_url=mosquitto.url, registry_dir=registry_dir,
+                        influx_url=influxd.url, influx_api="v1")
+    service = IngestService(settings, publish_indicators=False)
+    try:
+        service.start()
+        assert service.input.wait_connected(10)
+        report = run_backfill(scenario, mosquitto.url)
+        assert report.completed and report.refused == 0
+        wait_for(lambda: service.state.stats.received >= report.published, timeout=120)
+        publisher = IndicatorPublisher(service.engine, service.writer, settings,
+                                       years=lambda: [scenario.year])
+        assert publisher.publish_once() > 0
+        yield SimulatedYear(scenario, influxd, service, report)
+    finally:
+        service.stop()
+        mosquitto.stop()
+        influxd.stop()

@@ -1,0 +1,76 @@
+"""Smoke test of the benchmark harness (``python -m bench``) with tiny figures.
+
+It checks that every figure is produced and that nothing is lost; it asserts
+no timing threshold, since rates depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+from bench.latency import latencies, percentile
+from bench.mqttraw import chunks, publish_packet
+from bench.profile import classify
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SUBJECTS = ("ceiling", "bare", "baseline", "ingest")
+
+
+def test_publish_packet_is_mqtt_qos1() -> None:
+    packet = publish_packet("a/b", b"xyz", 7)
+    assert packet == b"\x32\x0a\x00\x03a/b\x00\x07xyz"
+    (body, count), = list(chunks([("a/b", b"x")] * 3, size=5))
+    assert count == 3 and body.count(b"\x32") == 3
+
+
+def test_latency_matches_visible_counts_to_send_order() -> None:
+    sent = [(10.0, 2), (10.5, 2)]
+    polls = [(10.2, 1), (10.6, 3), (11.0, 4)]
+    assert latencies(sent, polls) == pytest.approx([0.2, 0.6, 0.1, 0.5])
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+
+
+def test_profile_stages_claim_their_callees() -> None:
+    ack = "thread (1): paho;Client._handle_on_message (paho/mqtt/client.py:1);Client.ack (x);y"
+    assert classify(ack).startswith("acks")
+    assert classify("t;Enricher.points (ingest_service/enrich.py:1)").startswith("enrich")
+
+
+def test_bench_produces_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    code = main([
+        "--messages", "300", "--devices", "10", "--runs", "1",
+        "--latency-rate", "200", "--latency-seconds", "2",
+        "--backlog", "400", "--indicators", "--sites", "30",
+        "--json", str(out),
+    ])
+    assert code == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["machine"]["nproc"] >= 1 and len(result["machine"]["load_average"]) == 3
+    for name in SUBJECTS:
+        item = result["throughput"][name]
+        assert item["rate_median"] > 0, name
+        assert item["lost_max"] == 0, name
+        assert item["publisher_rate_median"] > 0, name
+        run = item["runs"][0]
+        for key in ("elapsed_s", "peak_rss_mib", "cpu_percent", "load_before", "load_after"):
+            assert run[key] is not None, (name, key)
+    assert result["throughput"]["ingest"]["redelivered_max"] == 0
+    assert {"ingest/ceiling", "ingest/baseline", "baseline/ceiling"} <= result["ratios"].keys()
+    latency = result["latency"]
+    assert latency["lost"] == 0 and 0 < latency["p50_s"] <= latency["p99_s"]
+    backlog = result["backlog"]
+    assert backlog["lost"] == 0 and backlog["peak_rss_mib"] > 0 and backlog["drain_rate"] > 0
+    indicators = result["indicators"]
+    assert indicators["points_written"] > 0 and indicators["city_median_s"] > 0
+    assert set(indicators["city_values"]) == {
+        "manure_facility_rate", "manure_ledger_coverage", "film_recovery_rate",
+        "straw_utilization_rate",
+    }
+    assert set(result["targets"]) and all(v is None or isinstance(v, bool)
+                                          for v in result["targets"].values())

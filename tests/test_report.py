@@ -1,0 +1,230 @@
+"""The annual report (ingest_service.report, report_excel, api_report, the CLI) on a
+simulated year: the workbook and CSV hold exactly the numbers GET /api/v1/indicators
+gives for that year, each county's ledgers add up to its indicators, Chinese names
+survive, and LibreOffice renders the first sheet as a readable page.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from fastapi.testclient import TestClient
+from openpyxl import load_workbook
+from openpyxl.chart import BarChart
+
+from farm_contract.indicators import IndicatorId
+from ingest_service.__main__ import main as cli
+from ingest_service.api import create_app
+from ingest_service.report import CITY_LABEL, INDICATOR_LABELS, build_report, county_totals
+from ingest_service.report_excel import SHEETS
+from tests.simulated_year import SimulatedYear, simulated_year
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+EXCEL = 1e-15
+
+
+@pytest.fixture(scope="module")
+def year(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatedYear]:
+    with simulated_year(tmp_path_factory.mktemp("simulated")) as simulated:
+        yield simulated
+
+
+@pytest.fixture(scope="module")
+def client(year: SimulatedYear) -> TestClient:
+    return TestClient(create_app(year.service.state, year.service.engine))
+
+
+@pytest.fixture(scope="module")
+def api_rows(year: SimulatedYear, client: TestClient) -> list[dict[str, Any]]:
+    response = client.get("/api/v1/indicators", params={"year": year.scenario.year})
+    assert response.status_code == 200
+    rows: list[dict[str, Any]] = response.json()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def workbook_file(year: SimulatedYear, client: TestClient, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Path:
+    response = client.get("/api/v1/report", params={"year": year.scenario.year})
+    assert response.status_code == 200, response.text
+    path = tmp_path_factory.mktemp("report") / "report.xlsx"
+    path.write_bytes(response.content)
+    return path
+
+
+def summary_rows(path: Path) -> list[dict[str, Any]]:
+    sheet = load_workbook(path)[SHEETS[0]]
+    header = [c.value for c in sheet[4]]
+    assert header[:3] == ["范围 Scope", "指标 Indicator", "分子 Numerator"]
+    return [dict(zip(header, row, strict=True)) for row in sheet.iter_rows(min_row=5,
+                                                                         values_only=True)
+            if row[1] is not None]
+
+
+def indicator_of(label: str) -> IndicatorId:
+    (indicator,) = [i for i, (zh, en, _) in INDICATOR_LABELS.items() if label == f"{zh} {en}"]
+    return indicator
+
+
+def test_workbook_summary_is_the_api(
+    workbook_file: Path, api_rows: list[dict[str, Any]], year: SimulatedYear,
+) -> None:
+    rows = summary_rows(workbook_file)
+    assert len(rows) == len(api_rows) == 4 * (1 + len(year.counties))
+    for got, want in zip(rows, api_rows, strict=True):
+        assert got["范围 Scope"] == (want["county"] or CITY_LABEL)
+        assert indicator_of(got["指标 Indicator"]) == want["indicator"]
+        # Excel keeps 15-16 significant digits (openpyxl writes %.16g): equal to the last ULP.
+        assert got["分子 Numerator"] == pytest.approx(want["numerator"], rel=EXCEL, abs=0)
+        assert got["分母 Denominator"] == pytest.approx(want["denominator"], rel=EXCEL, abs=0)
+        if want["value"] is None:
+            assert got["数值 Value"] == "—"
+        else:
+            assert got["数值 Value"] == pytest.approx(want["value"], rel=EXCEL, abs=0)
+        assert got["目标 Target"] == want["target"]
+        assert got["达标 Met"].startswith("✓" if want["met"] else "✗")
+    assert {r["范围 Scope"] for r in rows} == {CITY_LABEL, *year.counties}
+
+
+def test_workbook_has_ledgers_and_native_charts(workbook_file: Path, year: SimulatedYear) -> None:
+    book = load_workbook(workbook_file)
+    assert book.sheetnames == list(SHEETS)
+    charts = book[SHEETS[4]]._charts  # openpyxl keeps loaded charts here
+    assert len(charts) == 4 and all(isinstance(c, BarChart) for c in charts)
+    film = [r for r in book[SHEETS[1]].iter_rows(min_row=5, values_only=True) if r[0]]
+    totals = {r[0]: (r[3], r[4]) for r in film if r[1] == "合计 Total"}
+    assert set(totals) == set(year.counties)
+    manure = [r for r in book[SHEETS[3]].iter_rows(min_row=5, values_only=True) if r[0]]
+    registry = year.service.state.registry.get()
+    assert {r[1] for r in manure} == {s.site_id for s in registry.sites.values()
+                                      if s.site_type == "manure"}
+
+
+def test_ledgers_add_up_to_the_indicators(
+    year: SimulatedYear, api_rows: list[dict[str, Any]],
+) -> None:
+    service = year.service
+    report = build_report(service.engine, service.state.registry.get, service.settings,
+                          year.scenario.year)
+    totals = county_totals(report)
+    api = {(r["indicator"], r["county"]): r for r in api_rows}
+    for county in year.counties:
+        film = api[("film_recovery_rate", county)]
+        straw = api[("straw_utilization_rate", county)]
+        assert totals[county]["film_recovered"] == pytest.approx(film["numerator"])
+        assert totals[county]["film_applied"] == pytest.approx(film["denominator"])
+        assert totals[county]["straw_utilized"] == pytest.approx(straw["numerator"])
+        assert totals[county]["straw_produced"] == pytest.approx(straw["denominator"])
+        ledger_sites = {e.site_id for e in report.ledger if e.county == county and e.type in (
+            "manure_treated", "manure_utilized")}
+        large = {s.site_id for s in service.state.registry.get().large_scale_manure_sites(county)}
+        assert len(ledger_sites & large) == api[("manure_ledger_coverage", county)]["numerator"]
+
+
+def test_csv_and_download_names(
+    year: SimulatedYear, client: TestClient, api_rows: list[dict[str, Any]],
+) -> None:
+    response = client.get("/api/v1/report", params={"year": year.scenario.year, "format": "csv"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    disposition = response.headers["content-disposition"]
+    assert f'filename="datong-farm-report-{year.scenario.year}.csv"' in disposition
+    assert unquote(disposition.split("filename*=UTF-8''")[1]) == (
+        f"大同市农业绿色发展指标-{year.scenario.year}.csv")
+    text = response.content.decode("utf-8")
+    assert text.startswith("\ufeff")
+    rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
+    assert [(r["indicator"], r["county"], float(r["numerator"]), float(r["denominator"]),
+             r["met"]) for r in rows] == [
+        (a["indicator"], a["county"] or "", a["numerator"], a["denominator"],
+         "true" if a["met"] else "false") for a in api_rows]
+    ledger = client.get("/api/v1/report", params={"year": year.scenario.year,
+                                                  "format": "ledger-csv"})
+    assert {r["county"] for r in csv.DictReader(io.StringIO(ledger.text.lstrip("\ufeff")))} == (
+        set(year.counties))
+    xlsx = client.get("/api/v1/report", params={"year": year.scenario.year})
+    assert xlsx.headers["content-type"].startswith("application/vnd.openxmlformats")
+    assert client.get("/api/v1/report", params={"format": "pdf"}).status_code == 422
+
+
+def test_cli_writes_the_same_workbook_numbers(
+    year: SimulatedYear, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    api_rows: list[dict[str, Any]],
+) -> None:
+    settings = year.service.settings
+    monkeypatch.setenv("FARM_INFLUX_URL", settings.influx_url)
+    monkeypatch.setenv("FARM_INFLUX_API", "v1")
+    monkeypatch.setenv("FARM_REGISTRY_DIR", str(settings.registry_dir))
+    assert cli(["report", "--year", str(year.scenario.year), "--out", str(tmp_path)]) == 0
+    stem = f"report-{year.scenario.year}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{stem}.xlsx", f"{stem}-summary.csv", f"{stem}-ledger.csv"])
+    rows = summary_rows(tmp_path / f"{stem}.xlsx")
+    assert [(r["分子 Numerator"], r["分母 Denominator"]) for r in rows] == [
+        pytest.approx((a["numerator"], a["denominator"]), rel=EXCEL, abs=0) for a in api_rows]
+    summary = (tmp_path / f"{stem}-summary.csv").read_text(encoding="utf-8-sig")
+    assert all(county in summary for county in year.counties)
+
+
+def gray_pixels(pgm: bytes) -> tuple[int, int, bytes]:
+    """Width, height and pixels of a binary PGM (P5, 8-bit), as pdftoppm -gray writes it."""
+    fields: list[bytes] = []
+    pos = 0
+    while len(fields) < 4:
+        while pgm[pos:pos + 1].isspace():
+            pos += 1
+        if pgm[pos:pos + 1] == b"#":
+            pos = pgm.index(b"\n", pos)
+            continue
+        end = pos
+        while not pgm[end:end + 1].isspace():
+            end += 1
+        fields.append(pgm[pos:end])
+        pos = end
+    assert fields[0] == b"P5" and fields[3] == b"255"
+    width, height = int(fields[1]), int(fields[2])
+    pixels = pgm[pos + 1:pos + 1 + width * height]
+    assert len(pixels) == width * height
+    return width, height, pixels
+
+
+def test_first_sheet_renders_to_a_page_that_is_not_blank(
+    workbook_file: Path, tmp_path: Path, year: SimulatedYear,
+) -> None:
+    """LibreOffice (Debian's libreoffice-calc-nogui, scripts/ensure-system-deps.sh) prints
+    the workbook to PDF; page 1 is the summary sheet. It must carry ink where a table
+    is, and the text on it must include every county's name in Chinese."""
+    soffice, pdftoppm = shutil.which("soffice"), shutil.which("pdftoppm")
+    assert soffice and pdftoppm, "run scripts/ensure-system-deps.sh (LibreOffice, poppler)"
+    profile = tmp_path / "lo-profile"
+    subprocess.run(
+        [soffice, f"-env:UserInstallation=file://{profile}", "--headless", "--convert-to", "pdf",
+         "--outdir", str(tmp_path), str(workbook_file)],
+        check=True, timeout=180, capture_output=True,
+    )
+    pdf = tmp_path / "report.pdf"
+    assert pdf.is_file()
+    subprocess.run([pdftoppm, "-f", "1", "-l", "1", "-r", "60", "-gray", str(pdf),
+                    str(tmp_path / "page")], check=True, timeout=60)
+    subprocess.run([pdftoppm, "-f", "1", "-l", "1", "-r", "80", "-png", str(pdf),
+                    str(tmp_path / "page")], check=True, timeout=60)
+    (pgm,) = tmp_path.glob("page*.pgm")
+    width, height, pixels = gray_pixels(pgm.read_bytes())
+    dark = sum(1 for p in pixels if p < 128)
+    tinted = sum(1 for p in pixels if p < 250)
+    assert width > 300 and height > 300
+    assert dark > 0.005 * width * height, "text and rules on the page"
+    assert tinted > 0.02 * width * height, "header and met/not-met fills"
+    text = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"], check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "大同市农业绿色发展指标" in text
+    for county in year.counties:
+        assert county in text
