@@ -36,21 +36,6 @@ DEVICES_CSV = "device_id,site_id,dev_eui,model\n" + "".join(
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """conftest's broker, but able to write its persistence file when tests run as root.
-
-    Run as root, Mosquitto drops to the ``mosquitto`` user and then cannot save
-    to a root-owned temporary folder ("Error: Permission denied" in its log), so a
-    restart would come back without ingest's session. ``user root`` keeps it root.
-    """
-    server = Mosquitto(tmp_path / "mosquitto",
-                       extra_config="user root" if os.geteuid() == 0 else "")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def ingest(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd) -> Iterator[IngestService]:
     settings = Settings(
         mqtt_url=mosquitto.url, influx_url=influxd.url, influx_api="v1",
