@@ -125,7 +125,9 @@ def table(result: dict[str, Any], console: Console) -> None:
         console.print(
             f"indicators, {ind['sites']:,} sites, {ind['points_written']:,} points for "
             f"{ind['year']}: city {ind['city_median_s']} s (first {ind['city_first_s']} s), "
-            f"one county {ind['county_median_s']} s"
+            f"one county {ind['county_median_s']} s; with 52-week shards: city "
+            f"{ind['with_52w_shards']['city_median_s']} s, county "
+            f"{ind['with_52w_shards']['county_median_s']} s"
         )
     if result.get("ratios"):
         console.print("ratios: " + ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))

@@ -81,6 +81,16 @@ class Stack:
         rows = self.query(f'SELECT count("seq") FROM "{measurement}"')
         return int(rows[0][1]) if rows else 0  # type: ignore[call-overload]
 
+    def shards(self) -> int:
+        """How many shards the database has (a year in 7-day shards is ~53)."""
+        response = self.http.post("/query", data={"q": "SHOW SHARDS"})
+        response.raise_for_status()
+        for result in response.json().get("results", []):
+            for series in result.get("series", []):
+                if series.get("name") == DB:
+                    return len(series.get("values", []))
+        return 0
+
     def write(self, body: bytes) -> None:
         """A raw line-protocol write (nanosecond precision)."""
         response = self.http.post("/write", params={"db": DB, "precision": "ns"}, content=body)

@@ -32,7 +32,7 @@ from dashboards.builders import (
 from dashboards.farm import COUNTY, DATONG, county_filter, county_variable
 from farm_contract import schema
 from farm_contract.indicators import TARGETS, IndicatorId
-from ingest_service.site_points import SITE_MEASUREMENT
+from farm_contract.schema import SITE as SITE_MEASUREMENT
 
 INDICATOR_NAMES: dict[IndicatorId, str] = {
     IndicatorId.MANURE_FACILITY_RATE: "Manure facility rate / 粪污处理设施配套率",

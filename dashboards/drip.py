@@ -28,7 +28,7 @@ from dashboards.builders import (
 )
 from dashboards.farm import county_filter, county_variable, scope_filter, site_filter, site_variable
 from farm_contract import schema
-from ingest_service.site_points import SITE_MEASUREMENT
+from farm_contract.schema import SITE as SITE_MEASUREMENT
 
 DRIP = "drip"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dashboards.builders import Json, ident, literal, query_variable
 from farm_contract import schema
-from ingest_service.site_points import SITE_MEASUREMENT
+from farm_contract.schema import SITE as SITE_MEASUREMENT
 
 COUNTY = "county"
 SITE = "site"

@@ -9,12 +9,14 @@ EVENT = "event"
 DEVICE_STATUS = "device_status"
 INDICATOR = "indicator"
 REJECTION = "rejection"
+SITE = "site"
 
 TELEMETRY_TAGS = ("site_id", "device_id", "site_type", "county")
 EVENT_TAGS = ("site_id", "device_id", "site_type", "county", "type", "use", "crop", "facility")
 DEVICE_STATUS_TAGS = ("site_id", "device_id", "county")
 INDICATOR_TAGS = ("indicator", "scope", "county")
 REJECTION_TAGS = ("reason",)
+SITE_TAGS = ("site_id", "county", "site_type", "name")
 
 CITY_COUNTY_TAG = "all"
 """The ``county`` tag value of city-wide indicator points."""

@@ -60,7 +60,9 @@ class IngestService:
         return None
 
     def start(self) -> None:
-        write_site_points(self.writer, self.state.registry.get())  # registry facts for Grafana
+        # Registry facts for Grafana's map and quota panels, now and whenever it changes.
+        write_site_points(self.writer, self.state.registry.get())
+        self.state.registry.on_change(lambda registry: write_site_points(self.writer, registry))
         self.pipeline.start()
         self.input.start()
         if self.publisher is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 
+from farm_contract import schema
 from farm_contract.registry import Registry
 from ingest_service.model import FieldValue, Point
 from ingest_service.outputs.influx import WriteError, Writer
@@ -24,8 +25,8 @@ from ingest_service.outputs.lineprotocol import encode
 
 log = logging.getLogger(__name__)
 
-SITE_MEASUREMENT = "site"
-SITE_TAGS = ("site_id", "county", "site_type", "name")
+SITE_MEASUREMENT = schema.SITE
+SITE_TAGS = schema.SITE_TAGS
 
 
 def site_points(registry: Registry, time_ns: int) -> list[Point]:

@@ -70,6 +70,18 @@ class RegistryHolder:
         self.folder = folder
         self._lock = threading.Lock()
         self._stamp = self._files_stamp()
+        self._listeners: list[Callable[[Registry], object]] = []
+
+    def on_change(self, listener: Callable[[Registry], object]) -> None:
+        """Call ``listener`` with every registry that replaces the current one."""
+        self._listeners.append(listener)
+
+    def _changed(self, registry: Registry) -> None:
+        for listener in self._listeners:
+            try:
+                listener(registry)
+            except Exception:
+                log.exception("registry listener failed")
 
     def _files_stamp(self) -> tuple[tuple[int, int], ...]:
         if self.folder is None:
@@ -96,8 +108,9 @@ class RegistryHolder:
                 self._registry = Registry.from_dir(self.folder)
             except RegistryError as exc:
                 log.error("registry folder changed but is invalid; keeping the old one: %s", exc)
-            else:
-                log.info("registry re-imported from %s", self.folder)
+                return self._registry
+            log.info("registry re-imported from %s", self.folder)
+        self._changed(self._registry)
         return self._registry
 
     @classmethod
@@ -117,6 +130,7 @@ class RegistryHolder:
                 registry.write_dir(self.folder)
                 self._stamp = self._files_stamp()
             self._registry = registry
+        self._changed(registry)
 
 
 @dataclass

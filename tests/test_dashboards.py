@@ -33,7 +33,7 @@ from dashboards.panel_queries import (
 from devstack.servers import Influxd
 from farm_contract import schema
 from farm_contract.indicators import TARGETS, IndicatorId
-from ingest_service.site_points import SITE_MEASUREMENT
+from farm_contract.schema import SITE as SITE_MEASUREMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_DIR = ROOT / "dashboards" / "json"

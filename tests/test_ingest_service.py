@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from devstack.servers import Influxd, Mosquitto
 from farm_contract.settings import Settings
@@ -178,3 +179,25 @@ def test_metrics_count_what_happened(
     assert 'farm_rejections_total{reason="invalid_payload"} 1.0' in text
     assert "farm_points_stored_total 1.0" in text
     assert "farm_mqtt_connected 1.0" in text
+
+
+def test_registry_replaced_through_the_api_updates_site_points(
+    service: IngestService, influxd: Influxd
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from ingest_service.api import create_app
+    from tests.helpers import DEVICES_CSV, SITES_CSV
+
+    sites = lambda: {r["site_id"] for r in rows(  # noqa: E731
+        influxd, "SELECT last(lat) FROM site GROUP BY site_id")}
+    wait_for(lambda: sites() == {"drip-1", "farm-1", "straw-1"})
+    service.state.settings.api_token = SecretStr("admin")
+    client = TestClient(create_app(service.state, service.engine))
+    new_sites = SITES_CSV + "drip-2,滴灌二号,天镇县,drip,40.4,114.1,,80,250\n"
+    response = client.post(
+        "/api/v1/registry", json={"sites_csv": new_sites, "devices_csv": DEVICES_CSV},
+        headers={"Authorization": "Bearer admin"},
+    )
+    assert response.status_code == 200, response.text
+    wait_for(lambda: "drip-2" in sites())
