@@ -32,13 +32,14 @@ def load() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
-def _first_line(command: list[str]) -> str:
+def _first_line(command: list[str], containing: str = "") -> str:
+    """The first output line of ``command`` that contains ``containing``."""
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unavailable"
-    text = (done.stdout or done.stderr).strip()
-    return text.splitlines()[0] if text else "unavailable"
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if containing in line]
+    return lines[0].strip() if lines else "unavailable"
 
 
 def _package(name: str) -> str:
@@ -68,7 +69,7 @@ def describe() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "load_average": load(),
-        "mosquitto": _first_line(["mosquitto_sub", "--help"]),
+        "mosquitto": _first_line(["mosquitto_sub", "--help"], "version"),
         "influxd": _first_line(["influxd", "version"]),
         "source": source_state(),
         "packages": {
