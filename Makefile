@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 DURATION ?= 0
 SCENARIO ?= demo
 
-.PHONY: demo test test-fast lint typecheck dashboards dev-certs system-deps venv clean bench
+.PHONY: test-deps demo test test-fast lint typecheck dashboards dev-certs system-deps venv clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,15 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 system-deps:
-	@scripts/ensure-system-deps.sh
+	@scripts/ensure-system-deps.sh --for demo
+
+test-deps:
+	@scripts/ensure-system-deps.sh --for test
 
 demo: system-deps $(STAMP)
 	$(PY) -m devstack.demo --duration $(DURATION) --scenario $(SCENARIO)
 
-test: system-deps $(STAMP) lint typecheck
+test: test-deps $(STAMP) lint typecheck
 	$(PY) -m pytest
 
 test-fast: $(STAMP)

@@ -7,13 +7,13 @@ strict about meaning: every problem is reported with its file, row and column.
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from farm_contract.catalog import SiteType
@@ -109,24 +109,73 @@ class RegistryError(ValueError):
         self.problems = problems
 
 
-def _read_csv(source: str | Path, label: str, required: Iterable[str]) -> pd.DataFrame:
-    handle = io.StringIO(source) if isinstance(source, str) else source
+def _read_text(source: str | Path, label: str) -> str:
+    if isinstance(source, str):
+        return source
     try:
-        frame = pd.read_csv(
-            handle,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=True,
-            encoding="utf-8-sig",
-            skipinitialspace=True,
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        return source.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
         raise RegistryError([f"{label}: cannot read CSV: {exc}"]) from None
-    frame.columns = [str(column).strip().lstrip("\ufeff").lower() for column in frame.columns]
-    missing = [column for column in required if column not in frame.columns]
+
+
+def _blank(row: list[str]) -> bool:
+    return len(row) <= 1 and not (row[0].strip() if row else "")
+
+
+def _header(names: list[str]) -> list[str]:
+    """Column names as a spreadsheet tool means them: trimmed, lower case, unnamed and
+    repeated columns kept apart (``Unnamed: 3``, ``site_id.1``) so they cannot shadow."""
+    seen: dict[str, int] = {}
+    result = []
+    for index, raw in enumerate(names):
+        name = raw.strip().lstrip("\ufeff") or f"Unnamed: {index}"
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}.{seen[name]}"
+        else:
+            seen[name] = 0
+        result.append(name.lower())
+    return result
+
+
+def _read_csv(source: str | Path, label: str, required: Iterable[str]) -> list[dict[str, str]]:
+    """Rows of a CSV as dicts of column → text (missing trailing cells are empty).
+
+    Forgiving the way spreadsheets need: a UTF-8 BOM, blank lines, spaces after commas
+    and extra columns are fine; a row with more cells than the header is an error.
+    """
+    text = _read_text(source, label).removeprefix("\ufeff")
+    rows: list[dict[str, str]] = []
+    columns: list[str] | None = None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    try:
+        for cells in reader:
+            if _blank(cells):
+                continue
+            if columns is None:
+                columns = _header(cells)
+                continue
+            if len(cells) > len(columns):
+                if any(cell.strip() for cell in cells[len(columns) :]):
+                    raise RegistryError(
+                        [
+                            f"{label}: cannot read CSV: Expected {len(columns)} fields "
+                            f"in line {reader.line_num}, saw {len(cells)}"
+                        ]
+                    )
+                cells = cells[: len(columns)]
+            row = dict(zip(columns, cells, strict=False))
+            for column in columns[len(cells) :]:
+                row[column] = ""
+            rows.append(row)
+    except csv.Error as exc:
+        raise RegistryError([f"{label}: cannot read CSV: {exc}"]) from None
+    if columns is None:
+        raise RegistryError([f"{label}: cannot read CSV: No columns to parse from file"])
+    missing = [column for column in required if column not in columns]
     if missing:
         raise RegistryError([f"{label}: missing column(s) {', '.join(missing)}"])
-    return frame
+    return rows
 
 
 def _describe(error: ValidationError) -> str:
@@ -135,6 +184,19 @@ def _describe(error: ValidationError) -> str:
         where = ".".join(str(part) for part in item["loc"]) or "row"
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, object]]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_cell(row.get(column)) for column in columns] for row in rows)
 
 
 @dataclass
@@ -154,8 +216,8 @@ class Registry:
         """Import from CSV text or files; raise :class:`RegistryError` listing every problem."""
         problems: list[str] = []
         sites: dict[str, Site] = {}
-        frame = _read_csv(sites_csv, SITES_FILE, _REQUIRED_SITE_COLUMNS)
-        for index, row in enumerate(frame.to_dict("records"), start=2):
+        rows = _read_csv(sites_csv, SITES_FILE, _REQUIRED_SITE_COLUMNS)
+        for index, row in enumerate(rows, start=2):
             values = {key: row[key] for key in SITE_COLUMNS if key in row}
             try:
                 site = Site.model_validate(values)
@@ -167,8 +229,8 @@ class Registry:
             sites[site.site_id] = site
         devices: dict[str, Device] = {}
         euis: dict[str, str] = {}
-        frame = _read_csv(devices_csv, DEVICES_FILE, _REQUIRED_DEVICE_COLUMNS)
-        for index, row in enumerate(frame.to_dict("records"), start=2):
+        rows = _read_csv(devices_csv, DEVICES_FILE, _REQUIRED_DEVICE_COLUMNS)
+        for index, row in enumerate(rows, start=2):
             values = {key: row[key] for key in DEVICE_COLUMNS if key in row}
             try:
                 device = Device.model_validate(values)
@@ -205,13 +267,9 @@ class Registry:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         site_rows = [site.model_dump(mode="json") for site in self.sites.values()]
-        pd.DataFrame(site_rows, columns=list(SITE_COLUMNS)).to_csv(
-            folder / SITES_FILE, index=False, encoding="utf-8"
-        )
+        _write_csv(folder / SITES_FILE, SITE_COLUMNS, site_rows)
         device_rows = [device.model_dump(mode="json") for device in self.devices.values()]
-        pd.DataFrame(device_rows, columns=list(DEVICE_COLUMNS)).to_csv(
-            folder / DEVICES_FILE, index=False, encoding="utf-8"
-        )
+        _write_csv(folder / DEVICES_FILE, DEVICE_COLUMNS, device_rows)
 
     @property
     def counties(self) -> list[str]:

@@ -8,17 +8,20 @@ must not cost the flow meter's data.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from farm_contract import schema
-from farm_contract.catalog import CATALOG
+from farm_contract.catalog import CATALOG, Metric, SiteType
 from farm_contract.payloads import EVENT_NUMERIC_FIELDS, EVENT_TAG_FIELDS, parse_ts
 from farm_contract.registry import Device, Registry, Site
 from farm_contract.settings import Settings
 from ingest_service.model import FieldValue, Inbound, Point, Rejection
+from ingest_service.outputs.lineprotocol import series_key
 from ingest_service.parse import Parsed, Rejected
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -41,6 +44,45 @@ def point_time_ns(ts: datetime, seq: int) -> int:
     the same ``ts``.
     """
     return (ts - _EPOCH) // _MS * 1_000_000 + seq % SEQ_SLOTS
+
+
+_BIG = sys.float_info.max
+
+
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """A numeric metric's range as plain floats, for the common in-range float reading."""
+
+    metric: Metric
+    low: float
+    high: float
+
+
+def _allowed(site_type: SiteType) -> dict[str, _Bounds | Metric]:
+    """The catalog for one site type: numeric metrics with their bounds, the rest as is."""
+    allowed: dict[str, _Bounds | Metric] = {}
+    for name, metric in CATALOG.items():
+        if not metric.allowed_at(site_type):
+            continue
+        if metric.is_bool:
+            allowed[name] = metric
+        else:
+            low = -_BIG if metric.minimum is None else float(metric.minimum)
+            high = _BIG if metric.maximum is None else float(metric.maximum)
+            allowed[name] = _Bounds(metric, low, high)
+    return allowed
+
+
+_ALLOWED = {site_type: _allowed(site_type) for site_type in SiteType}
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What every point of one device shares, computed once per registry."""
+
+    tags: dict[str, str]
+    series: str
+    """The telemetry series key (line protocol), see :class:`~ingest_service.model.Point`."""
 
 
 class _Clock:
@@ -73,6 +115,26 @@ class Enricher:
         self._counter_lookup = counter_lookup
         self._counters: dict[tuple[str, str], tuple[int, float]] = {}
         self._clock = _Clock()
+        self._targets: dict[tuple[str, str], _Target] = {}
+        self._targets_of: Registry | None = None
+
+    def _target(self, registry: Registry, device: Device, site: Site) -> _Target:
+        """The device's tags and series key, cached until the registry is replaced."""
+        if registry is not self._targets_of:
+            self._targets = {}
+            self._targets_of = registry
+        key = (device.device_id, site.site_id)
+        target = self._targets.get(key)
+        if target is None:
+            tags = {
+                "site_id": site.site_id,
+                "device_id": device.device_id,
+                "site_type": site.site_type.value,
+                "county": site.county,
+            }
+            target = _Target(tags, series_key(schema.TELEMETRY, tags))
+            self._targets[key] = target
+        return target
 
     def rejection(self, inbound: Inbound, reason: str, detail: str) -> Rejection:
         """A rejection record of ``inbound`` with a unique time."""
@@ -138,20 +200,19 @@ class Enricher:
         self, parsed: Parsed, inbound: Inbound, now: datetime | None = None
     ) -> tuple[list[Point], list[Rejection]]:
         """Points to store and the parts of the message rejected on their own."""
+        registry = self._registry()
         try:
-            device, site = self._identify(parsed, self._registry())
+            device, site = self._identify(parsed, registry)
         except Rejected:
             if self._refresh is None:
                 raise
             # Perhaps provisioned a moment ago: look at the registry folder once more.
-            device, site = self._identify(parsed, self._refresh())
+            registry = self._refresh()
+            device, site = self._identify(parsed, registry)
         now = now or datetime.now(UTC)
-        tags = {
-            "site_id": site.site_id,
-            "device_id": device.device_id,
-            "site_type": site.site_type.value,
-            "county": site.county,
-        }
+        target = self._target(registry, device, site)
+        tags = target.tags
+        allowed = _ALLOWED[site.site_type]
         points: list[Point] = []
         rejections: list[Rejection] = []
         overflow: Counter[str] = Counter()
@@ -170,18 +231,30 @@ class Enricher:
             time_ns = point_time_ns(record.ts, record.seq)
             fields: dict[str, FieldValue] = {}
             for name, value in record.readings.items():
-                metric = CATALOG.get(name)
-                if metric is None:
-                    reject(
-                        "unknown_metric", f"seq {record.seq}: {name} is not in the metric catalog"
-                    )
+                known = allowed.get(name)
+                if known is None:
+                    if name not in CATALOG:
+                        reject(
+                            "unknown_metric",
+                            f"seq {record.seq}: {name} is not in the metric catalog",
+                        )
+                    else:
+                        reject(
+                            "metric_not_for_site",
+                            f"seq {record.seq}: {name} is not a metric of {site.site_type} sites",
+                        )
                     continue
-                if not metric.allowed_at(site.site_type):
-                    reject(
-                        "metric_not_for_site",
-                        f"seq {record.seq}: {name} is not a metric of {site.site_type} sites",
-                    )
-                    continue
+                if isinstance(known, _Bounds):
+                    metric = known.metric
+                    if (
+                        type(value) is float
+                        and known.low <= value <= known.high
+                        and not metric.never_decreasing
+                    ):
+                        fields[name] = value  # the common case: an in-range float reading
+                        continue
+                else:
+                    metric = known
                 error = metric.check(value)
                 if error:
                     reject("out_of_range", f"seq {record.seq}: {error}")
@@ -194,7 +267,9 @@ class Enricher:
                 fields[name] = value if isinstance(value, bool) else float(value)
             if fields:
                 fields["seq"] = record.seq
-                points.append(Point(schema.TELEMETRY, dict(tags), fields, time_ns))
+                points.append(
+                    Point(schema.TELEMETRY, dict(tags), fields, time_ns, target.series)
+                )
 
         for event in parsed.events:
             problem = self._check_time(event.ts, now)

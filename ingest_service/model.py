@@ -25,12 +25,20 @@ class Inbound:
 
 @dataclass(slots=True)
 class Point:
-    """One InfluxDB point. Numeric fields are floats except ``seq`` (an integer)."""
+    """One InfluxDB point. Numeric fields are floats except ``seq`` (an integer).
+
+    ``series`` is the point's escaped line-protocol series key (measurement and
+    tags), when the producer already has it: ingest computes it once per device
+    rather than once per point. It must be what
+    :func:`~ingest_service.outputs.lineprotocol.series_key` gives for
+    ``measurement`` and ``tags``.
+    """
 
     measurement: str
     tags: dict[str, str]
     fields: dict[str, FieldValue]
     time_ns: int
+    series: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,12 @@ means some point is unacceptable (a field type conflict, say): the batch is
 split in halves until the offending message is found, which is then stored as
 a ``db_rejected`` rejection so that its neighbours are not held hostage.
 
+Two threads share the work so that the next batch is parsed while the previous
+one is written: the pipeline thread collects and parses a batch and hands it
+to the writer thread, which writes it, then acknowledges its messages. The
+hand-over waits until the writer is free, so at most two batches are in hand
+(one being written, one being built) and acknowledgements keep batch order.
+
 Memory stays bounded while InfluxDB is down: the broker sends at most the
 receive maximum of unacknowledged messages, and when the connection is lost the
 messages of the old connection are dropped here (the broker redelivers them), so
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -68,6 +75,15 @@ class BatchAbandoned(Exception):
 
 
 @dataclass(slots=True)
+class _Job:
+    """A parsed batch on its way to the writer thread."""
+
+    outcomes: list[Outcome]
+    started: float
+    body: bytes | None
+
+
+@dataclass(slots=True)
 class Outcome:
     """What one message turned into."""
 
@@ -90,6 +106,13 @@ def rejection_point(rejection: Rejection) -> Point:
     )
 
 
+def _encode_outcomes(outcomes: list[Outcome]) -> bytes:
+    """The line-protocol body of a batch: its points, then its rejections."""
+    points = [p for item in outcomes for p in item.points]
+    points += [rejection_point(r) for item in outcomes for r in item.rejections]
+    return encode(points) if points else b""
+
+
 def _transient(error: BaseException) -> bool:
     return isinstance(error, WriteError) and error.transient
 
@@ -110,13 +133,23 @@ class Pipeline:
         self._in_hand = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._writer_thread: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer_free = threading.Semaphore(1)
 
     def submit(self, inbound: Inbound) -> None:
-        """Hand a message over (called on the input's thread; never blocks)."""
+        """Hand a message over (called on the input's thread; never blocks).
+
+        The pipeline thread is woken only when it can have something to do: when
+        the queue stops being empty, or fills a batch. Waking it per message cost
+        ~11 µs of CPU per message in thread switches.
+        """
         with self._ready:
             self._queue.append(inbound)
-            self._stats.backlog = len(self._queue) + self._in_hand
-            self._ready.notify()
+            waiting = len(self._queue)
+            self._stats.backlog = waiting + self._in_hand
+            if waiting == 1 or waiting == self._settings.batch_size:
+                self._ready.notify()
 
     def drop_stale(self) -> None:
         """Forget queued messages of a lost connection: the broker redelivers them."""
@@ -136,15 +169,24 @@ class Pipeline:
 
     def start(self) -> None:
         self._stop.clear()
+        self._writer_thread = threading.Thread(
+            target=self._write_loop, name="ingest-writer", daemon=True
+        )
+        self._writer_thread.start()
         self._thread = threading.Thread(target=self._run, name="ingest-pipeline", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the batch in hand (if InfluxDB lets us) and stop; the rest stays at the broker."""
+        """Finish the batches in hand (if InfluxDB lets us) and stop; the rest stays queued."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._writer_thread is not None:
+            self._jobs.put(None)
+            self._writer_thread.join(max(0.0, deadline - time.monotonic()))
+            self._writer_thread = None
 
     def _collect(self) -> list[Inbound]:
         """Up to ``batch_size`` messages, waiting at most ``batch_interval_s`` after the first."""
@@ -159,27 +201,51 @@ class Pipeline:
                     break
                 self._ready.wait(timeout=remaining)
             batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
-            self._in_hand = len(batch)
+            self._in_hand += len(batch)
             self._stats.backlog = len(self._queue) + self._in_hand
         return batch
 
+    def _release(self, count: int) -> None:
+        with self._ready:
+            self._in_hand -= count
+            self._stats.backlog = len(self._queue) + self._in_hand
+
     def _run(self) -> None:
+        """Collect and parse batches; hand each to the writer once it is free."""
         while not self._stop.is_set():
             batch = self._collect()
             if not batch:
                 continue
             try:
-                self.process(batch)
-            except BatchAbandoned:
-                log.info("gave up a batch of %d messages of a lost connection", len(batch))
-            except WriteError as exc:
-                log.warning("stopped with a batch of %d unwritten: %s", len(batch), exc)
+                started = time.monotonic()
+                outcomes = [self.outcome(inbound) for inbound in batch]
+                job = _Job(outcomes, started, _encode_outcomes(outcomes))
             except Exception:  # a bug must not stop ingest; the batch is redelivered later
                 log.exception("batch of %d messages failed; left unacknowledged", len(batch))
+                self._release(len(batch))
+                continue
+            self._writer_free.acquire()  # at most one batch written while the next is built
+            self._jobs.put(job)
+
+    def _write_loop(self) -> None:
+        """Write each handed-over batch, then acknowledge it (in hand-over order)."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._finish(job)
+            except BatchAbandoned:
+                log.info("gave up a batch of %d messages of a lost connection", len(job.outcomes))
+            except WriteError as exc:
+                log.warning("stopped with a batch of %d unwritten: %s", len(job.outcomes), exc)
+            except Exception:  # a bug must not stop ingest; the batch is redelivered later
+                log.exception(
+                    "batch of %d messages failed; left unacknowledged", len(job.outcomes)
+                )
             finally:
-                with self._ready:
-                    self._in_hand = 0
-                    self._stats.backlog = len(self._queue)
+                self._release(len(job.outcomes))
+                self._writer_free.release()
 
     def parse(self, inbound: Inbound) -> Parsed:
         if inbound.topic.startswith("application/"):
@@ -205,12 +271,17 @@ class Pipeline:
         """Store a batch and acknowledge every message in it. Raises only if stopped."""
         started = time.monotonic()
         outcomes = [self.outcome(inbound) for inbound in batch]
-        self._store(outcomes)
+        self._finish(_Job(outcomes, started, None))
+
+    def _finish(self, job: _Job) -> None:
+        """Write a parsed batch, acknowledge its messages, count them."""
+        outcomes = job.outcomes
+        self._store(outcomes, job.body)
         for item in outcomes:
             item.inbound.ack()
-        seconds = time.monotonic() - started
+        seconds = time.monotonic() - job.started
         with self._stats._lock:
-            self._stats.received += len(batch)
+            self._stats.received += len(outcomes)
             self._stats.batches += 1
             self._stats.last_batch_seconds = seconds
             self._stats.batch_seconds_sum += seconds
@@ -223,12 +294,11 @@ class Pipeline:
                 for rejection in item.rejections:
                     self._stats.rejected[rejection.reason] += 1
 
-    def _write(self, outcomes: list[Outcome]) -> None:
-        points = [p for item in outcomes for p in item.points]
-        points += [rejection_point(r) for item in outcomes for r in item.rejections]
-        if not points:
+    def _write(self, outcomes: list[Outcome], body: bytes | None = None) -> None:
+        if body is None:
+            body = _encode_outcomes(outcomes)
+        if not body:
             return
-        body = encode(points)
         inbounds = [item.inbound for item in outcomes]
 
         def abandoned() -> bool:
@@ -256,10 +326,13 @@ class Pipeline:
         error = outcome.exception() if outcome is not None else None
         log.warning("InfluxDB write failed, retrying: %s", error)
 
-    def _store(self, outcomes: list[Outcome]) -> None:
-        """Write, splitting the batch to isolate messages InfluxDB refuses."""
+    def _store(self, outcomes: list[Outcome], body: bytes | None = None) -> None:
+        """Write, splitting the batch to isolate messages InfluxDB refuses.
+
+        ``body`` is the batch already encoded, if it is.
+        """
         try:
-            self._write(outcomes)
+            self._write(outcomes, body)
             return
         except WriteError as exc:
             if exc.transient:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from farm_contract.settings import Settings
 from ingest_service.enrich import Enricher
@@ -41,9 +42,44 @@ class IngestService:
         )
         self.state.broker_connected = lambda: self.input.connected
         self.state.influx_reachable = self.query.ping
+        self._counters_lock = threading.Lock()
+        self._stored_counters: dict[str, dict[str, tuple[int, float]]] = {}
 
     def _last_counter(self, device_id: str, metric: str) -> tuple[int, float] | None:
-        """The latest stored value of a never-decreasing counter, so a restart keeps checking it."""
+        """The latest stored value of a never-decreasing counter, so a restart keeps checking it.
+
+        The first look-up of a metric reads it for every device in one query
+        (``GROUP BY device_id``) rather than one query per device on first sight,
+        which after an outage meant a round trip per device before anything was stored.
+        The enricher keeps what it is given, so each entry is handed out once.
+        """
+        with self._counters_lock:
+            known = self._stored_counters.get(metric)
+            if known is None:
+                known = self._load_counters(metric)
+                if known is None:
+                    return self._last_counter_of(device_id, metric)
+                self._stored_counters[metric] = known
+            return known.pop(device_id, None)
+
+    def _load_counters(self, metric: str) -> dict[str, tuple[int, float]] | None:
+        q = f"SELECT last({quote_ident(metric)}) FROM telemetry GROUP BY device_id"
+        try:
+            series = self.query.query(q)
+        except QueryError as exc:
+            if "database not found" in str(exc):
+                return {}
+            log.warning("cannot read the last %s of every device: %s", metric, exc)
+            return None
+        found: dict[str, tuple[int, float]] = {}
+        for item in series:
+            device_id = item.tags.get("device_id")
+            for row in item.values:
+                if device_id and row[1] is not None:
+                    found[device_id] = (int(row[0]) * 1_000_000, float(row[1]))
+        return found
+
+    def _last_counter_of(self, device_id: str, metric: str) -> tuple[int, float] | None:
         q = (
             f"SELECT last({quote_ident(metric)}) FROM telemetry "
             f"WHERE device_id = {quote_literal(device_id)}"

@@ -10,11 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
-import urllib3.exceptions
-from influxdb_client.client.influxdb_client import InfluxDBClient
-from influxdb_client.client.write_api import SYNCHRONOUS
-from influxdb_client.domain.write_precision import WritePrecision
-from influxdb_client.rest import ApiException
 
 from farm_contract.settings import Settings
 
@@ -105,9 +100,16 @@ class InfluxV1Writer:
 
 
 class InfluxV2Writer:
-    """InfluxDB 2.x/3.x (and 1.8+): ``/api/v2/write`` through influxdb-client."""
+    """InfluxDB 2.x/3.x (and 1.8+): ``/api/v2/write`` through influxdb-client.
+
+    influxdb-client (~30 MiB once imported) is imported here, not at module level,
+    so a v1 ingest process never loads it.
+    """
 
     def __init__(self, settings: Settings, timeout_s: float | None = None) -> None:
+        from influxdb_client.client.influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
         timeout_s = settings.influx_timeout_s if timeout_s is None else timeout_s
         token = settings.influx_token.get_secret_value() if settings.influx_token else ""
         self._bucket = settings.influx_bucket
@@ -122,6 +124,10 @@ class InfluxV2Writer:
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
     def write(self, body: bytes) -> None:
+        import urllib3.exceptions
+        from influxdb_client.domain.write_precision import WritePrecision
+        from influxdb_client.rest import ApiException
+
         try:
             self._write_api.write(
                 bucket=self._bucket,

@@ -29,15 +29,41 @@ def _field(value: FieldValue) -> str:
     return '"' + value.translate(_STRING_ESCAPES) + '"'
 
 
-def encode_point(point: Point) -> str:
-    """One point as one line (no newline)."""
-    parts = [point.measurement.translate(_MEASUREMENT_ESCAPES)]
-    for key in sorted(point.tags):
-        value = point.tags[key]
+def series_key(measurement: str, tags: dict[str, str]) -> str:
+    """Measurement and tags (sorted, escaped, empty values left out): the start of a line."""
+    parts = [measurement.translate(_MEASUREMENT_ESCAPES)]
+    for key in sorted(tags):
+        value = tags[key]
         if value.rstrip("\\"):
             parts.append(f"{escape_tag(key)}={escape_tag(value)}")
-    fields = ",".join(f"{escape_tag(key)}={_field(value)}" for key, value in point.fields.items())
-    return f"{','.join(parts)} {fields} {point.time_ns}"
+    return ",".join(parts)
+
+
+_FIELD_KEYS: dict[str, str] = {}
+"""Escaped field keys. Fields are catalog metrics and the schema's own names, so few."""
+_FIELD_KEYS_MAX = 4096
+
+
+def _field_key(key: str) -> str:
+    escaped = _FIELD_KEYS.get(key)
+    if escaped is None:
+        escaped = escape_tag(key)
+        if len(_FIELD_KEYS) < _FIELD_KEYS_MAX:
+            _FIELD_KEYS[key] = escaped
+    return escaped
+
+
+def encode_point(point: Point) -> str:
+    """One point as one line (no newline)."""
+    series = point.series
+    if series is None:
+        series = series_key(point.measurement, point.tags)
+    fields = ",".join(
+        f"{_field_key(key)}={value!r}" if type(value) is float else
+        f"{_field_key(key)}={_field(value)}"
+        for key, value in point.fields.items()
+    )
+    return f"{series} {fields} {point.time_ns}"
 
 
 def encode(points: Iterable[Point]) -> bytes:
