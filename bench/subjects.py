@@ -291,6 +291,8 @@ class Ingest(_Storing):
         }
         if self.workers > 1:
             env["FARM_MQTT_SHARE_GROUP"] = "bench"
+        if worker > 0:
+            env["FARM_PUBLISH_INDICATORS"] = "false"  # as operators run it: one publisher
         return env
 
     def launch(self) -> None:

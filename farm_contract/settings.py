@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=5000, ge=1)
     batch_interval_s: float = Field(default=0.2, gt=0)
     indicator_interval_s: float = Field(default=60, gt=0)
+    publish_indicators: bool = True
+    """Write the indicators to InfluxDB every ``indicator_interval_s``. With several ingest
+    workers sharing a subscription, set false on all but one: they compute the same rows."""
     max_future_skew_s: float = Field(default=600, ge=0)
     earliest_ts: str = "2000-01-01T00:00:00Z"
     subscribe_chirpstack: bool = True

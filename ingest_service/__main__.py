@@ -9,6 +9,7 @@ Subcommands: ``run`` (the default), ``indicators --year YYYY`` (print them once)
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -46,6 +47,12 @@ def run(settings: Settings) -> int:
         print(f"ingest_service: {exc}", file=sys.stderr)
         return 2
     app = create_app(service.state, service.engine)
+    # Everything loaded so far (FastAPI, pydantic, paho, the registry: some 100 MiB of
+    # objects) lives as long as the process. Out of the collector's sight, the full
+    # collections that ingest's per-message garbage triggers no longer walk it:
+    # ~30 % less CPU per message in the pipeline (docs/performance.md).
+    gc.collect()
+    gc.freeze()
     service.start()
     logging.getLogger(__name__).info(
         "ingest running: MQTT %s, InfluxDB %s (%s API), HTTP on %s:%d",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,6 +55,8 @@ class _Bounds:
     metric: Metric
     low: float
     high: float
+    plain: bool
+    """No check beyond the range (not a never-decreasing counter)."""
 
 
 def _allowed(site_type: SiteType) -> dict[str, _Bounds | Metric]:
@@ -69,7 +70,7 @@ def _allowed(site_type: SiteType) -> dict[str, _Bounds | Metric]:
         else:
             low = -_BIG if metric.minimum is None else float(metric.minimum)
             high = _BIG if metric.maximum is None else float(metric.maximum)
-            allowed[name] = _Bounds(metric, low, high)
+            allowed[name] = _Bounds(metric, low, high, not metric.never_decreasing)
     return allowed
 
 
@@ -215,13 +216,13 @@ class Enricher:
         allowed = _ALLOWED[site.site_type]
         points: list[Point] = []
         rejections: list[Rejection] = []
-        overflow: Counter[str] = Counter()
+        overflow: dict[str, int] = {}
 
         def reject(reason: str, detail: str) -> None:
             if len(rejections) < MAX_REJECTIONS_PER_MESSAGE:
                 rejections.append(self.rejection(inbound, reason, detail))
             else:
-                overflow[reason] += 1
+                overflow[reason] = overflow.get(reason, 0) + 1
 
         for record in parsed.telemetry:
             problem = self._check_time(record.ts, now)
@@ -244,16 +245,13 @@ class Enricher:
                             f"seq {record.seq}: {name} is not a metric of {site.site_type} sites",
                         )
                     continue
-                if isinstance(known, _Bounds):
-                    metric = known.metric
-                    if (
-                        type(value) is float
-                        and known.low <= value <= known.high
-                        and not metric.never_decreasing
-                    ):
+                if type(known) is _Bounds:
+                    if known.plain and type(value) is float and known.low <= value <= known.high:
                         fields[name] = value  # the common case: an in-range float reading
                         continue
+                    metric = known.metric
                 else:
+                    assert isinstance(known, Metric)
                     metric = known
                 error = metric.check(value)
                 if error:

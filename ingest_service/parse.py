@@ -14,6 +14,7 @@ from farm_contract.payloads import (
     TelemetryMessage,
     TelemetryRecord,
     decode_json,
+    telemetry_fast,
 )
 from farm_contract.topics import MessageKind, TopicError, parse_device_topic
 
@@ -75,7 +76,10 @@ def parse_device_message(topic: str, payload: bytes, prefix: str) -> Parsed:
     parsed = Parsed(where.kind, site_id=where.site_id, device_id=where.device_id)
     try:
         if where.kind is MessageKind.TELEMETRY:
-            parsed.telemetry = TelemetryMessage.model_validate(data).records()
+            records = telemetry_fast(data)
+            if records is None:
+                records = TelemetryMessage.model_validate(data).records()
+            parsed.telemetry = records
         elif where.kind is MessageKind.EVENT:
             parsed.events = EventMessage.model_validate(data).records()
         else:

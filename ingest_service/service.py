@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class IngestService:
     """MQTT input → pipeline → InfluxDB, and the state the HTTP API reads."""
 
-    def __init__(self, settings: Settings, *, publish_indicators: bool = True) -> None:
+    def __init__(self, settings: Settings, *, publish_indicators: bool | None = None) -> None:
         self.settings = settings
         self.state = ServiceState(settings, RegistryHolder.from_settings(settings))
         self.writer = make_writer(settings)
@@ -37,6 +37,8 @@ class IngestService:
         self.pipeline = Pipeline(settings, self.enricher, self.writer, self.state.stats)
         self.input = MqttInput(settings, self.pipeline.submit, self.pipeline.drop_stale)
         self.engine = IndicatorEngine(self.query, self.state.registry.get, settings)
+        if publish_indicators is None:
+            publish_indicators = settings.publish_indicators
         self.publisher = (
             IndicatorPublisher(self.engine, self.writer, settings) if publish_indicators else None
         )
@@ -51,7 +53,9 @@ class IngestService:
         The first look-up of a metric reads it for every device in one query
         (``GROUP BY device_id``) rather than one query per device on first sight,
         which after an outage meant a round trip per device before anything was stored.
-        The enricher keeps what it is given, so each entry is handed out once.
+        What this process stores later is checked against the enricher's own memory, so
+        the values read at the first look-up stay right for a single worker (several
+        workers: see docs/performance.md, "Scale-out").
         """
         with self._counters_lock:
             known = self._stored_counters.get(metric)
@@ -60,7 +64,7 @@ class IngestService:
                 if known is None:
                     return self._last_counter_of(device_id, metric)
                 self._stored_counters[metric] = known
-            return known.pop(device_id, None)
+            return known.get(device_id)
 
     def _load_counters(self, metric: str) -> dict[str, tuple[int, float]] | None:
         q = f"SELECT last({quote_ident(metric)}) FROM telemetry GROUP BY device_id"
