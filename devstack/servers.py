@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _port_open(port: int) -> bool:
 
 
 @dataclass
-class _Process:
+class _Process(ABC):
     """A child server process with a config file and data folder of its own."""
 
     workdir: Path
@@ -57,14 +58,17 @@ class _Process:
 
     name = "server"
 
+    @abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
+    @abstractmethod
     def write_config(self) -> None:
-        raise NotImplementedError
+        """Write the config file into ``workdir`` (ports and folders filled in)."""
 
+    @abstractmethod
     def ready(self) -> bool:
-        raise NotImplementedError
+        """Whether the server answers yet."""
 
     @property
     def log_path(self) -> Path:
