@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,7 +59,7 @@ def _publish_once(stack: Stack, topic: str, payload: bytes) -> None:
         connection.close()
 
 
-class Subject:
+class Subject(ABC):
     """A subscriber under test. ``count()`` → (messages handled, wall time when all were)."""
 
     name = "subject"
@@ -75,11 +76,13 @@ class Subject:
         assert self.process is not None
         return self.process.pid
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start subscribing (before anything is published)."""
 
+    @abstractmethod
     def count(self) -> tuple[int, float | None]:
-        raise NotImplementedError
+        """Messages handled so far, and the wall time when the last expected one was."""
 
     def extra(self) -> dict[str, Any]:
         """Subject-specific figures gathered at the end (before :meth:`stop`)."""

@@ -72,6 +72,11 @@ def decode_json(payload: bytes) -> Any:
             return orjson.loads(payload)
         except orjson.JSONDecodeError:
             pass  # the standard library says why (or accepts what orjson won't, e.g. "\ud800")
+    return decode_json_stdlib(payload)
+
+
+def decode_json_stdlib(payload: bytes) -> Any:
+    """The reference decoder: the standard library alone (no size check)."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:

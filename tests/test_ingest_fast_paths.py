@@ -20,8 +20,8 @@ from farm_contract.catalog import CATALOG
 from farm_contract.payloads import (
     PayloadError,
     TelemetryMessage,
-    _reject_constant,
     decode_json,
+    decode_json_stdlib,
     telemetry_fast,
 )
 from farm_contract.registry import Registry
@@ -42,21 +42,9 @@ dev-2,farm-1,0011223344556677,lora
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC)
 
 
-def reference_decode(payload: bytes) -> Any:
-    """What ``decode_json`` did before orjson: the standard library alone."""
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PayloadError("bad_json", f"payload is not UTF-8: {exc}") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError("bad_json", f"payload is not JSON: {exc}") from None
-
-
 def outcome(payload: bytes) -> tuple[str, Any]:
     try:
-        return "ok", reference_decode(payload)
+        return "ok", decode_json_stdlib(payload)
     except PayloadError as exc:
         return exc.reason, exc.detail
 
