@@ -166,7 +166,7 @@ class TelemetryMessage(_Model):
         return [TelemetryRecord(seq=self.seq, ts=self.ts, readings=self.readings)]
 
 
-_SEQ_MAX = 2**63 - 1
+SEQ_MAX = 2**63 - 1
 
 
 def telemetry_fast(data: dict[str, Any]) -> list[TelemetryRecord] | None:
@@ -182,7 +182,7 @@ def telemetry_fast(data: dict[str, Any]) -> list[TelemetryRecord] | None:
     if "batch" in data:
         return None
     v, seq, ts, readings = data.get("v"), data.get("seq"), data.get("ts"), data.get("readings")
-    if type(v) is not int or v != 1 or type(seq) is not int or not 0 <= seq <= _SEQ_MAX:
+    if type(v) is not int or v != 1 or type(seq) is not int or not 0 <= seq <= SEQ_MAX:
         return None
     if type(readings) is not dict or not readings:
         return None

@@ -16,11 +16,19 @@ from datetime import UTC, datetime, timedelta
 
 from farm_contract import schema
 from farm_contract.catalog import CATALOG, Metric, SiteType
-from farm_contract.payloads import EVENT_NUMERIC_FIELDS, EVENT_TAG_FIELDS, parse_ts
+from farm_contract.payloads import (
+    EVENT_NUMERIC_FIELDS,
+    EVENT_TAG_FIELDS,
+    SEQ_MAX,
+    PayloadError,
+    decode_json,
+    parse_ts,
+)
 from farm_contract.registry import Device, Registry, Site
 from farm_contract.settings import Settings
+from farm_contract.topics import MessageKind, TopicError, parse_device_topic
 from ingest_service.model import FieldValue, Inbound, Point, Rejection
-from ingest_service.outputs.lineprotocol import series_key
+from ingest_service.outputs.lineprotocol import escape_tag, series_key
 from ingest_service.parse import Parsed, Rejected
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -76,6 +84,34 @@ def _allowed(site_type: SiteType) -> dict[str, _Bounds | Metric]:
 
 _ALLOWED = {site_type: _allowed(site_type) for site_type in SiteType}
 
+_PLAIN, _COUNTER, _BOOL = 0, 1, 2
+_FastField = tuple[str, float, float, int]
+"""A metric for :meth:`Enricher.telemetry_line`: escaped key, low, high, kind."""
+
+
+def _fast_fields(site_type: SiteType) -> dict[str, _FastField]:
+    fields: dict[str, _FastField] = {}
+    for name, known in _ALLOWED[site_type].items():
+        if isinstance(known, _Bounds):
+            kind = _PLAIN if known.plain else _COUNTER
+            fields[name] = (escape_tag(name), known.low, known.high, kind)
+        else:
+            fields[name] = (escape_tag(name), 0.0, 0.0, _BOOL)
+    return fields
+
+
+_FAST_FIELDS = {site_type: _fast_fields(site_type) for site_type in SiteType}
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a known device's telemetry topic leads: what its line starts with."""
+
+    device_id: str
+    prefix: str
+    """The telemetry series key and the space before the fields."""
+    fields: dict[str, _FastField]
+
 
 @dataclass(frozen=True, slots=True)
 class _Target:
@@ -118,6 +154,9 @@ class Enricher:
         self._clock = _Clock()
         self._targets: dict[tuple[str, str], _Target] = {}
         self._targets_of: Registry | None = None
+        self._prefix = settings.topic_prefix
+        self._routes: dict[str, _Route | None] = {}
+        self._routes_of: Registry | None = None
 
     def _target(self, registry: Registry, device: Device, site: Site) -> _Target:
         """The device's tags and series key, cached until the registry is replaced."""
@@ -136,6 +175,82 @@ class Enricher:
             target = _Target(tags, series_key(schema.TELEMETRY, tags))
             self._targets[key] = target
         return target
+
+    def _route(self, topic: str) -> _Route | None:
+        """The route of a registered device's telemetry topic, or None for any other topic."""
+        registry = self._registry()
+        if registry is not self._routes_of:
+            self._routes = {}
+            self._routes_of = registry
+        try:
+            return self._routes[topic]
+        except KeyError:
+            pass
+        route = None
+        try:
+            where = parse_device_topic(topic, self._prefix)
+        except TopicError:
+            where = None
+        if where is not None and where.kind is MessageKind.TELEMETRY:
+            device = registry.devices.get(where.device_id)
+            site = registry.sites.get(where.site_id)
+            if device is not None and site is not None and device.site_id == site.site_id:
+                target = self._target(registry, device, site)
+                route = _Route(device.device_id, target.series + " ", _FAST_FIELDS[site.site_type])
+        if len(self._routes) < 1_000_000:
+            self._routes[topic] = route
+        return route
+
+    def telemetry_line(self, topic: str, payload: bytes) -> str | None:
+        """The line of a plain, valid telemetry message of a registered device, or None.
+
+        This is the common message (one record, every reading a float in range or a
+        boolean), taken from bytes to line protocol in one step. It gives exactly the
+        line :meth:`points` would give, and whenever the message is anything else — a
+        batch, an int reading, anything out of range, a timestamp ahead or too old, an
+        unknown topic (including another prefix: the caller checks it) — it returns
+        None and the caller takes the general path, which words the rejections.
+        """
+        route = self._route(topic)
+        if route is None:
+            return None
+        try:
+            data = decode_json(payload)
+        except PayloadError:
+            return None
+        if type(data) is not dict or "batch" in data:
+            return None
+        seq, ts, readings = data.get("seq"), data.get("ts"), data.get("readings")
+        v = data.get("v")
+        if type(v) is not int or v != 1 or type(seq) is not int or not 0 <= seq <= SEQ_MAX:
+            return None
+        if type(readings) is not dict or not readings or type(ts) is not str:
+            return None
+        try:
+            when = parse_ts(ts)
+        except ValueError:
+            return None
+        if when > datetime.now(UTC) + self._future or when < self._earliest:
+            return None
+        time_ns = (when - _EPOCH) // _MS * 1_000_000 + seq % SEQ_SLOTS
+        known = route.fields
+        parts = []
+        for name, value in readings.items():
+            spec = known.get(name)
+            if spec is None:
+                return None
+            key, low, high, kind = spec
+            if type(value) is float:
+                if kind == _BOOL or not low <= value <= high:
+                    return None
+                if kind == _COUNTER and self._counter_ok(route.device_id, name, time_ns, value):
+                    return None
+                parts.append(f"{key}={value!r}")
+            elif type(value) is bool and kind == _BOOL:
+                parts.append(f"{key}=true" if value else f"{key}=false")
+            else:
+                return None
+        return f"{route.prefix}{','.join(parts)},seq={seq}i {time_ns}"
 
     def rejection(self, inbound: Inbound, reason: str, detail: str) -> Rejection:
         """A rejection record of ``inbound`` with a unique time."""

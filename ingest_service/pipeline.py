@@ -85,11 +85,21 @@ class _Job:
 
 @dataclass(slots=True)
 class Outcome:
-    """What one message turned into."""
+    """What one message turned into.
+
+    ``line`` is the message's one point already in line protocol, when the
+    enricher's fast path took it (:meth:`~ingest_service.enrich.Enricher.telemetry_line`);
+    then ``points`` and ``rejections`` are empty.
+    """
 
     inbound: Inbound
     points: list[Point] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    line: str | None = None
+
+    @property
+    def point_count(self) -> int:
+        return len(self.points) + (self.line is not None)
 
 
 def rejection_point(rejection: Rejection) -> Point:
@@ -107,10 +117,16 @@ def rejection_point(rejection: Rejection) -> Point:
 
 
 def _encode_outcomes(outcomes: list[Outcome]) -> bytes:
-    """The line-protocol body of a batch: its points, then its rejections."""
+    """The line-protocol body of a batch: its ready lines, its points, then its rejections."""
+    lines = [item.line for item in outcomes if item.line is not None]
     points = [p for item in outcomes for p in item.points]
     points += [rejection_point(r) for item in outcomes for r in item.rejections]
-    return encode(points) if points else b""
+    if not points:
+        return "\n".join(lines).encode("utf-8", errors="replace")
+    body = encode(points)
+    if not lines:
+        return body
+    return "\n".join(lines).encode("utf-8", errors="replace") + b"\n" + body
 
 
 def _transient(error: BaseException) -> bool:
@@ -149,6 +165,19 @@ class Pipeline:
             waiting = len(self._queue)
             self._stats.backlog = waiting + self._in_hand
             if waiting == 1 or waiting == self._settings.batch_size:
+                self._ready.notify()
+
+    def submit_many(self, inbounds: list[Inbound]) -> None:
+        """Hand over the messages of one read from the socket (never blocks)."""
+        if not inbounds:
+            return
+        with self._ready:
+            before = len(self._queue)
+            self._queue.extend(inbounds)
+            waiting = len(self._queue)
+            self._stats.backlog = waiting + self._in_hand
+            size = self._settings.batch_size
+            if before == 0 or before < size <= waiting:
                 self._ready.notify()
 
     def drop_stale(self) -> None:
@@ -254,6 +283,17 @@ class Pipeline:
 
     def outcome(self, inbound: Inbound) -> Outcome:
         """Turn one message into points and rejections; never raises."""
+        try:
+            line = self._enricher.telemetry_line(inbound.topic, inbound.payload)
+        except Exception:
+            log.exception("fast path failed on %s; taking the general path", inbound.topic)
+            line = None
+        if line is not None:
+            return Outcome(inbound, line=line)
+        return self.general_outcome(inbound)
+
+    def general_outcome(self, inbound: Inbound) -> Outcome:
+        """:meth:`outcome` without the fast path: every message through parse and enrich."""
         result = Outcome(inbound)
         try:
             parsed = self.parse(inbound)
@@ -288,9 +328,10 @@ class Pipeline:
             bucket = bisect.bisect_left(BATCH_SECONDS_BUCKETS, seconds)
             self._stats.batch_seconds_buckets[bucket] += 1
             for item in outcomes:
-                if item.points:
+                count = item.point_count
+                if count:
                     self._stats.stored_messages += 1
-                self._stats.stored_points += len(item.points)
+                self._stats.stored_points += count
                 for rejection in item.rejections:
                     self._stats.rejected[rejection.reason] += 1
 
@@ -346,6 +387,7 @@ class Pipeline:
         item = outcomes[0]
         log.warning("InfluxDB refused a message on %s: %s", item.inbound.topic, error)
         item.points = []
+        item.line = None
         item.rejections.append(self._enricher.rejection(item.inbound, "db_rejected", str(error)))
         try:
             self._write([item])

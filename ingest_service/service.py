@@ -35,7 +35,7 @@ class IngestService:
             self.state.registry.get, settings, self._last_counter, self.state.registry.refresh
         )
         self.pipeline = Pipeline(settings, self.enricher, self.writer, self.state.stats)
-        self.input = MqttInput(settings, self.pipeline.submit, self.pipeline.drop_stale)
+        self.input = MqttInput(settings, self.pipeline.submit_many, self.pipeline.drop_stale)
         self.engine = IndicatorEngine(self.query, self.state.registry.get, settings)
         if publish_indicators is None:
             publish_indicators = settings.publish_indicators
