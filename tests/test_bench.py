@@ -36,8 +36,14 @@ def test_latency_matches_visible_counts_to_send_order() -> None:
 
 
 def test_profile_stages_claim_their_callees() -> None:
-    ack = "thread (1): paho;Client._handle_on_message (paho/mqtt/client.py:1);Client.ack (x);y"
-    assert classify(ack).startswith("acks")
+    serve = "thread (1): mqtt-input;MqttInput._serve (ingest_service/inputs/mqtt.py:1)"
+    assert classify(f"{serve};MqttInput._flush (ingest_service/inputs/mqtt.py:2);pubacks (x)"
+                    ).startswith("acks")
+    assert classify(f"{serve};split_packets (ingest_service/inputs/mqtt_wire.py:3)"
+                    ).startswith("MQTT input")
+    fast = "t;Pipeline.outcome (ingest_service/pipeline.py:1);Enricher.telemetry_line (x)"
+    assert classify(fast).startswith("telemetry fast path")
+    assert classify(f"{fast};decode_json (farm_contract/payloads.py:1)").startswith("JSON")
     assert classify("t;Enricher.points (ingest_service/enrich.py:1)").startswith("enrich")
 
 

@@ -37,6 +37,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from devstack.servers import LOOPBACK, find_binary, free_port
+from farm_contract.settings import Settings
+from ingest_service.inputs.mqtt import MqttInput
+from ingest_service.model import Inbound
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER = ROOT / "broker"
@@ -281,6 +284,43 @@ def test_tls_listener_with_dev_certificates(broker: Broker, ingest: Peer) -> Non
         assert ingest.until("marker") == [("farm/v1/s1/d2/telemetry", b"marker")]
     finally:
         d2.close()
+
+
+def test_ingest_input_over_tls_with_its_password(broker: Broker) -> None:
+    """Ingest's own MQTT input (not paho) on the project's TLS listener, as svc.ingest."""
+    received: list[tuple[str, bytes]] = []
+
+    def deliver(batch: list[Inbound]) -> None:
+        for item in batch:
+            received.append((item.topic, item.payload))
+            item.ack()
+
+    def settings(password: str) -> Settings:
+        return Settings(
+            mqtt_url=f"mqtts://svc.ingest:{password}@localhost:{broker.tls_port}",
+            mqtt_ca_file=broker.certs / "ca.crt",
+            mqtt_client_id=f"t-ingest-{uuid.uuid4().hex[:8]}",
+        )
+
+    wrong = MqttInput(settings("guess"), deliver)
+    wrong.start()
+    try:
+        assert not wrong.wait_connected(2), "a wrong password must be refused"
+    finally:
+        wrong.stop()
+    receiver = MqttInput(settings(PASSWORDS["svc.ingest"]), deliver)
+    receiver.start()
+    d2 = connected(broker, "d2", tls=True)
+    try:
+        assert receiver.wait_connected(10)
+        d2.publish("farm/v1/s1/d2/telemetry", "over tls")
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert received == [("farm/v1/s1/d2/telemetry", b"over tls")]
+    finally:
+        d2.close()
+        receiver.stop()
 
 
 def test_compose_entrypoint_builds_the_broker_config(tmp_path: Path) -> None:

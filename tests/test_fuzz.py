@@ -37,7 +37,7 @@ from ingest_service.enrich import Enricher
 from ingest_service.indicators import IndicatorEngine
 from ingest_service.model import FieldValue, Inbound, Point
 from ingest_service.outputs.influx import InfluxQL, make_writer
-from ingest_service.outputs.lineprotocol import encode
+from ingest_service.outputs.lineprotocol import encode, encode_point
 from ingest_service.pipeline import Outcome, Pipeline, rejection_point
 from ingest_service.state import RegistryHolder, ServiceState, Stats
 from tests.helpers import count, rows
@@ -284,6 +284,11 @@ def test_any_message_is_stored_or_rejected_with_a_known_reason(topic: str, paylo
     pipeline.outcome = recorded  # type: ignore[method-assign]
     pipeline.process([inbound])
     [outcome] = outcomes
+    if outcome.line is not None:  # the fast path: the general path's one point, encoded
+        general = make_pipeline()[0].general_outcome(inbound)
+        assert not general.rejections and len(general.points) == 1
+        assert outcome.line == encode_point(general.points[0])
+        outcome = general
     assert outcome.points or outcome.rejections
     assert {r.reason for r in outcome.rejections} <= REASONS
     assert acked == [True], "every message is acknowledged exactly once, after the write"

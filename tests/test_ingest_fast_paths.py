@@ -29,7 +29,7 @@ from farm_contract.settings import Settings
 from ingest_service.enrich import Enricher
 from ingest_service.model import Inbound, Point
 from ingest_service.outputs.lineprotocol import encode_point, series_key
-from ingest_service.parse import parse_device_message
+from ingest_service.parse import Rejected, parse_device_message
 
 SITES = """site_id,name,county,site_type,lat,lon,large_scale,area_mu,water_quota_m3_per_mu
 drip-1,"滴灌 一,号",平城 区,drip,40.1,113.3,,120,300
@@ -186,3 +186,123 @@ def test_enricher_points_encode_as_without_the_cache() -> None:
     current[0] = Registry.from_csv(SITES.replace("平城 区", "新区"), DEVICES)
     again, _ = enricher.points(parse_device_message(topic, body, "farm"), message, NOW)
     assert again[0].tags["county"] == "新区" and "新区" in encode_point(again[0])
+
+
+def _general_line(enricher: Enricher, topic: str, payload: bytes) -> tuple[str | None, list[str]]:
+    """The general path's line for a message (None unless exactly one point), and rejections."""
+    message = Inbound(topic, payload, 1_000)
+    try:
+        parsed = parse_device_message(topic, payload, "farm")
+        points, rejections = enricher.points(parsed, message)
+    except Rejected as exc:
+        return None, [exc.reason]
+    line = encode_point(points[0]) if len(points) == 1 else None
+    return line, [r.reason for r in rejections]
+
+
+TOPICS = [
+    "farm/v1/drip-1/dev-1/telemetry",
+    "farm/v1/farm-1/dev-2/telemetry",
+    "farm/v1/farm-1/dev-1/telemetry",  # wrong site
+    "farm/v1/drip-1/dev-9/telemetry",  # unknown device
+    "other/v1/drip-1/dev-1/telemetry",  # another prefix
+    "farm/v1/drip-1/dev-1/event",
+]
+
+
+def _reading_of(name: str) -> st.SearchStrategy[Any]:
+    """Mostly what ``name`` takes (a float in range, or a boolean), sometimes not."""
+    metric = CATALOG.get(name)
+    if metric is None:
+        return st.floats(0, 1)
+    if metric.is_bool:
+        right: st.SearchStrategy[Any] = st.booleans()
+    else:
+        low = -1e6 if metric.minimum is None else float(metric.minimum)
+        high = 1e6 if metric.maximum is None else float(metric.maximum)
+        right = st.floats(low, high)
+    wrong = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), st.booleans()
+    )
+    return st.one_of(*[right] * 7, wrong)
+
+
+@st.composite
+def near_valid_telemetry(draw: st.DrawFn, site_type: str) -> dict[str, Any]:
+    """A telemetry message of a ``site_type`` device that is valid more often than not."""
+    own = [name for name, metric in CATALOG.items() if metric.allowed_at(site_type)]
+    name = st.one_of(*[st.sampled_from(own)] * 9, st.sampled_from([*CATALOG, "x"]))
+    names = draw(st.lists(name, min_size=1, max_size=5, unique=True))
+    good_ts = ["2026-05-01T08:00:00Z", "2026-05-01T08:00:00.123+08:00", "2026-05-01T08:00:00.5Z"]
+    bad_ts = ["2099-01-01T00:00:00Z", "1999-01-01T00:00:00Z", "2026-05-01T08:00:00", 17770000]
+    return {
+        "v": draw(st.sampled_from([1] * 8 + [True, 2])),
+        "seq": draw(st.one_of(*[st.integers(0, 10**6)] * 4, st.sampled_from([-1, 2**63]))),
+        "ts": draw(st.one_of(*[st.sampled_from(good_ts)] * 4, st.sampled_from(bad_ts))),
+        "readings": {name: draw(_reading_of(name)) for name in names},
+    }
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.data())
+def test_telemetry_line_is_the_general_paths_line(data: st.DataObject) -> None:
+    """Whatever the fast path turns into a line, the general path stores as that very line."""
+    topic = data.draw(st.sampled_from(TOPICS[:2] * 2 + TOPICS))
+    site_type = "manure" if "/farm-1/" in topic else "drip"
+    message = data.draw(near_valid_telemetry(site_type) | telemetry_like)
+    registry = Registry.from_csv(SITES, DEVICES)
+    payload = json.dumps(message, allow_nan=True).encode()
+    line = Enricher(lambda: registry, Settings()).telemetry_line(topic, payload)
+    if line is None:
+        return
+    want, rejections = _general_line(Enricher(lambda: registry, Settings()), topic, payload)
+    assert rejections == []
+    assert line == want
+
+
+def test_common_telemetry_becomes_a_line_and_anything_doubtful_does_not() -> None:
+    registry = Registry.from_csv(SITES, DEVICES)
+    fast = Enricher(lambda: registry, Settings())
+    general = Enricher(lambda: registry, Settings())
+    topic = "farm/v1/drip-1/dev-1/telemetry"
+
+    def body(seq: int, **readings: Any) -> bytes:
+        return json.dumps({"v": 1, "seq": seq, "ts": "2026-05-01T08:00:00.250Z",
+                           "readings": readings}).encode()
+
+    common = body(1, flow_lpm=12.5, volume_m3=100.0, valve_open=True, soil_temp_c=-3.25)
+    line = fast.telemetry_line(topic, common)
+    assert line is not None and line == _general_line(general, topic, common)[0]
+    assert line.endswith(",seq=1i 1777622400250000001")
+    # each of these is left to the general path, which rejects or converts it
+    doubtful = {
+        "counter falls": body(2, volume_m3=99.0),
+        "int reading": body(3, flow_lpm=12),
+        "out of range": body(4, soil_temp_c=-99.0),
+        "not for this site": body(5, nh3_ppm=1.0),
+        "unknown metric": body(6, nope=1.0),
+        "bool for a number": body(7, flow_lpm=True),
+        "batch": json.dumps({"v": 1, "batch": [{"seq": 8, "ts": "2026-05-01T08:00:00Z",
+                                                "readings": {"flow_lpm": 1.0}}]}).encode(),
+        "in the future": body(9, flow_lpm=1.0).replace(b"2026-05-01", b"2099-05-01"),
+        "bad json": b"{",
+    }
+    for name, payload in doubtful.items():
+        assert fast.telemetry_line(topic, payload) is None, name
+    for other in TOPICS[2:]:
+        assert fast.telemetry_line(other, common) is None, other
+    # the counter the fast path saw is the general path's too: a fall is caught either way
+    _, reasons = _general_line(fast, topic, body(2, volume_m3=99.0))
+    assert reasons == ["counter_decreased"]
+
+
+def test_telemetry_routes_follow_a_replaced_registry() -> None:
+    current = [Registry.from_csv(SITES, DEVICES)]
+    enricher = Enricher(lambda: current[0], Settings())
+    topic = "farm/v1/drip-1/dev-1/telemetry"
+    payload = b'{"v":1,"seq":1,"ts":"2026-05-01T08:00:00Z","readings":{"flow_lpm":1.5}}'
+    assert "county=平城\\ 区" in (enricher.telemetry_line(topic, payload) or "")
+    current[0] = Registry.from_csv(SITES.replace("平城 区", "新区"), DEVICES)
+    assert "county=新区" in (enricher.telemetry_line(topic, payload) or "")
+    current[0] = Registry.from_csv(SITES, DEVICES.replace("dev-1,drip-1", "dev-1,farm-1"))
+    assert enricher.telemetry_line(topic, payload) is None  # the device moved: wrong site now

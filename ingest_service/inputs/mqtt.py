@@ -194,7 +194,7 @@ class MqttInput:
             log.info("connected to MQTT broker (session present: %s)", connack.session_present)
             try:
                 self._serve(connection, connack, early)
-            except (OSError, wire.ProtocolError, IndexError) as exc:
+            except (OSError, wire.ProtocolError) as exc:
                 if not self._stop.is_set():
                     log.warning("disconnected from MQTT broker: %s", exc)
             finally:

@@ -248,26 +248,29 @@ def split_packets(
         if end > size:
             break
         if first >> 4 == PUBLISH:
-            topic_end = start + 2 + (data[start] << 8 | data[start + 1])
-            topic = data[start + 2 : topic_end].decode("utf-8", "replace")
-            qos = (first >> 1) & 3
-            if qos:
-                packet_id = data[topic_end] << 8 | data[topic_end + 1]
-                at_props = topic_end + 2
-            else:
-                packet_id = 0
-                at_props = topic_end
-            props = data[at_props]
-            if props < 0x80:
-                payload_at = at_props + 1 + props
-            else:
-                found = read_varint(data, at_props)
-                if found is None:
-                    raise ProtocolError("truncated PUBLISH properties")
-                payload_at = found[1] + found[0]
-            if payload_at > end or qos == 3:
-                raise ProtocolError("malformed PUBLISH")
-            append((topic, data[payload_at:end], qos, packet_id))
+            try:
+                topic_end = start + 2 + (data[start] << 8 | data[start + 1])
+                topic = data[start + 2 : topic_end].decode("utf-8", "replace")
+                qos = (first >> 1) & 3
+                if qos:
+                    packet_id = data[topic_end] << 8 | data[topic_end + 1]
+                    at_props = topic_end + 2
+                else:
+                    packet_id = 0
+                    at_props = topic_end
+                props = data[at_props]
+                if props < 0x80:
+                    payload_at = at_props + 1 + props
+                else:
+                    found = read_varint(data, at_props)
+                    if found is None:
+                        raise ProtocolError("truncated PUBLISH properties")
+                    payload_at = found[1] + found[0]
+                if payload_at > end or qos == 3:
+                    raise ProtocolError("malformed PUBLISH")
+                append((topic, data[payload_at:end], qos, packet_id))
+            except IndexError:
+                raise ProtocolError("malformed PUBLISH") from None
         else:
             others.append((first >> 4, first & 0x0F, data[start:end]))
         at = end

@@ -1,0 +1,293 @@
+"""Ingest's own MQTT 5 input: the packet codec, and the input against a real Mosquitto.
+
+The input replaced paho-mqtt in ingest for speed (docs/performance.md), so what
+paho gave for free is checked here: packets split right wherever a read ends,
+acks only on the connection a message came on, redelivery of what was not
+acked, the queued backlog that arrives right behind the CONNACK, reconnecting
+until the broker is there. TLS and passwords: ``tests/test_broker_config.py``.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.servers import Mosquitto, free_port
+from farm_contract.settings import Settings
+from ingest_service.inputs import mqtt_wire as wire
+from ingest_service.inputs.mqtt import MqttInput
+from ingest_service.model import Inbound
+from tests.helpers import mosquitto_pub, wait_for
+
+TOPIC = "farm/v1/site-1/dev-1/telemetry"
+
+
+def publish_packet(
+    topic: str, payload: bytes, qos: int, packet_id: int, props: bytes = b""
+) -> bytes:
+    body = wire.utf8(topic)
+    if qos:
+        body += struct.pack(">H", packet_id)
+    body += wire.varint(len(props)) + props + payload
+    return wire.packet(wire.PUBLISH, qos << 1, body)
+
+
+STREAM = [
+    publish_packet(TOPIC, b'{"v":1}', 1, 1),
+    publish_packet("farm/v1/s/d/status", b"", 0, 0),
+    # payload format indicator and a user property: skipped, not misread as payload
+    publish_packet(TOPIC, b"with props", 1, 2, b"\x01\x01\x26" + wire.utf8("k") + wire.utf8("v")),
+    publish_packet(TOPIC, b"x" * 20_000, 1, 65535),  # a three-byte remaining length
+    publish_packet("farm/v1/站点/设备/telemetry", b"\xff\x00", 1, 3),
+    wire.packet(wire.PINGRESP, 0, b""),
+    wire.packet(wire.SUBACK, 0, b"\x00\x01\x00\x01\x80"),
+]
+EXPECTED_PUBLISHES = [
+    (TOPIC, b'{"v":1}', 1, 1),
+    ("farm/v1/s/d/status", b"", 0, 0),
+    (TOPIC, b"with props", 1, 2),
+    (TOPIC, b"x" * 20_000, 1, 65535),
+    ("farm/v1/站点/设备/telemetry", b"\xff\x00", 1, 3),
+]
+EXPECTED_OTHERS = [(wire.PINGRESP, 0, b""), (wire.SUBACK, 0, b"\x00\x01\x00\x01\x80")]
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 268_435_455]
+)
+def test_variable_byte_integers_round_trip(value: int) -> None:
+    encoded = wire.varint(value)
+    assert len(encoded) == 1 + (value > 127) + (value > 16_383) + (value > 2_097_151)
+    assert wire.read_varint(b"\x00" + encoded + b"\x00", 1) == (value, 1 + len(encoded))
+    assert wire.read_varint(encoded[:-1], 0) is None  # cut short: wait for more
+
+
+def test_variable_byte_integer_limits() -> None:
+    with pytest.raises(ValueError):
+        wire.varint(268_435_456)
+    with pytest.raises(wire.ProtocolError):
+        wire.read_varint(b"\xff\xff\xff\xff\x01", 0)
+
+
+def test_packets_split_the_same_wherever_a_read_ends() -> None:
+    data = b"".join(STREAM)
+    whole_pub: list[wire.Publish] = []
+    whole_other: list[wire.Other] = []
+    assert wire.split_packets(data, whole_pub, whole_other) == len(data)
+    assert whole_pub == EXPECTED_PUBLISHES
+    assert whole_other == EXPECTED_OTHERS
+    step = 7  # every boundary of the small packets, and inside the large one's header
+    for cut in [*range(0, 80), *range(80, len(data), step)]:
+        publishes: list[wire.Publish] = []
+        others: list[wire.Other] = []
+        used = wire.split_packets(data[:cut], publishes, others)
+        rest = data[:cut][used:] + data[cut:]
+        assert wire.split_packets(rest, publishes, others) == len(rest), cut
+        assert publishes == EXPECTED_PUBLISHES, cut
+        assert others == EXPECTED_OTHERS, cut
+
+
+def test_a_malformed_publish_is_a_protocol_error() -> None:
+    bad_qos = bytearray(publish_packet(TOPIC, b"{}", 1, 1))
+    bad_qos[0] |= 0x06  # QoS 3 does not exist
+    with pytest.raises(wire.ProtocolError):
+        wire.split_packets(bytes(bad_qos), [], [])
+    # a topic length running past the packet
+    body = struct.pack(">H", 500) + b"farm" + b"\x00\x01\x00"
+    with pytest.raises(wire.ProtocolError):
+        wire.split_packets(wire.packet(wire.PUBLISH, 2, body), [], [])
+
+
+def test_pubacks_are_four_bytes_each_in_order() -> None:
+    assert wire.pubacks([1, 0x1234, 65535]) == (
+        b"\x40\x02\x00\x01" + b"\x40\x02\x12\x34" + b"\x40\x02\xff\xff"
+    )
+    assert wire.pubacks([]) == b""
+
+
+def test_connect_packet_carries_session_expiry_receive_maximum_and_credentials() -> None:
+    packet = wire.connect_packet(
+        "ingest-1", keepalive=30, clean_start=False, session_expiry=3600,
+        receive_maximum=20_000, username="svc", password="pw",
+    )
+    assert packet[0] == 0x10
+    length, at = wire.read_varint(packet, 1) or (0, 0)
+    assert at + length == len(packet)
+    body = packet[at:]
+    assert body[:7] == b"\x00\x04MQTT\x05"
+    assert body[7] == 0x80 | 0x40  # user name and password, no clean start
+    assert struct.unpack(">H", body[8:10]) == (30,)
+    props, after = wire.properties(body, 10)
+    assert props == {wire.PROP_SESSION_EXPIRY: 3600, wire.PROP_RECEIVE_MAXIMUM: 20_000}
+    assert body[after:] == wire.utf8("ingest-1") + wire.utf8("svc") + wire.binary(b"pw")
+
+
+# --- against a real Mosquitto ------------------------------------------------------------
+
+
+class Collector:
+    """Stands in for the pipeline: keeps every delivered message."""
+
+    def __init__(self) -> None:
+        self.inbounds: list[Inbound] = []
+        self.changes = 0
+        self._lock = threading.Lock()
+
+    def deliver(self, batch: list[Inbound]) -> None:
+        with self._lock:
+            self.inbounds.extend(batch)
+
+    def changed(self) -> None:
+        self.changes += 1
+
+    def payloads(self) -> list[bytes]:
+        with self._lock:
+            return [item.payload for item in self.inbounds]
+
+
+def make_input(url: str, collector: Collector, client_id: str = "t-input") -> MqttInput:
+    settings = Settings(mqtt_url=url, mqtt_client_id=client_id)
+    return MqttInput(settings, collector.deliver, collector.changed)
+
+
+@pytest.fixture
+def started() -> Iterator[list[MqttInput]]:
+    inputs: list[MqttInput] = []
+    yield inputs
+    for item in inputs:
+        item.stop()
+
+
+def publish_all(port: int, payloads: list[bytes]) -> None:
+    for payload in payloads:
+        mosquitto_pub(port, TOPIC, payload)
+
+
+@pytest.mark.integration
+def test_acked_messages_stay_acked_and_the_rest_come_again(
+    mosquitto: Mosquitto, started: list[MqttInput]
+) -> None:
+    first = Collector()
+    receiver = make_input(mosquitto.url, first)
+    started.append(receiver)
+    receiver.start()
+    assert receiver.wait_connected(10)
+    payloads = [f"m{i}".encode() for i in range(6)]
+    publish_all(mosquitto.port, payloads)
+    wait_for(lambda: len(first.payloads()) == 6)
+    assert first.payloads() == payloads
+    for item in first.inbounds[:4]:
+        item.ack()
+    time.sleep(0.5)  # let the PUBACKs go out
+    receiver.stop()
+    assert all(item.stale() for item in first.inbounds)
+
+    again = Collector()
+    second = make_input(mosquitto.url, again)
+    started.append(second)
+    second.start()
+    assert second.wait_connected(10)
+    wait_for(lambda: len(again.payloads()) >= 2)
+    time.sleep(0.5)
+    assert again.payloads() == payloads[4:]
+
+
+@pytest.mark.integration
+def test_a_lost_connections_messages_turn_stale_and_come_again(
+    mosquitto: Mosquitto, started: list[MqttInput]
+) -> None:
+    collector = Collector()
+    receiver = make_input(mosquitto.url, collector)
+    started.append(receiver)
+    receiver.start()
+    assert receiver.wait_connected(10)
+    publish_all(mosquitto.port, [b"a", b"b"])
+    wait_for(lambda: len(collector.payloads()) == 2)
+    old = list(collector.inbounds)
+    mosquitto.restart()  # the connection is lost; the session persists
+    wait_for(lambda: all(item.stale() for item in old))
+    for item in old:
+        item.ack()  # must not reach the new connection, where the ids may mean other messages
+    wait_for(lambda: len(collector.payloads()) == 4, timeout=30)  # redelivered on reconnect
+    assert collector.payloads() == [b"a", b"b", b"a", b"b"]
+    fresh = collector.inbounds[2:]
+    assert not any(item.stale() for item in fresh)
+    assert collector.changes >= 3  # connected, lost, connected again
+    for item in fresh:
+        item.ack()
+    time.sleep(0.5)
+    receiver.stop()
+
+    after = Collector()
+    check = make_input(mosquitto.url, after)
+    started.append(check)
+    check.start()
+    assert check.wait_connected(10)
+    time.sleep(1.0)
+    assert after.payloads() == []  # the redelivered copies were acked
+
+
+@pytest.mark.integration
+def test_a_backlog_queued_while_away_arrives_behind_the_connack(
+    mosquitto: Mosquitto, started: list[MqttInput]
+) -> None:
+    collector = Collector()
+    receiver = make_input(mosquitto.url, collector)
+    receiver.start()
+    assert receiver.wait_connected(10)
+    receiver.stop()  # the session stays, subscribed
+    payloads = [f"queued {i}".encode() for i in range(300)]
+    subprocess_publish_many(mosquitto.port, payloads)
+    receiver = make_input(mosquitto.url, collector)
+    started.append(receiver)
+    receiver.start()
+    wait_for(lambda: len(collector.payloads()) == 300)
+    assert collector.payloads() == payloads
+
+
+def subprocess_publish_many(port: int, payloads: list[bytes]) -> None:
+    """Many messages with one ``mosquitto_pub -l`` (one line each)."""
+    import subprocess
+
+    subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", TOPIC, "-l"],
+        input=b"\n".join(payloads) + b"\n",
+        check=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.integration
+def test_it_waits_for_a_broker_that_is_not_there_yet(
+    tmp_path: Path, started: list[MqttInput]
+) -> None:
+    port = free_port()
+    collector = Collector()
+    receiver = make_input(f"mqtt://127.0.0.1:{port}", collector)
+    started.append(receiver)
+    receiver.start()
+    assert not receiver.wait_connected(1.5)
+    broker = Mosquitto(tmp_path / "late", port=port)
+    broker.start()
+    try:
+        assert receiver.wait_connected(40)
+        mosquitto_pub(port, TOPIC, b"hello")
+        wait_for(lambda: collector.payloads() == [b"hello"])
+    finally:
+        receiver.stop()
+        broker.stop()
+
+
+def test_stop_returns_promptly_when_never_connected() -> None:
+    receiver = make_input(f"mqtt://127.0.0.1:{free_port()}", Collector())
+    receiver.start()
+    time.sleep(0.3)
+    began = time.monotonic()
+    receiver.stop()
+    assert time.monotonic() - began < 5
+    assert not receiver.connected
