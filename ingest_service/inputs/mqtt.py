@@ -136,6 +136,7 @@ class MqttInput:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._connection: Connection | None = None
+        self._topics: dict[bytes, str] = {}
 
     @property
     def connected(self) -> bool:
@@ -306,7 +307,7 @@ class MqttInput:
                 data = pending + chunk if pending else chunk
                 publishes: list[wire.Publish] = []
                 others: list[wire.Other] = []
-                used = wire.split_packets(data, publishes, others)
+                used = wire.split_packets(data, publishes, others, self._topics)
                 pending = data[used:]
                 if publishes:
                     self._deliver(self._inbounds(connection, publishes))

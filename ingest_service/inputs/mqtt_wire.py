@@ -222,16 +222,26 @@ Other = tuple[int, int, bytes]
 """Any other incoming packet: type, flags, body."""
 
 
+TOPIC_CACHE_MAX = 100_000
+
+
 def split_packets(
-    data: bytes, publishes: list[Publish], others: list[Other]
+    data: bytes,
+    publishes: list[Publish],
+    others: list[Other],
+    topics: dict[bytes, str] | None = None,
 ) -> int:
     """Split the complete packets at the start of ``data``; return how many bytes they took.
 
     PUBLISH packets are appended to ``publishes`` (the hot path, kept lean: a topic
     that is not valid UTF-8 is decoded with replacement characters, so it can be
     rejected downstream like any bad topic), every other packet to ``others``.
-    An incomplete packet at the end is left for the next call.
+    An incomplete packet at the end is left for the next call. ``topics`` caches
+    decoded topics, so the messages of one device share one string (up to
+    :data:`TOPIC_CACHE_MAX` topics; the caller owns and may clear it).
     """
+    if topics is None:
+        topics = {}
     at = 0
     size = len(data)
     append = publishes.append
@@ -250,7 +260,12 @@ def split_packets(
         if first >> 4 == PUBLISH:
             try:
                 topic_end = start + 2 + (data[start] << 8 | data[start + 1])
-                topic = data[start + 2 : topic_end].decode("utf-8", "replace")
+                raw = data[start + 2 : topic_end]
+                topic = topics.get(raw)
+                if topic is None:
+                    topic = raw.decode("utf-8", "replace")
+                    if len(topics) < TOPIC_CACHE_MAX:
+                        topics[raw] = topic
                 qos = (first >> 1) & 3
                 if qos:
                     packet_id = data[topic_end] << 8 | data[topic_end + 1]
