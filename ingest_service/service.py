@@ -35,7 +35,12 @@ class IngestService:
             self.state.registry.get, settings, self._last_counter, self.state.registry.refresh
         )
         self.pipeline = Pipeline(settings, self.enricher, self.writer, self.state.stats)
-        self.input = MqttInput(settings, self.pipeline.submit_many, self.pipeline.drop_stale)
+        self.input = MqttInput(
+            settings,
+            self.pipeline.submit_many,
+            self.pipeline.drop_stale,
+            held=lambda: self.pipeline.pending,
+        )
         self.engine = IndicatorEngine(self.query, self.state.registry.get, settings)
         if publish_indicators is None:
             publish_indicators = settings.publish_indicators

@@ -291,3 +291,46 @@ def test_stop_returns_promptly_when_never_connected() -> None:
     receiver.stop()
     assert time.monotonic() - began < 5
     assert not receiver.connected
+
+
+@pytest.mark.integration
+def test_reading_pauses_while_the_pipeline_holds_the_receive_maximum(
+    mosquitto: Mosquitto, started: list[MqttInput]
+) -> None:
+    """Memory stays bounded even when the broker sends beyond the receive maximum.
+
+    Mosquitto 2.0.11 does, once acks flow: it moves its whole queue in flight. The
+    input stops reading while the pipeline holds ``receive_maximum`` messages, so at
+    most one socket read (≤ 1 MiB, ~120 of these 8 KiB messages) comes on top.
+    """
+    collector = Collector()
+    acked = [0]
+
+    def held() -> int:
+        return len(collector.payloads()) - acked[0]
+
+    settings = Settings(mqtt_url=mosquitto.url, mqtt_client_id="t-paused", receive_maximum=50)
+    receiver = MqttInput(settings, collector.deliver, collector.changed, held=held)
+    receiver.start()
+    assert receiver.wait_connected(10)
+    receiver.stop()
+    subprocess_publish_many(mosquitto.port, [b"%04d" % i + b"x" * 8192 for i in range(1000)])
+    receiver = MqttInput(settings, collector.deliver, collector.changed, held=held)
+    started.append(receiver)
+    receiver.start()
+    wait_for(lambda: len(collector.payloads()) >= 50)
+    for item in collector.inbounds[:20]:  # acks flow: Mosquitto 2.0.11 now sends everything
+        item.ack()
+    acked[0] = 20
+    time.sleep(2.0)
+    assert len(collector.payloads()) < 50 + 20 + 200
+
+    def ack_everything_so_far() -> bool:  # room again: it reads on
+        count = len(collector.payloads())
+        for item in collector.inbounds[acked[0] : count]:
+            item.ack()
+        acked[0] = count
+        return count == 1000
+
+    wait_for(ack_everything_so_far)
+    assert [p[:4] for p in collector.payloads()] == [b"%04d" % i for i in range(1000)]

@@ -2,9 +2,12 @@
 
 A message is acknowledged only once the pipeline stored it. What keeps that safe:
 
-- Flow control comes from MQTT v5 *Receive Maximum*: the broker never has more
-  than that many unacknowledged messages out to us, so the pipeline's queue is
-  bounded and the network thread never has to stop reading (it would miss pings).
+- Memory is bounded by the receive maximum twice over. We ask the broker for it
+  (MQTT v5 *Receive Maximum*: at most that many unacknowledged messages out to
+  us), and we stop reading the socket while the pipeline holds that many
+  (``held``), because a broker may not keep its word: Mosquitto 2.0.11 sends its
+  whole queue once acks flow (measured: 210,000 messages held from a 300,000
+  backlog). While paused, TCP holds the broker back; acks and pings still go out.
 - A packet id is only meaningful on the connection it arrived on. After a
   reconnect the broker redelivers what we did not ack, and an old id may name a
   new message. So every message holds its :class:`Connection`, an ack goes into
@@ -56,6 +59,7 @@ log = logging.getLogger(__name__)
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 10.0
 READ_CHUNK = 1 << 20
+PAUSED_POLL_S = 0.05
 SUBSCRIBE_PACKET_ID = 1
 
 
@@ -125,9 +129,11 @@ class MqttInput:
         settings: Settings,
         deliver: Callable[[list[Inbound]], None],
         on_connection_change: Callable[[], None] | None = None,
+        held: Callable[[], int] | None = None,
     ) -> None:
         self._settings = settings
         self._deliver = deliver
+        self._held = held or (lambda: 0)
         self._on_connection_change = on_connection_change
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -279,36 +285,38 @@ class MqttInput:
         )
         last_sent = last_heard = time.monotonic()
         ping_out = False
-        pending = early
+        pending, fresh = early, bool(early)  # queued messages may come right behind the CONNACK
         tls = isinstance(sock, ssl.SSLSocket)
-        if early:  # queued messages sent right after the CONNACK
-            self._wake()
         while True:
             if self._stop.is_set():
                 self._flush(connection)
                 sock.sendall(wire.DISCONNECT_PACKET)
                 return
-            watched: list[socket.socket | int] = [sock, self._wake_r]
-            readable, _, _ = select.select(watched, [], [], 1.0)
+            paused = self._held() >= self._settings.receive_maximum
+            watched: list[socket.socket | int] = [self._wake_r] if paused else [sock, self._wake_r]
+            timeout = 0 if fresh and not paused else PAUSED_POLL_S if paused else 1.0
+            readable, _, _ = select.select(watched, [], [], timeout)
             if self._wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
             if self._flush(connection):
                 last_sent = time.monotonic()
-            if sock in readable or pending:
-                chunk = b""
-                if sock in readable:
-                    chunk = sock.recv(READ_CHUNK)
-                    if not chunk:
-                        raise ConnectionError("connection closed by the broker")
-                    while tls and sock.pending():  # type: ignore[attr-defined]
-                        chunk += sock.recv(READ_CHUNK)
-                    last_heard = time.monotonic()
-                data = pending + chunk if pending else chunk
+            if paused:
+                last_heard = time.monotonic()  # not reading is our choice, not the broker's silence
+            if sock in readable:
+                chunk = sock.recv(READ_CHUNK)
+                if not chunk:
+                    raise ConnectionError("connection closed by the broker")
+                while tls and sock.pending():  # type: ignore[attr-defined]
+                    chunk += sock.recv(READ_CHUNK)
+                last_heard = time.monotonic()
+                pending, fresh = pending + chunk if pending else chunk, True
+            if fresh and not paused:
+                fresh = False
                 publishes: list[wire.Publish] = []
                 others: list[wire.Other] = []
-                used = wire.split_packets(data, publishes, others, self._topics)
-                pending = data[used:]
+                used = wire.split_packets(pending, publishes, others, self._topics)
+                pending = pending[used:]
                 if publishes:
                     self._deliver(self._inbounds(connection, publishes))
                 for kind, _flags, body in others:
