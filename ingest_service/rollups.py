@@ -60,6 +60,13 @@ def _kind(kind: str) -> str:
     return f"{quote_ident('kind')} = {quote_literal(kind)}"
 
 
+def _int(value: object) -> int:
+    """An integer field exactly (a build id in ns does not survive a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
+
+
 def _start_ns(month: Month, tz: ZoneInfo) -> int:
     return int(month.start(tz).timestamp()) * 1_000_000_000
 
@@ -101,8 +108,7 @@ class RollupReader:
         )
         return {
             self._month(row["time"]): Manifest(
-                int(number(row.get("build"))), int(number(row.get("marks"))),
-                int(number(row.get("events"))),
+                _int(row.get("build")), _int(row.get("marks")), _int(row.get("events"))
             )
             for series in run(self._query, q) for row in series.rows()
         }
@@ -120,7 +126,7 @@ class RollupReader:
                 month = Month.parse(key)
             except ValueError:
                 continue
-            found[month] = sum(int(number(row.get("count"))) for row in series.rows())
+            found[month] = sum(_int(row.get("count")) for row in series.rows())
         return found
 
     def valid(self, as_of: datetime) -> dict[Month, Manifest]:
@@ -145,9 +151,9 @@ class RollupReader:
             manifest = valid.get(month)
             if manifest is None:
                 return None
-            if int(number(build)) > manifest.build:
+            if _int(build) > manifest.build:
                 torn.add(month)  # rebuilt since its manifest was read
-            return parts[month] if int(number(build)) == manifest.build else None
+            return parts[month] if _int(build) == manifest.build else None
 
         since = f"time >= {time_literal(start)} AND time < {time_literal(as_of)}"
         where = f"{_kind('mass')} AND {since}"
@@ -238,7 +244,8 @@ class RollupMaintainer:
 
     Each cycle: every complete month from ``FARM_EARLIEST_TS`` on (and any month
     with late-event marks) without a valid manifest is built, newest first, at
-    most ``months_per_cycle``; then one built month is audited.
+    most ``months_per_cycle``; then one built month is audited (its raw events
+    re-counted), newest to oldest and round again.
     """
 
     def __init__(
@@ -303,9 +310,9 @@ class RollupMaintainer:
         return done
 
     def _next_audit(self, months: list[Month]) -> Month | None:
-        """Round-robin over the built months, so each is re-counted every len(months) cycles."""
+        """Newest to oldest, then round again: recent months are where late writes land."""
         if not months:
             return None
-        after = [m for m in months if self._audit_after is None or m > self._audit_after]
-        self._audit_after = (after or months)[0]
+        before = [m for m in months if self._audit_after is None or m < self._audit_after]
+        self._audit_after = (before or months)[-1]
         return self._audit_after
