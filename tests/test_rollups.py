@@ -61,10 +61,13 @@ EDGES = [
     event(DRIP, "film_applied", datetime(2024, 12, 31, 15, 59, 59, tzinfo=UTC), 900_001,
           mass_t=50.0),
     event(DRIP, "film_applied", datetime(2024, 12, 31, 16, tzinfo=UTC), 900_002, mass_t=7.0),
-    # a lagoon fault open from November 2024 until February 2025
+    # a lagoon fault open from November 2024 until February 2025 ...
     event(MANURE_A, "facility_fault", datetime(2024, 11, 20, 2, tzinfo=UTC), 900_003,
           facility="lagoon"),
     event(MANURE_A, "facility_ok", datetime(2025, 2, 3, 2, tzinfo=UTC), 900_004,
+          facility="lagoon"),
+    # ... and open again from August 2025: the latest fault is not the first one
+    event(MANURE_A, "facility_fault", datetime(2025, 8, 10, 2, tzinfo=UTC), 900_008,
           facility="lagoon"),
     # a storage fault from June 2024 that nobody fixes
     event(MANURE_B, "facility_fault", datetime(2024, 6, 1, 2, tzinfo=UTC), 900_005,
