@@ -264,9 +264,10 @@ class IndicatorPublisher:
 
     Runs in a daemon thread; an error is logged and retried after ``retry_s``
     (or the interval, if shorter), so a down InfluxDB never stops it. With a
-    :class:`~ingest_service.rollups.RollupMaintainer`, each cycle first brings the
-    roll-ups up to date (in this thread, never the pipeline's); a roll-up failure
-    is logged and the indicators are still computed, from raw events where needed.
+    :class:`~ingest_service.rollups.RollupMaintainer`, each cycle then brings the
+    roll-ups up to date for the next one (in this thread, never the pipeline's); a
+    roll-up failure is logged, and the indicators are computed from raw events
+    wherever no valid roll-up exists.
     """
 
     engine: IndicatorEngine
@@ -306,7 +307,6 @@ class IndicatorPublisher:
     def _loop(self) -> None:
         interval = self.settings.indicator_interval_s
         while not self._stop.is_set():
-            self.maintain_rollups()
             try:
                 self.publish_once()
             except Exception:
@@ -314,6 +314,7 @@ class IndicatorPublisher:
                 log.exception("publishing indicators failed; retrying")
                 self._stop.wait(min(self.retry_s, interval))
                 continue
+            self.maintain_rollups()  # after publishing, so a first build never delays it
             self._stop.wait(interval)
 
     def start(self) -> None:

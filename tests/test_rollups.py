@@ -382,3 +382,26 @@ def test_a_failing_roll_up_cycle_does_not_stop_the_indicators() -> None:
     publisher.maintain_rollups()
     assert publisher.errors == 1
     assert publisher.publish_once(now=NOW) == 4 * (1 + len(REGISTRY.counties))
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.cycles = 0
+
+    def maintain_once(self, now: datetime | None = None) -> None:
+        self.cycles += 1
+
+
+def test_the_publisher_thread_maintains_the_roll_ups() -> None:
+    settings = Settings(indicator_interval_s=0.02)
+    writer, maintainer = _Writer(), _Counting()
+    publisher = IndicatorPublisher(
+        IndicatorEngine(_NoData(), lambda: REGISTRY, settings), writer, settings,
+        years=lambda: [2025], rollups=maintainer,  # type: ignore[arg-type]
+    )
+    publisher.start()
+    try:
+        wait_for(lambda: maintainer.cycles >= 2, timeout=5)
+    finally:
+        publisher.stop()
+    assert len(writer.bodies) >= 2 and publisher.errors == 0
