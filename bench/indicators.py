@@ -3,9 +3,11 @@
 The year is written straight to InfluxDB with large ``/write`` batches (MQTT is
 not what is measured here), then :class:`ingest_service.indicators.IndicatorEngine`
 computes the year for the city and for one county, the way the API and the
-indicator publisher do. The figure to watch is how the time grows with sites and
-events: the engine asks InfluxDB for sums and counts grouped by tag, so it
-should grow with the number of sites, not of stored points.
+indicator publisher do: first from raw events only (``FARM_ROLLUPS=false``), then
+after building the monthly roll-ups (:mod:`ingest_service.rollups`) from them.
+The figure to watch is how the time grows with sites and events: the engine asks
+InfluxDB for sums and counts grouped by tag, so it should grow with the number
+of sites, not of stored points.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from zoneinfo import ZoneInfo
 from bench import machine
 from bench.stack import Stack
 from bench.workload import COUNTIES
+from farm_contract import schema
 from farm_contract.catalog import SiteType
+from farm_contract.indicators import IndicatorValue
 from farm_contract.registry import Device, Registry, Site
 from farm_contract.settings import Settings
 from ingest_service.indicators import IndicatorEngine
-from ingest_service.outputs.influx import InfluxQL
+from ingest_service.outputs.influx import InfluxQL, make_writer
+from ingest_service.rollups import RollupMaintainer
 
 WRITE_BATCH = 50_000
 REPEATS = 3
@@ -128,12 +133,14 @@ def _measure(reg: Registry, year: int, shard_duration: str | None) -> dict[str, 
             written += len(batch)
         write_s = time.perf_counter() - started
         shards = stack.shards()
-        engine = IndicatorEngine(InfluxQL(settings), lambda: reg, settings)
+        raw_settings = settings.model_copy(update={"rollups": False})
+        engine = IndicatorEngine(InfluxQL(settings), lambda: reg, raw_settings)
         county = COUNTIES[0]
         load_before = machine.load()
         city = [_timed(lambda: engine.compute(year))[0] for _ in range(REPEATS)]
         one = [_timed(lambda: engine.compute(year, county))[0] for _ in range(REPEATS)]
         _, values = _timed(lambda: engine.compute(year))
+        rollups = _rollups(stack, reg, settings, year, county, values)
     return {
         "shard_duration": shard_duration or "default (7d)",
         "shards": shards,
@@ -145,8 +152,39 @@ def _measure(reg: Registry, year: int, shard_duration: str | None) -> dict[str, 
         "county_median_s": round(statistics.median(one), 3),
         "county": county,
         "city_values": {f"{v.indicator}": v.value for v in values if v.scope == "city"},
+        "rollups": rollups,
         "load_before": load_before,
         "load_after": machine.load(),
+    }
+
+
+def _rollups(
+    stack: Stack, reg: Registry, settings: Settings, year: int, county: str,
+    raw_values: list[IndicatorValue],
+) -> dict[str, Any]:
+    """Build the monthly roll-ups, then time the engine reading them.
+
+    ``partial`` is the year as of 15 December: January to November from roll-ups,
+    December from raw events, the shape of a current year.
+    """
+    query = InfluxQL(settings)
+    maintainer = RollupMaintainer(query, make_writer(settings), settings, months_per_cycle=None)
+    build_s, done = _timed(maintainer.maintain_once)
+    engine = IndicatorEngine(query, lambda: reg, settings)
+    city = [_timed(lambda: engine.compute(year))[0] for _ in range(REPEATS)]
+    one = [_timed(lambda: engine.compute(year, county))[0] for _ in range(REPEATS)]
+    mid_december = datetime(year, 12, 15, tzinfo=settings.tz)
+    partial = [_timed(lambda: engine.compute(year, now=mid_december))[0] for _ in range(REPEATS)]
+    points = stack.query(f'SELECT count("build") FROM "{schema.ROLLUP}"')
+    return {
+        "build_s": round(build_s, 2),
+        "months_built": len(done.built),
+        "points": int(str(points[0][1])) if points else 0,
+        "city_first_s": round(city[0], 3),
+        "city_median_s": round(statistics.median(city), 3),
+        "county_median_s": round(statistics.median(one), 3),
+        "partial_city_median_s": round(statistics.median(partial), 3),
+        "same_values": engine.compute(year) == raw_values,
     }
 
 
@@ -169,6 +207,4 @@ def run(sites: int = 10_000, year: int | None = None) -> dict[str, Any]:
         "year": year,
         **default,
         "with_52w_shards": long_shards,
-        "rollups": "none: every computation aggregates the raw year (no continuous query "
-        "or periodic roll-up measurement exists yet)",
     }

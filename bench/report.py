@@ -129,6 +129,16 @@ def table(result: dict[str, Any], console: Console) -> None:
             f"{ind['with_52w_shards']['city_median_s']} s, county "
             f"{ind['with_52w_shards']['county_median_s']} s"
         )
+        for label, item in (("", ind), ("52-week shards, ", ind["with_52w_shards"])):
+            if rolled := item.get("rollups"):
+                console.print(
+                    f"  {label}with monthly roll-ups: city {rolled['city_median_s']} s "
+                    f"(first {rolled['city_first_s']} s), one county "
+                    f"{rolled['county_median_s']} s, as of 15 December "
+                    f"{rolled['partial_city_median_s']} s; built {rolled['months_built']} "
+                    f"months in {rolled['build_s']} s, {rolled['points']:,} roll-up points; "
+                    f"same values as raw: {rolled['same_values']}"
+                )
     if result.get("ratios"):
         console.print("ratios: " + ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))
     for name, met in result.get("targets", {}).items():

@@ -10,6 +10,10 @@ DEVICE_STATUS = "device_status"
 INDICATOR = "indicator"
 REJECTION = "rejection"
 SITE = "site"
+ROLLUP = "rollup"
+"""Monthly roll-ups of the indicators' event aggregates (contract §10)."""
+LATE_EVENT = "late_event"
+"""Marks left by ingest when it stores events for a past month (contract §10)."""
 
 TELEMETRY_TAGS = ("site_id", "device_id", "site_type", "county")
 EVENT_TAGS = ("site_id", "device_id", "site_type", "county", "type", "use", "crop", "facility")
@@ -17,6 +21,8 @@ DEVICE_STATUS_TAGS = ("site_id", "device_id", "county")
 INDICATOR_TAGS = ("indicator", "scope", "county")
 REJECTION_TAGS = ("reason",)
 SITE_TAGS = ("site_id", "county", "site_type", "name")
+ROLLUP_TAGS = ("kind", "month", "county", "type", "crop", "part", "site_id", "facility")
+LATE_EVENT_TAGS = ("month", "writer")
 
 CITY_COUNTY_TAG = "all"
 """The ``county`` tag value of city-wide indicator points."""

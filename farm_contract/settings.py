@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     publish_indicators: bool = True
     """Write the indicators to InfluxDB every ``indicator_interval_s``. With several ingest
     workers sharing a subscription, set false on all but one: they compute the same rows."""
+    rollups: bool = True
+    """Keep monthly roll-ups of the indicators' aggregates and read them for complete months
+    (the worker that publishes indicators builds them; every worker reads them)."""
     max_future_skew_s: float = Field(default=600, ge=0)
     earliest_ts: str = "2000-01-01T00:00:00Z"
     subscribe_chirpstack: bool = True

@@ -17,6 +17,11 @@ Rules, decided here and documented in the API:
 - The city row adds the counties' numerators and denominators (it never
   averages rates), so it always agrees with the county rows.
 - ``compute(year, county=NAME)`` returns only that county's four rows (no city row).
+- With ``FARM_ROLLUPS`` (default on), complete months are read from their monthly
+  roll-ups (:mod:`ingest_service.rollups`) where valid, and raw events only for the
+  rest; both go through the same aggregates (:mod:`ingest_service.aggregates`).
+  Each county, type and crop's tonnes are rounded to the gram (6 decimals) before
+  use, so the order in which InfluxDB or the roll-ups add them never shows.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from farm_contract import schema
@@ -34,17 +38,16 @@ from farm_contract.indicators import IndicatorId, IndicatorValue, Scope
 from farm_contract.payloads import EventType
 from farm_contract.registry import Registry
 from farm_contract.settings import Settings
+from ingest_service import aggregates
+from ingest_service.aggregates import Aggregates, MassKey, Querier, run
 from ingest_service.model import FieldValue, Point
-from ingest_service.outputs.influx import QueryError, Series, Writer, quote_ident, quote_literal
+from ingest_service.months import Span, gaps
+from ingest_service.months import time_literal as time_literal  # api and report use it
+from ingest_service.outputs.influx import Series, Writer, quote_ident, quote_literal
 from ingest_service.outputs.lineprotocol import encode
+from ingest_service.rollups import RollupMaintainer, RollupReader
 
 log = logging.getLogger(__name__)
-
-
-class Querier(Protocol):
-    """What the engine needs from :class:`~ingest_service.outputs.influx.InfluxQL`."""
-
-    def query(self, q: str) -> list[Series]: ...
 
 
 class UnknownCountyError(LookupError):
@@ -76,22 +79,8 @@ def year_window(year: int, tz: ZoneInfo, now: datetime) -> Window:
     return Window(start=start, as_of=min(end, now))
 
 
-def time_literal(moment: datetime) -> str:
-    """An InfluxQL RFC 3339 time literal in UTC."""
-    return quote_literal(moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
-
-
-def _types_clause(types: Iterable[EventType]) -> str:
-    return "(" + " OR ".join(f"{quote_ident('type')} = {quote_literal(t)}" for t in types) + ")"
-
-
-def _events_in(window: Window) -> str:
-    return f"time >= {time_literal(window.start)} AND time < {time_literal(window.as_of)}"
-
-
-def _number(value: object) -> float:
-    """An aggregate's value; InfluxDB answers null for a sum over nothing."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+MASS_DECIMALS = 6
+"""Tonnes are rounded to the gram: sums in another order differ only far below that."""
 
 
 @dataclass(slots=True)
@@ -134,6 +123,7 @@ class IndicatorEngine:
         self._query = query
         self._registry = registry
         self._settings = settings
+        self._rollups = RollupReader(query, settings.tz)
 
     def compute(
         self, year: int, county: str | None = None, now: datetime | None = None
@@ -156,8 +146,9 @@ class IndicatorEngine:
         for name in counties:
             totals[name].manure_sites = len(registry.large_scale_manure_sites(name))
         if not window.empty:
-            self._add_masses(window, county, totals)
-            self._add_manure(window, registry, totals)
+            found = self.aggregates(window, county)
+            self._add_masses(found.masses, totals)
+            self._add_manure(window, registry, totals, found)
         rows: list[IndicatorValue] = []
         if county is None:
             city = Totals()
@@ -170,49 +161,50 @@ class IndicatorEngine:
 
     def query(self, q: str) -> list[Series]:
         """Run a query; a database nothing was written to yet simply has no data."""
-        try:
-            return self._query.query(q)
-        except QueryError as exc:
-            if "database not found" in str(exc):
-                return []
-            raise
+        return run(self._query, q)
 
-    def _add_masses(self, window: Window, county: str | None, totals: dict[str, Totals]) -> None:
-        """Film and straw tonnes per county tag, one query for all four event types."""
-        types = (
-            EventType.FILM_APPLIED,
-            EventType.FILM_RECOVERED,
-            EventType.HARVEST,
-            EventType.STRAW_UTILIZED,
-        )
-        where = f"{_types_clause(types)} AND {_events_in(window)}"
-        if county is not None:
-            where += f" AND {quote_ident('county')} = {quote_literal(county)}"
-        q = (
-            f"SELECT sum({quote_ident('mass_t')}) AS mass_t, "
-            f"sum({quote_ident('grain_t')}) AS grain_t "
-            f"FROM {quote_ident(schema.EVENT)} WHERE {where} "
-            f"GROUP BY {quote_ident('county')}, {quote_ident('type')}, {quote_ident('crop')}"
-        )
+    def aggregates(self, window: Window, county: str | None) -> Aggregates:
+        """The year's event aggregates: valid roll-ups, raw events for everything else.
+
+        Masses and ledger cover ``start <= time < as_of``; facility events every
+        time up to and including ``as_of``.
+        """
+        found, months, facility_months = Aggregates(), set(), set()
+        if self._settings.rollups:
+            rolled = self._rollups.read(window.start, window.as_of, county)
+            found, months, facility_months = rolled.found, rolled.months, rolled.facility_months
+        tz = self._settings.tz
+        for span in gaps(Span(window.start, window.as_of), months, tz):
+            found.add(Aggregates(
+                masses=aggregates.mass_sums(self._query, span, county),
+                ledger=aggregates.ledger_sites(self._query, span),
+            ))
+        for span in gaps(Span(None, window.as_of, inclusive=True), facility_months, tz):
+            found.add(Aggregates(latest=aggregates.latest_facility_events(self._query, span)))
+        return found
+
+    def _add_masses(
+        self, masses: dict[MassKey, tuple[float, float]], totals: dict[str, Totals]
+    ) -> None:
+        """Film and straw tonnes per county tag, in a fixed order, rounded to the gram."""
         ratios = self._settings.straw_ratios
-        for series in self.query(q):
-            target = totals.get(series.tags.get("county", ""))
+        for (county, kind, crop), (mass, grain) in sorted(masses.items()):
+            target = totals.get(county)
             if target is None:
                 continue
-            for row in series.rows():
-                mass, grain = _number(row.get("mass_t")), _number(row.get("grain_t"))
-                kind = series.tags.get("type")
-                if kind == EventType.FILM_APPLIED:
-                    target.film_applied_t += mass
-                elif kind == EventType.FILM_RECOVERED:
-                    target.film_recovered_t += mass
-                elif kind == EventType.STRAW_UTILIZED:
-                    target.straw_utilized_t += mass
-                elif kind == EventType.HARVEST:
-                    crop = series.tags.get("crop") or "other"
-                    target.straw_produced_t += grain * ratios.get(crop, ratios["other"])
+            mass, grain = round(mass, MASS_DECIMALS), round(grain, MASS_DECIMALS)
+            if kind == EventType.FILM_APPLIED:
+                target.film_applied_t += mass
+            elif kind == EventType.FILM_RECOVERED:
+                target.film_recovered_t += mass
+            elif kind == EventType.STRAW_UTILIZED:
+                target.straw_utilized_t += mass
+            elif kind == EventType.HARVEST:
+                target.straw_produced_t += grain * ratios.get(crop or "other", ratios["other"])
 
-    def _add_manure(self, window: Window, registry: Registry, totals: dict[str, Totals]) -> None:
+    def _add_manure(
+        self, window: Window, registry: Registry, totals: dict[str, Totals], found: Aggregates
+    ) -> None:
         """Ledger and facility numerators: large-scale manure sites of the registry."""
         county_of = {
             site.site_id: site.county
@@ -221,23 +213,17 @@ class IndicatorEngine:
         }
         if not county_of:
             return
-        for site_id in self._sites_with_ledger(window) & county_of.keys():
+        for site_id in found.ledger & county_of.keys():
             totals[county_of[site_id]].ledger_sites += 1
-        working = self._sites_reporting(window) - self._sites_with_open_fault(window)
+        working = self._sites_reporting(window) - aggregates.open_fault_sites(found.latest)
         for site_id in working & county_of.keys():
             totals[county_of[site_id]].working_sites += 1
 
-    def _sites_with_ledger(self, window: Window) -> set[str]:
-        types = (EventType.MANURE_TREATED, EventType.MANURE_UTILIZED)
-        q = (
-            f"SELECT count({quote_ident('seq')}) FROM {quote_ident(schema.EVENT)} "
-            f"WHERE {_types_clause(types)} AND {_events_in(window)} "
-            f"GROUP BY {quote_ident('site_id')}"
-        )
-        return {s.tags["site_id"] for s in self.query(q) if s.tags.get("site_id") and s.values}
-
     def _sites_reporting(self, window: Window) -> set[str]:
-        """Manure sites with telemetry in ``(as_of - stale_hours, as_of]``."""
+        """Manure sites with telemetry in ``(as_of - stale_hours, as_of]``.
+
+        Always raw: it reads only the last hours, which no roll-up would shorten.
+        """
         since = window.as_of - timedelta(hours=self._settings.stale_hours)
         q = (
             f"SELECT count({quote_ident('seq')}) FROM {quote_ident(schema.TELEMETRY)} "
@@ -246,36 +232,6 @@ class IndicatorEngine:
             f"GROUP BY {quote_ident('site_id')}"
         )
         return {s.tags["site_id"] for s in self.query(q) if s.tags.get("site_id") and s.values}
-
-    def _sites_with_open_fault(self, window: Window) -> set[str]:
-        """Sites where some facility's latest fault (≤ as of) has no later ``facility_ok``.
-
-        Ties within a millisecond (the query's time resolution) are broken by
-        ``seq``, the device's rising counter.
-        """
-        types = (EventType.FACILITY_FAULT, EventType.FACILITY_OK)
-        q = (
-            f"SELECT last({quote_ident('seq')}) FROM {quote_ident(schema.EVENT)} "
-            f"WHERE {_types_clause(types)} AND time <= {time_literal(window.as_of)} "
-            f"GROUP BY {quote_ident('site_id')}, {quote_ident('facility')}, {quote_ident('type')}"
-        )
-        latest: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
-        for series in self.query(q):
-            if not series.values:
-                continue
-            row = series.rows()[0]
-            key = (series.tags.get("site_id", ""), series.tags.get("facility", ""))
-            latest.setdefault(key, {})[series.tags.get("type", "")] = (
-                _number(row.get("time")),
-                _number(row.get("last")),
-            )
-        open_sites: set[str] = set()
-        for (site_id, _facility), kinds in latest.items():
-            fault = kinds.get(EventType.FACILITY_FAULT)
-            ok = kinds.get(EventType.FACILITY_OK)
-            if fault is not None and (ok is None or ok < fault):
-                open_sites.add(site_id)
-        return open_sites
 
 
 def indicator_points(values: Iterable[IndicatorValue], time_ns: int) -> list[Point]:
@@ -307,13 +263,18 @@ class IndicatorPublisher:
     """Writes the indicators to InfluxDB every ``indicator_interval_s`` for Grafana.
 
     Runs in a daemon thread; an error is logged and retried after ``retry_s``
-    (or the interval, if shorter), so a down InfluxDB never stops it.
+    (or the interval, if shorter), so a down InfluxDB never stops it. With a
+    :class:`~ingest_service.rollups.RollupMaintainer`, each cycle then brings the
+    roll-ups up to date for the next one (in this thread, never the pipeline's); a
+    roll-up failure is logged, and the indicators are computed from raw events
+    wherever no valid roll-up exists.
     """
 
     engine: IndicatorEngine
     writer: Writer
     settings: Settings
     years: Callable[[], list[int]] | None = None
+    rollups: RollupMaintainer | None = None
     retry_s: float = 5.0
     published: int = 0
     errors: int = 0
@@ -333,6 +294,16 @@ class IndicatorPublisher:
         self.published += len(points)
         return len(points)
 
+    def maintain_rollups(self) -> None:
+        """One roll-up maintenance cycle; its failure only means more raw reads."""
+        if self.rollups is None:
+            return
+        try:
+            self.rollups.maintain_once()
+        except Exception:
+            self.errors += 1
+            log.exception("maintaining the indicator roll-ups failed; retrying next cycle")
+
     def _loop(self) -> None:
         interval = self.settings.indicator_interval_s
         while not self._stop.is_set():
@@ -343,6 +314,7 @@ class IndicatorPublisher:
                 log.exception("publishing indicators failed; retrying")
                 self._stop.wait(min(self.retry_s, interval))
                 continue
+            self.maintain_rollups()  # after publishing, so a first build never delays it
             self._stop.wait(interval)
 
     def start(self) -> None:

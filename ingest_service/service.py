@@ -9,6 +9,7 @@ from farm_contract.settings import Settings
 from ingest_service.enrich import Enricher
 from ingest_service.indicators import IndicatorEngine, IndicatorPublisher
 from ingest_service.inputs.mqtt import MqttInput
+from ingest_service.late_events import LateEventMarker
 from ingest_service.outputs.influx import (
     InfluxQL,
     QueryError,
@@ -17,6 +18,7 @@ from ingest_service.outputs.influx import (
     quote_literal,
 )
 from ingest_service.pipeline import Pipeline
+from ingest_service.rollups import RollupMaintainer
 from ingest_service.site_points import write_site_points
 from ingest_service.state import RegistryHolder, ServiceState
 
@@ -29,7 +31,9 @@ class IngestService:
     def __init__(self, settings: Settings, *, publish_indicators: bool | None = None) -> None:
         self.settings = settings
         self.state = ServiceState(settings, RegistryHolder.from_settings(settings))
-        self.writer = make_writer(settings)
+        # Every worker marks late events, so that roll-ups built by the publishing one
+        # are never read stale (ingest_service/late_events.py).
+        self.writer = LateEventMarker(make_writer(settings), settings.tz, settings.mqtt_client_id)
         self.query = InfluxQL(settings)
         self.enricher = Enricher(
             self.state.registry.get, settings, self._last_counter, self.state.registry.refresh
@@ -44,8 +48,13 @@ class IngestService:
         self.engine = IndicatorEngine(self.query, self.state.registry.get, settings)
         if publish_indicators is None:
             publish_indicators = settings.publish_indicators
+        rollups = (
+            RollupMaintainer(self.query, self.writer, settings) if settings.rollups else None
+        )
         self.publisher = (
-            IndicatorPublisher(self.engine, self.writer, settings) if publish_indicators else None
+            IndicatorPublisher(self.engine, self.writer, settings, rollups=rollups)
+            if publish_indicators
+            else None
         )
         self.state.broker_connected = lambda: self.input.connected
         self.state.influx_reachable = self.query.ping

@@ -74,6 +74,9 @@ def test_bench_produces_every_figure(tmp_path: Path) -> None:
     assert backlog["lost"] == 0 and backlog["peak_rss_mib"] > 0 and backlog["drain_rate"] > 0
     indicators = result["indicators"]
     assert indicators["points_written"] > 0 and indicators["city_median_s"] > 0
+    for rolled in (indicators["rollups"], indicators["with_52w_shards"]["rollups"]):
+        assert rolled["same_values"] is True and rolled["points"] > rolled["months_built"] >= 12
+        assert rolled["city_median_s"] > 0 and rolled["build_s"] > 0
     assert set(indicators["city_values"]) == {
         "manure_facility_rate", "manure_ledger_coverage", "film_recovery_rate",
         "straw_utilization_rate",

@@ -1,0 +1,407 @@
+"""Monthly roll-ups (ingest_service/rollups.py): the same indicators as the raw events, always.
+
+A small simulated fleet (bench's year generator) for 2024 and 2025, plus hand-made
+events on the Asia/Shanghai year boundary and facility faults that span years,
+in a real InfluxDB; every computation is compared with the raw one.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bench.indicators import lines, registry
+from devstack.servers import Influxd, Mosquitto
+from farm_contract.indicators import IndicatorValue
+from farm_contract.registry import Registry
+from farm_contract.settings import Settings
+from ingest_service import aggregates
+from ingest_service.indicators import IndicatorEngine, IndicatorPublisher
+from ingest_service.late_events import LateEventMarker, event_times, late_months
+from ingest_service.model import FieldValue, Point
+from ingest_service.months import Month, Span, gaps
+from ingest_service.outputs.influx import InfluxQL, Series, WriteError, make_writer
+from ingest_service.outputs.lineprotocol import encode
+from ingest_service.rollups import RollupMaintainer, RollupReader
+from ingest_service.service import IngestService
+from tests.helpers import mosquitto_pub, rows, wait_for, write_registry
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+NOW = datetime(2026, 3, 1, tzinfo=SHANGHAI)
+"""The clock of these tests: everything up to January 2026 can be rolled up."""
+REGISTRY = registry(60)
+
+
+def _site(site_id: str) -> tuple[str, str]:
+    site = REGISTRY.sites[site_id]
+    return site.county, str(site.site_type)
+
+
+def event(site_id: str, kind: str, at: datetime, seq: int, **extra: float | str) -> Point:
+    """An ``event`` point as ingest stores it, for a site of :data:`REGISTRY`."""
+    county, site_type = _site(site_id)
+    tags = {"site_id": site_id, "device_id": "d" + site_id[1:], "site_type": site_type,
+            "county": county, "type": kind}
+    fields: dict[str, FieldValue] = {"seq": seq}
+    for key, value in extra.items():
+        if isinstance(value, str):
+            tags[key] = value
+        else:
+            fields[key] = float(value)
+    return Point("event", tags, fields, int(at.timestamp() * 1000) * 1_000_000 + seq)
+
+
+DRIP, MANURE_A, MANURE_B, MANURE_C = "s00000", "s00001", "s00004", "s00007"
+EDGES = [
+    # the year boundary in Datong: 15:59:59Z is still 2024, 16:00:00Z is 1 January 2025
+    event(DRIP, "film_applied", datetime(2024, 12, 31, 15, 59, 59, tzinfo=UTC), 900_001,
+          mass_t=50.0),
+    event(DRIP, "film_applied", datetime(2024, 12, 31, 16, tzinfo=UTC), 900_002, mass_t=7.0),
+    # a lagoon fault open from November 2024 until February 2025 ...
+    event(MANURE_A, "facility_fault", datetime(2024, 11, 20, 2, tzinfo=UTC), 900_003,
+          facility="lagoon"),
+    event(MANURE_A, "facility_ok", datetime(2025, 2, 3, 2, tzinfo=UTC), 900_004,
+          facility="lagoon"),
+    # ... and open again from August 2025: the latest fault is not the first one
+    event(MANURE_A, "facility_fault", datetime(2025, 8, 10, 2, tzinfo=UTC), 900_008,
+          facility="lagoon"),
+    # a storage fault from June 2024 that nobody fixes
+    event(MANURE_B, "facility_fault", datetime(2024, 6, 1, 2, tzinfo=UTC), 900_005,
+          facility="storage"),
+    # fault and ok in the same millisecond: seq decides (fixed)
+    event(MANURE_C, "facility_fault", datetime(2025, 3, 10, 2, tzinfo=UTC), 900_006,
+          facility="digester"),
+    event(MANURE_C, "facility_ok", datetime(2025, 3, 10, 2, tzinfo=UTC), 900_007,
+          facility="digester"),
+]
+
+
+def _settings(influxd: Influxd, **overrides: object) -> Settings:
+    return Settings.model_validate(
+        {"influx_url": influxd.url, "influx_api": "v1", **overrides}
+    )
+
+
+def _load(influxd: Influxd) -> None:
+    """Two simulated years, then the hand-made edge cases."""
+    writer = make_writer(_settings(influxd))
+    for year, seed in ((2024, 1), (2025, 2)):
+        writer.write("\n".join(lines(REGISTRY, year, SHANGHAI, seed=seed)).encode())
+    writer.write(encode(EDGES))
+
+
+class Rig:
+    """The raw engine, the roll-up engine and the maintainer over one InfluxDB."""
+
+    def __init__(self, influxd: Influxd, reg: Registry = REGISTRY) -> None:
+        self.settings = _settings(influxd)
+        self.query = InfluxQL(self.settings)
+        self.writer = make_writer(self.settings)
+        self.raw = IndicatorEngine(self.query, lambda: reg, _settings(influxd, rollups=False))
+        self.rolled = IndicatorEngine(self.query, lambda: reg, self.settings)
+        self.maintainer = RollupMaintainer(self.query, self.writer, self.settings,
+                                           months_per_cycle=None)
+        self.reader = RollupReader(self.query, SHANGHAI)
+        self.counties = reg.counties
+
+    def same(self, year: int, now: datetime) -> list[IndicatorValue]:
+        """Roll-up and raw rows for the city and every county: must be identical."""
+        rows = self.rolled.compute(year, now=now)
+        assert rows == self.raw.compute(year, now=now), (year, now)
+        for county in self.counties:
+            assert self.rolled.compute(year, county, now=now) == self.raw.compute(
+                year, county, now=now
+            ), (year, county, now)
+        return rows
+
+    def covered(self, year: int, now: datetime) -> set[Month]:
+        """The months of ``year`` the roll-up engine would read from roll-ups."""
+        start = datetime(year, 1, 1, tzinfo=SHANGHAI)
+        as_of = min(datetime(year + 1, 1, 1, tzinfo=SHANGHAI), now)
+        return self.reader.read(start, as_of, None).months
+
+
+def _months(year: int, first: int, last: int) -> set[Month]:
+    return {Month(year, m) for m in range(first, last + 1)}
+
+
+def _by_name(rows: list[IndicatorValue]) -> dict[tuple[str, str | None], IndicatorValue]:
+    return {(str(r.indicator), r.county): r for r in rows}
+
+
+@pytest.mark.integration
+def test_rollups_give_exactly_the_raw_indicators(influxd: Influxd) -> None:
+    _load(influxd)
+    rig = Rig(influxd)
+    before = rig.same(2025, NOW)  # nothing rolled up yet: all raw
+    done = rig.maintainer.maintain_once(NOW)
+    assert Month(2025, 6) in done.built and Month(2026, 2) not in done.built
+    assert done.built[0] == Month(2026, 1) and done.pending == 0
+    assert rig.covered(2025, NOW) == _months(2025, 1, 12)
+    assert rig.same(2025, NOW) == before
+    rows = _by_name(before)
+    city = rows["manure_facility_rate", None]
+    assert city.denominator == 20 and 0 < city.numerator < 20  # MANURE_B's fault stays open
+    assert rows["manure_ledger_coverage", None].numerator == 20
+    cases = {
+        datetime(2025, 6, 15, 12, tzinfo=SHANGHAI): _months(2025, 1, 5),  # June read raw
+        datetime(2025, 7, 1, tzinfo=SHANGHAI): _months(2025, 1, 6),  # a month's first instant
+        datetime(2025, 1, 15, tzinfo=SHANGHAI): set(),  # MANURE_A's fault still open
+        NOW: _months(2025, 1, 12),
+    }
+    for now, months in cases.items():
+        assert rig.covered(2025, now) == months, now
+        rig.same(2025, now)
+    assert rig.covered(2024, NOW) == _months(2024, 1, 12)
+    rig.same(2024, NOW)
+    rig.same(2026, NOW)  # January rolled up, February raw
+    empty = rig.same(2023, NOW)
+    assert all(row.numerator == 0 for row in empty)
+    assert all(row.numerator == 0 for row in rig.same(2027, NOW))  # not begun
+
+
+@pytest.mark.integration
+def test_year_boundary_in_shanghai(influxd: Influxd) -> None:
+    _load(influxd)
+    rig = Rig(influxd)
+    rig.maintainer.maintain_once(NOW)
+    county, _ = _site(DRIP)
+    january = rig.reader.read(datetime(2025, 1, 1, tzinfo=SHANGHAI),
+                              datetime(2025, 2, 1, tzinfo=SHANGHAI), county)
+    assert january.months == {Month(2025, 1)}
+    assert january.found.masses[county, "film_applied", ""] == (7.0, 0.0)
+    december = rig.reader.read(datetime(2024, 12, 1, tzinfo=SHANGHAI),
+                               datetime(2025, 1, 1, tzinfo=SHANGHAI), county)
+    assert december.found.masses[county, "film_applied", ""] == (50.0, 0.0)
+    film_2025 = _by_name(rig.same(2025, NOW))["film_recovery_rate", county]
+    raw_april = aggregates.mass_sums(rig.query, Span(datetime(2025, 4, 1, tzinfo=SHANGHAI),
+                                                     datetime(2025, 5, 1, tzinfo=SHANGHAI)))
+    assert film_2025.denominator == pytest.approx(7.0 + raw_april[county, "film_applied", ""][0])
+
+
+@pytest.mark.integration
+def test_late_event_through_ingest_is_reflected_at_once(influxd: Influxd) -> None:
+    _load(influxd)
+    rig = Rig(influxd)
+    rig.maintainer.maintain_once(NOW)
+    county, _ = _site(DRIP)
+    before = _by_name(rig.same(2025, NOW))["film_recovery_rate", county]
+    clock = int(NOW.timestamp()) * 1_000_000_000
+    ingest = LateEventMarker(rig.writer, SHANGHAI, "worker-2", clock=lambda: clock)
+    ingest.write(encode([event(DRIP, "film_recovered", datetime(2025, 3, 3, tzinfo=UTC),
+                               900_100, mass_t=1000.0)]))
+    assert ingest.marks == 1
+    assert rig.covered(2025, NOW) == _months(2025, 1, 12) - {Month(2025, 3)}
+    after = _by_name(rig.same(2025, NOW))["film_recovery_rate", county]
+    assert after.numerator == pytest.approx(before.numerator + 1000.0)
+    done = rig.maintainer.maintain_once(NOW)
+    assert done.built == [Month(2025, 3)]
+    assert rig.covered(2025, NOW) == _months(2025, 1, 12)
+    assert _by_name(rig.same(2025, NOW))["film_recovery_rate", county] == after
+    assert rig.maintainer.maintain_once(NOW).built == []  # nothing left to do
+
+
+@pytest.mark.integration
+def test_write_around_ingest_is_caught_by_the_audit(influxd: Influxd) -> None:
+    _load(influxd)
+    rig = Rig(influxd)
+    rig.maintainer.maintain_once(NOW)
+    rig.writer.write(encode([event(MANURE_A, "manure_treated",
+                                   datetime(2025, 12, 5, tzinfo=UTC), 900_200, mass_t=1.0),
+                             event(DRIP, "film_applied", datetime(2025, 12, 6, tzinfo=UTC),
+                                   900_201, mass_t=3.0)]))
+    # no mark: until audited, December's roll-up is stale (the documented limit) ...
+    assert rig.rolled.compute(2025, now=NOW) != rig.raw.compute(2025, now=NOW)
+    audited = []
+    for _ in range(3):  # newest month first: January 2026, then December 2025
+        done = rig.maintainer.maintain_once(NOW)
+        audited.append(done.audited)
+        if Month(2025, 12) in done.built:
+            break
+    assert audited == [Month(2026, 1), Month(2025, 12)]
+    rig.same(2025, NOW)  # ... and right again once rebuilt
+
+
+@pytest.mark.integration
+def test_roll_ups_are_what_is_read(influxd: Influxd) -> None:
+    """A tampered roll-up shows in the result (so the equality tests are not vacuous);
+    a point newer than its month's manifest (a rebuild under way) sends the month raw."""
+    _load(influxd)
+    rig = Rig(influxd)
+    rig.maintainer.maintain_once(NOW)
+    manifest = rig.reader.manifests()[Month(2025, 4)]
+    county, _ = _site(DRIP)
+    at = int(Month(2025, 4).start(SHANGHAI).timestamp()) * 1_000_000_000
+    tags = {"kind": "mass", "county": county, "type": "film_applied"}
+    rig.writer.write(encode([Point("rollup", tags, {"build": manifest.build, "mass_t": 1e6,
+                                                    "grain_t": 0.0}, at)]))
+    assert rig.rolled.compute(2025, now=NOW) != rig.raw.compute(2025, now=NOW)
+    rig.writer.write(encode([Point("rollup", tags, {"build": manifest.build + 1,
+                                                    "mass_t": 1e6, "grain_t": 0.0}, at)]))
+    assert rig.covered(2025, NOW) == _months(2025, 1, 12) - {Month(2025, 4)}
+    rig.same(2025, NOW)
+
+
+@pytest.mark.integration
+def test_no_database_yet(influxd: Influxd) -> None:
+    settings = _settings(influxd, influx_db="nothing")
+    engine = IndicatorEngine(InfluxQL(settings), lambda: REGISTRY, settings)
+    assert all(row.numerator == 0 for row in engine.compute(2025, now=NOW))
+    maintainer = RollupMaintainer(InfluxQL(settings), make_writer(settings), settings,
+                                  months_per_cycle=3)
+    done = maintainer.maintain_once(NOW)
+    assert done.built == [Month(2026, 1), Month(2025, 12), Month(2025, 11)]
+    assert done.pending > 300  # every month since FARM_EARLIEST_TS, a few per cycle
+    assert all(row.numerator == 0 for row in engine.compute(2025, now=NOW))
+
+
+@pytest.mark.integration
+def test_every_worker_marks_late_events(
+    tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd
+) -> None:
+    settings = Settings(mqtt_url=mosquitto.url, registry_dir=write_registry(tmp_path / "r"),
+                        influx_url=influxd.url, influx_api="v1", batch_interval_s=0.05,
+                        mqtt_client_id="worker-7")
+    publishing = IngestService(settings)
+    assert publishing.publisher is not None and publishing.publisher.rollups is not None
+    publishing.writer.close()
+    publishing.query.close()
+    service = IngestService(settings, publish_indicators=False)
+    assert service.publisher is None and isinstance(service.writer, LateEventMarker)
+    service.start()
+    try:
+        assert service.input.wait_connected(10)
+        last_month = datetime.now(SHANGHAI).replace(day=1) - timedelta(days=3)
+        payload = {"v": 1, "seq": 5, "ts": last_month.isoformat(), "type": "harvest",
+                   "crop": "corn", "grain_t": 2.0}
+        mosquitto_pub(mosquitto.port, "farm/v1/straw-1/dev-3/event", json.dumps(payload))
+        marks = wait_for(lambda: rows(influxd, "SELECT * FROM late_event GROUP BY *"))
+    finally:
+        service.stop()
+    assert marks[0]["month"] == Month.of(last_month, SHANGHAI).key
+    assert marks[0]["writer"] == "worker-7" and marks[0]["events"] == 1
+
+
+# --- without InfluxDB ---------------------------------------------------------
+
+
+def test_months_in_the_zone() -> None:
+    assert Month(2024, 12).next() == Month(2025, 1) and Month(2025, 1).prev() == Month(2024, 12)
+    assert Month(2025, 1).start(SHANGHAI) == datetime(2024, 12, 31, 16, tzinfo=UTC)
+    assert Month.of(datetime(2024, 12, 31, 16, tzinfo=UTC), SHANGHAI) == Month(2025, 1)
+    assert Month.of(datetime(2024, 12, 31, 15, 59, 59, tzinfo=UTC), SHANGHAI) == Month(2024, 12)
+    assert Month.parse("2025-03").key == "2025-03"
+
+
+def test_gaps_are_what_roll_ups_do_not_cover() -> None:
+    start, end = Month(2025, 1).start(SHANGHAI), datetime(2025, 6, 15, tzinfo=SHANGHAI)
+    covered = [Month(2025, 1), Month(2025, 2), Month(2025, 4)]
+    assert gaps(Span(start, end), covered, SHANGHAI) == [
+        Span(Month(2025, 3).start(SHANGHAI), Month(2025, 4).start(SHANGHAI)),
+        Span(Month(2025, 5).start(SHANGHAI), end),
+    ]
+    whole = Span(None, Month(2025, 3).start(SHANGHAI), inclusive=True)
+    assert gaps(whole, [Month(2025, 1), Month(2025, 2)], SHANGHAI) == [
+        Span(None, Month(2025, 1).start(SHANGHAI)),
+        Span(Month(2025, 3).start(SHANGHAI), Month(2025, 3).start(SHANGHAI), inclusive=True),
+    ]
+    assert gaps(Span(start, Month(2025, 2).start(SHANGHAI)), [Month(2025, 1)], SHANGHAI) == []
+
+
+def test_event_lines_are_found_in_a_body() -> None:
+    body = (b"event,site_id=a,type=harvest grain_t=1.0,seq=1i 1000\n"
+            b"telemetry,site_id=a flow=1.0,seq=2i 2000\n"
+            b"event,site_id=b,type=x seq=3i 3000\n"
+            b"rejection,reason=bad detail=\"event,x 1\" 4000\n"
+            b"event,site_id=c seq=4i 5000")
+    assert list(event_times(body)) == [1000, 3000, 5000]
+    assert list(event_times(b"telemetry,a=b c=1 1")) == []
+    march = int(datetime(2025, 3, 5, tzinfo=UTC).timestamp()) * 10**9
+    april = int(datetime(2025, 4, 5, tzinfo=UTC).timestamp()) * 10**9
+    late = late_months(f"event,a=b s=1i {march}\nevent,a=b s=2i {april}".encode(), april,
+                       SHANGHAI)
+    assert late == {"2025-03": 1}
+
+
+class _Writer:
+    def __init__(self, fail_marks: bool = False) -> None:
+        self.bodies: list[bytes] = []
+        self.fail_marks = fail_marks
+
+    def write(self, body: bytes) -> None:
+        if self.fail_marks and body.startswith(b"late_event"):
+            raise WriteError("InfluxDB answered 500", transient=False, status=500)
+        self.bodies.append(body)
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_marks_follow_the_write_and_a_failed_mark_is_retried() -> None:
+    clock = int(NOW.timestamp()) * 1_000_000_000
+    inner = _Writer()
+    marker = LateEventMarker(inner, SHANGHAI, "w1", clock=lambda: clock)
+    current = encode([event(DRIP, "film_applied", NOW + timedelta(hours=1), 1, mass_t=1.0)])
+    marker.write(current)
+    assert inner.bodies == [current]  # this month's events need no mark
+    late = encode([event(DRIP, "film_applied", NOW - timedelta(days=40), 2, mass_t=1.0),
+                   event(DRIP, "film_applied", NOW - timedelta(days=41), 3, mass_t=1.0)])
+    marker.write(late)
+    assert inner.bodies[1] == late
+    assert inner.bodies[2].startswith(b"late_event,month=2026-01,writer=w1 events=2i ")
+    failing = LateEventMarker(_Writer(fail_marks=True), SHANGHAI, "w1", clock=lambda: clock)
+    with pytest.raises(WriteError) as info:
+        failing.write(late)
+    assert info.value.transient  # the pipeline writes the batch again, and marks it
+
+
+class _Boom:
+    def maintain_once(self, now: datetime | None = None) -> None:
+        raise RuntimeError("InfluxDB went away")
+
+
+class _NoData:
+    def query(self, q: str) -> list[Series]:
+        return []
+
+
+def test_a_failing_roll_up_cycle_does_not_stop_the_indicators() -> None:
+    settings = Settings()
+    writer = _Writer()
+    publisher = IndicatorPublisher(
+        IndicatorEngine(_NoData(), lambda: REGISTRY, settings), writer, settings,
+        years=lambda: [2025], rollups=_Boom(),  # type: ignore[arg-type]
+    )
+    publisher.maintain_rollups()
+    assert publisher.errors == 1
+    assert publisher.publish_once(now=NOW) == 4 * (1 + len(REGISTRY.counties))
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.cycles = 0
+
+    def maintain_once(self, now: datetime | None = None) -> None:
+        self.cycles += 1
+
+
+def test_the_publisher_thread_maintains_the_roll_ups() -> None:
+    settings = Settings(indicator_interval_s=0.02)
+    writer, maintainer = _Writer(), _Counting()
+    publisher = IndicatorPublisher(
+        IndicatorEngine(_NoData(), lambda: REGISTRY, settings), writer, settings,
+        years=lambda: [2025], rollups=maintainer,  # type: ignore[arg-type]
+    )
+    publisher.start()
+    try:
+        wait_for(lambda: maintainer.cycles >= 2, timeout=5)
+    finally:
+        publisher.stop()
+    assert len(writer.bodies) >= 2 and publisher.errors == 0
