@@ -9,6 +9,7 @@ until the broker is there. TLS and passwords: ``tests/test_broker_config.py``.
 
 from __future__ import annotations
 
+import signal
 import struct
 import threading
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from devstack.servers import Mosquitto, free_port
 from farm_contract.settings import Settings
+from ingest_service.inputs import mqtt as mqtt_input
 from ingest_service.inputs import mqtt_wire as wire
 from ingest_service.inputs.mqtt import MqttInput
 from ingest_service.model import Inbound
@@ -334,3 +336,28 @@ def test_reading_pauses_while_the_pipeline_holds_the_receive_maximum(
 
     wait_for(ack_everything_so_far)
     assert [p[:4] for p in collector.payloads()] == [b"%04d" % i for i in range(1000)]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_broker_that_stops_answering_is_noticed_and_rejoined(
+    mosquitto: Mosquitto, started: list[MqttInput], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung broker (SIGSTOP: the TCP connection stays up, nothing answers) is detected
+    by the missing PINGRESP, and the input reconnects once the broker answers again."""
+    monkeypatch.setattr(mqtt_input, "KEEPALIVE_S", 2)
+    monkeypatch.setattr(mqtt_input, "CONNECT_TIMEOUT_S", 2.0)
+    collector = Collector()
+    receiver = make_input(mosquitto.url, collector)
+    started.append(receiver)
+    receiver.start()
+    assert receiver.wait_connected(10)
+    assert mosquitto.process is not None
+    mosquitto.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: not receiver.connected, timeout=15)
+    finally:
+        mosquitto.process.send_signal(signal.SIGCONT)
+    assert receiver.wait_connected(30)
+    mosquitto_pub(mosquitto.port, TOPIC, b"after the hang")
+    wait_for(lambda: collector.payloads() == [b"after the hang"])
