@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from farm_contract import schema
@@ -155,41 +157,37 @@ class RollupReader:
                 torn.add(month)  # rebuilt since its manifest was read
             return parts[month] if _int(build) == manifest.build else None
 
+        def usable_rows(
+            fields: tuple[str, ...], where: str, group: tuple[str, ...] = ()
+        ) -> Iterator[tuple[dict[str, str], dict[str, Any], Aggregates]]:
+            """(tags, row, month's part) of the roll-up rows of the months' current builds."""
+            columns = ", ".join(quote_ident(name) for name in ("build", *fields))
+            q = f"SELECT {columns} FROM {quote_ident(schema.ROLLUP)} WHERE {where}"
+            if group:
+                q += " GROUP BY " + ", ".join(quote_ident(tag) for tag in group)
+            for series in run(self._query, q):
+                for row in series.rows():
+                    if (part := usable(row["time"], row.get("build"))) is not None:
+                        yield series.tags, row, part
+
         since = f"time >= {time_literal(start)} AND time < {time_literal(as_of)}"
         where = f"{_kind('mass')} AND {since}"
         if county is not None:
             where += f" AND {quote_ident('county')} = {quote_literal(county)}"
-        q = (
-            f"SELECT {quote_ident('build')}, {quote_ident('mass_t')}, {quote_ident('grain_t')} "
-            f"FROM {quote_ident(schema.ROLLUP)} WHERE {where} "
-            f"GROUP BY {quote_ident('county')}, {quote_ident('type')}, {quote_ident('crop')}"
-        )
-        for series in run(self._query, q):
-            key = (series.tags.get("county", ""), series.tags.get("type", ""),
-                   series.tags.get("crop", ""))
-            for row in series.rows():
-                if (part := usable(row["time"], row.get("build"))) is not None:
-                    part.masses[key] = (number(row.get("mass_t")), number(row.get("grain_t")))
-        q = (
-            f"SELECT {quote_ident('build')}, {quote_ident('site_ids')} "
-            f"FROM {quote_ident(schema.ROLLUP)} WHERE {_kind('ledger')} AND {since}"
-        )
-        for series in run(self._query, q):
-            for row in series.rows():
-                if (part := usable(row["time"], row.get("build"))) is not None:
-                    part.ledger.update(filter(None, str(row.get("site_ids") or "").split(",")))
-        q = (
-            f"SELECT {quote_ident('build')}, {quote_ident('event_ms')}, {quote_ident('seq')} "
-            f"FROM {quote_ident(schema.ROLLUP)} WHERE {_kind('fault')} "
-            f"AND time < {time_literal(as_of)} "
-            f"GROUP BY {quote_ident('site_id')}, {quote_ident('facility')}, {quote_ident('type')}"
-        )
-        for series in run(self._query, q):
-            fkey = (series.tags.get("site_id", ""), series.tags.get("facility", ""),
-                    series.tags.get("type", ""))
-            for row in series.rows():
-                if (part := usable(row["time"], row.get("build"))) is not None:
-                    part.latest[fkey] = (number(row.get("event_ms")), number(row.get("seq")))
+        for tags, row, part in usable_rows(
+            ("mass_t", "grain_t"), where, ("county", "type", "crop")
+        ):
+            key = (tags.get("county", ""), tags.get("type", ""), tags.get("crop", ""))
+            part.masses[key] = (number(row.get("mass_t")), number(row.get("grain_t")))
+        for _tags, row, part in usable_rows(("site_ids",), f"{_kind('ledger')} AND {since}"):
+            part.ledger.update(filter(None, str(row.get("site_ids") or "").split(",")))
+        for tags, row, part in usable_rows(
+            ("event_ms", "seq"),
+            f"{_kind('fault')} AND time < {time_literal(as_of)}",
+            ("site_id", "facility", "type"),
+        ):
+            fkey = (tags.get("site_id", ""), tags.get("facility", ""), tags.get("type", ""))
+            part.latest[fkey] = (number(row.get("event_ms")), number(row.get("seq")))
         rolled = Rolled()
         for month in sorted(valid.keys() - torn):
             if month.start(self._tz) >= start:  # earlier months: only facility events

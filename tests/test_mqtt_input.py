@@ -165,6 +165,15 @@ def started() -> Iterator[list[MqttInput]]:
         item.stop()
 
 
+def running(url: str, collector: Collector, started: list[MqttInput]) -> MqttInput:
+    """An input started (stopped after the test) and subscribed."""
+    receiver = make_input(url, collector)
+    started.append(receiver)
+    receiver.start()
+    assert receiver.wait_connected(10)
+    return receiver
+
+
 def publish_all(port: int, payloads: list[bytes]) -> None:
     for payload in payloads:
         mosquitto_pub(port, TOPIC, payload)
@@ -175,10 +184,7 @@ def test_acked_messages_stay_acked_and_the_rest_come_again(
     mosquitto: Mosquitto, started: list[MqttInput]
 ) -> None:
     first = Collector()
-    receiver = make_input(mosquitto.url, first)
-    started.append(receiver)
-    receiver.start()
-    assert receiver.wait_connected(10)
+    receiver = running(mosquitto.url, first, started)
     payloads = [f"m{i}".encode() for i in range(6)]
     publish_all(mosquitto.port, payloads)
     wait_for(lambda: len(first.payloads()) == 6)
@@ -190,10 +196,7 @@ def test_acked_messages_stay_acked_and_the_rest_come_again(
     assert all(item.stale() for item in first.inbounds)
 
     again = Collector()
-    second = make_input(mosquitto.url, again)
-    started.append(second)
-    second.start()
-    assert second.wait_connected(10)
+    running(mosquitto.url, again, started)
     wait_for(lambda: len(again.payloads()) >= 2)
     time.sleep(0.5)
     assert again.payloads() == payloads[4:]
@@ -204,10 +207,7 @@ def test_a_lost_connections_messages_turn_stale_and_come_again(
     mosquitto: Mosquitto, started: list[MqttInput]
 ) -> None:
     collector = Collector()
-    receiver = make_input(mosquitto.url, collector)
-    started.append(receiver)
-    receiver.start()
-    assert receiver.wait_connected(10)
+    receiver = running(mosquitto.url, collector, started)
     publish_all(mosquitto.port, [b"a", b"b"])
     wait_for(lambda: len(collector.payloads()) == 2)
     old = list(collector.inbounds)
@@ -226,10 +226,7 @@ def test_a_lost_connections_messages_turn_stale_and_come_again(
     receiver.stop()
 
     after = Collector()
-    check = make_input(mosquitto.url, after)
-    started.append(check)
-    check.start()
-    assert check.wait_connected(10)
+    running(mosquitto.url, after, started)
     time.sleep(1.0)
     assert after.payloads() == []  # the redelivered copies were acked
 
@@ -348,10 +345,7 @@ def test_a_broker_that_stops_answering_is_noticed_and_rejoined(
     monkeypatch.setattr(mqtt_input, "KEEPALIVE_S", 2)
     monkeypatch.setattr(mqtt_input, "CONNECT_TIMEOUT_S", 2.0)
     collector = Collector()
-    receiver = make_input(mosquitto.url, collector)
-    started.append(receiver)
-    receiver.start()
-    assert receiver.wait_connected(10)
+    receiver = running(mosquitto.url, collector, started)
     assert mosquitto.process is not None
     mosquitto.process.send_signal(signal.SIGSTOP)
     try:
