@@ -51,9 +51,19 @@ def ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+ISSUE_MESSAGES, ISSUE_DEVICES = 100_000, 1_000
+"""The issue's throughput workload. A shorter run (``--quick``: 10,000 messages, well
+under a second) is dominated by ingest's batch interval and the 0.2 s count polling, so
+its ratios are not judged against the targets."""
+
+
 def targets(result: dict[str, Any]) -> dict[str, bool | None]:
     """Issue #6's targets; None where this invocation did not measure the figure."""
-    r = result.get("ratios", {})
+    config = result.get("config", {})
+    issue_workload = (
+        config.get("messages", 0) >= ISSUE_MESSAGES and config.get("devices", 0) >= ISSUE_DEVICES
+    )
+    r = result.get("ratios", {}) if issue_workload else {}
     ingest = result.get("throughput", {}).get("ingest")
     latency = result.get("latency")
     backlog = result.get("backlog")
@@ -141,6 +151,14 @@ def table(result: dict[str, Any], console: Console) -> None:
                 )
     if result.get("ratios"):
         console.print("ratios: " + ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))
+    config = result.get("config", {})
+    if result.get("ratios") and (
+        config.get("messages", 0) < ISSUE_MESSAGES or config.get("devices", 0) < ISSUE_DEVICES
+    ):
+        console.print(
+            f"  (throughput targets are judged on the issue's workload, ≥ {ISSUE_MESSAGES:,} "
+            f"messages from ≥ {ISSUE_DEVICES:,} devices; this run is shorter)"
+        )
     for name, met in result.get("targets", {}).items():
         mark = "–" if met is None else ("[green]met[/]" if met else "[red]NOT met[/]")
         console.print(f"  target {name}: {mark}")

@@ -15,6 +15,7 @@ from bench.__main__ import main
 from bench.latency import latencies, percentile
 from bench.mqttraw import chunks, publish_packet
 from bench.profile import classify
+from bench.report import targets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,3 +84,15 @@ def test_bench_produces_every_figure(tmp_path: Path) -> None:
     }
     assert set(result["targets"]) and all(v is None or isinstance(v, bool)
                                           for v in result["targets"].values())
+
+
+def test_throughput_targets_are_judged_on_the_issues_workload_only() -> None:
+    ratios = {"ingest/baseline": 1.0, "ingest/ceiling": 0.4}
+    throughput = {"ingest": {"lost_max": 0, "redelivered_max": 0}}
+    full = {"config": {"messages": 100_000, "devices": 1_000}, "ratios": ratios,
+            "throughput": throughput}
+    quick = {**full, "config": {"messages": 10_000, "devices": 100}}
+    assert targets(full)["end_to_end >= 1.5x baseline"] is False
+    assert targets(full)["end_to_end >= 60% of ceiling"] is False
+    assert targets(quick)["end_to_end >= 1.5x baseline"] is None
+    assert targets(quick)["zero lost"] is True
