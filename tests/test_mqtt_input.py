@@ -9,6 +9,7 @@ until the broker is there. TLS and passwords: ``tests/test_broker_config.py``.
 
 from __future__ import annotations
 
+import os
 import signal
 import struct
 import threading
@@ -355,3 +356,22 @@ def test_a_broker_that_stops_answering_is_noticed_and_rejoined(
     assert receiver.wait_connected(30)
     mosquitto_pub(mosquitto.port, TOPIC, b"after the hang")
     wait_for(lambda: collector.payloads() == [b"after the hang"])
+
+
+@pytest.mark.integration
+def test_stop_and_start_again_keep_no_descriptor(
+    mosquitto: Mosquitto, started: list[MqttInput]
+) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    collector = Collector()
+    receiver = make_input(mosquitto.url, collector)
+    for _ in range(3):
+        receiver.start()
+        assert receiver.wait_connected(10)
+        receiver.stop()
+    assert len(os.listdir("/proc/self/fd")) == before
+    started.append(receiver)
+    receiver.start()  # and it still works
+    assert receiver.wait_connected(10)
+    mosquitto_pub(mosquitto.port, TOPIC, b"again")
+    wait_for(lambda: collector.payloads() == [b"again"])

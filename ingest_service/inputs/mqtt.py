@@ -138,9 +138,7 @@ class MqttInput:
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r = self._wake_w = -1
         self._connection: Connection | None = None
         self._topics: dict[bytes, str] = {}
 
@@ -153,6 +151,10 @@ class MqttInput:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
+        if self._wake_r < 0:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(target=self._run, name="mqtt-input", daemon=True)
         self._thread.start()
 
@@ -166,10 +168,19 @@ class MqttInput:
         self._wake()
         if self._thread is not None:
             self._thread.join(CONNECT_TIMEOUT_S + 5)
+            if self._thread.is_alive():
+                log.warning("the MQTT input thread did not stop in time")
+                return  # it still holds the wake-up pipe
             self._thread = None
         self._connected.clear()
+        if self._wake_r >= 0:  # every connection is closed now: nothing wakes us any more
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return
         with contextlib.suppress(OSError):  # a full pipe: the thread is being woken anyway
             os.write(self._wake_w, b"w")
 
