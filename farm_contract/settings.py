@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     mqtt_ca_file: Path | None = None
     mqtt_share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
     """Set on every ingest worker to share one subscription (MQTT v5 ``$share/group/…``)."""
-    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, le=2**32 - 1)
     receive_maximum: int = Field(default=20000, ge=1, le=65535)
     """MQTT v5 receive maximum: how many unacknowledged messages the broker may send us."""
     batch_size: int = Field(default=5000, ge=1)

@@ -375,3 +375,27 @@ def test_stop_and_start_again_keep_no_descriptor(
     assert receiver.wait_connected(10)
     mosquitto_pub(mosquitto.port, TOPIC, b"again")
     wait_for(lambda: collector.payloads() == [b"again"])
+
+
+@pytest.mark.integration
+def test_a_failure_downstream_reconnects_and_the_message_comes_again(
+    mosquitto: Mosquitto, started: list[MqttInput]
+) -> None:
+    """A bug after a read must not end the input silently: it reconnects, nothing is lost."""
+    collector = Collector()
+    failures = []
+
+    def deliver(batch: list[Inbound]) -> None:
+        if not failures:
+            failures.append(batch)
+            raise RuntimeError("a bug downstream")
+        collector.deliver(batch)
+
+    settings = Settings(mqtt_url=mosquitto.url, mqtt_client_id="t-failing")
+    receiver = MqttInput(settings, deliver, collector.changed)
+    started.append(receiver)
+    receiver.start()
+    assert receiver.wait_connected(10)
+    mosquitto_pub(mosquitto.port, TOPIC, b"survives")
+    wait_for(lambda: collector.payloads() == [b"survives"])
+    assert len(failures) == 1 and failures[0][0].stale()

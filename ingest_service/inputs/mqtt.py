@@ -37,6 +37,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -215,6 +216,9 @@ class MqttInput:
             except (OSError, wire.ProtocolError) as exc:
                 if not self._stop.is_set():
                     log.warning("disconnected from MQTT broker: %s", exc)
+            except Exception:  # a bug must not end the input silently: reconnect, redelivered
+                log.exception("MQTT input failed; reconnecting")
+                self._pause(1.0)
             finally:
                 self._connected.clear()
                 connection.close()
@@ -255,8 +259,8 @@ class MqttInput:
             if kind != wire.CONNACK:
                 raise wire.ProtocolError(f"expected CONNACK, got packet type {kind}")
             connack = wire.parse_connack(body)
-        except (OSError, wire.ProtocolError) as exc:
-            sock.close()
+        except (OSError, wire.ProtocolError, ValueError, IndexError, struct.error) as exc:
+            sock.close()  # ValueError, struct.error: a client id or password too long for MQTT
             log.warning("MQTT connection failed: %s", exc)
             raise ConnectFailed(str(exc)) from None
         if connack.reason >= 0x80:
