@@ -259,11 +259,10 @@ def _from_epoch_ms(epoch_ms: object) -> datetime:
 
 
 def _run_query(engine: IndicatorEngine, q: str) -> list[Series]:
+    """:meth:`IndicatorEngine.query` (no database yet: no data), InfluxDB errors as a 503."""
     try:
         return engine.query(q)
     except QueryError as exc:
-        if "database not found" in str(exc):
-            return []
         raise _influx_unavailable(exc) from None
 
 

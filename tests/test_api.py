@@ -243,6 +243,14 @@ def test_injection_attempts_are_404_and_harmless(
 
 
 @pytest.mark.integration
+def test_a_database_not_written_yet_has_no_rejections(make_client: Factory) -> None:
+    fresh = make_client(influx_db="nothing_written_yet")
+    response = fresh.get("/api/v1/rejections")
+    assert response.status_code == 200
+    assert response.json()["rejections"] == []
+
+
+@pytest.mark.integration
 def test_influx_down_is_503(make_client: Factory) -> None:
     down = make_client(influx_url=_closed_url())
     response = down.get("/api/v1/indicators", params={"year": 2025})
