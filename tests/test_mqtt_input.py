@@ -399,3 +399,29 @@ def test_a_failure_downstream_reconnects_and_the_message_comes_again(
     mosquitto_pub(mosquitto.port, TOPIC, b"survives")
     wait_for(lambda: collector.payloads() == [b"survives"])
     assert len(failures) == 1 and failures[0][0].stale()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_long_pause_keeps_the_connection(
+    mosquitto: Mosquitto, started: list[MqttInput], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paused (InfluxDB down, the pipeline full), the input still pings, so the broker keeps
+    the connection: otherwise every keepalive × 1.5 would cost a reconnect and a redelivery
+    of the whole receive maximum."""
+    monkeypatch.setattr(mqtt_input, "KEEPALIVE_S", 2)
+    collector = Collector()
+    full = [False]
+    settings = Settings(mqtt_url=mosquitto.url, mqtt_client_id="t-long-pause")
+    receiver = MqttInput(
+        settings, collector.deliver, collector.changed, held=lambda: 10**9 if full[0] else 0
+    )
+    started.append(receiver)
+    receiver.start()
+    assert receiver.wait_connected(10)
+    full[0] = True
+    time.sleep(8)  # four keepalive periods without reading
+    full[0] = False
+    mosquitto_pub(mosquitto.port, TOPIC, b"still here")
+    wait_for(lambda: collector.payloads() == [b"still here"])
+    assert collector.changes == 1, "the connection was lost while paused"

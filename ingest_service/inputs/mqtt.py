@@ -348,7 +348,9 @@ class MqttInput:
             now = time.monotonic()
             if ping_out and now - last_heard > keepalive:
                 raise TimeoutError(f"no answer from the broker for {keepalive} s")
-            if not ping_out and now - last_sent >= keepalive / 2:
+            # While paused, PINGRESPs wait unread in the socket: ping on regardless, or the
+            # broker would drop us after 1.5 keepalives without a packet.
+            if (paused or not ping_out) and now - last_sent >= keepalive / 2:
                 sock.sendall(wire.PINGREQ_PACKET)
                 last_sent = now
                 ping_out = True
