@@ -32,8 +32,9 @@ from farm_contract.indicators import IndicatorId, IndicatorValue
 from farm_contract.payloads import EventType
 from farm_contract.registry import Registry
 from farm_contract.settings import Settings
+from ingest_service.aggregates import number, types_clause
 from ingest_service.indicators import IndicatorEngine, time_literal, year_window
-from ingest_service.outputs.influx import quote_ident, quote_literal
+from ingest_service.outputs.influx import quote_ident
 
 INDICATOR_LABELS: dict[IndicatorId, tuple[str, str, str]] = {
     IndicatorId.MANURE_FACILITY_RATE: ("粪污处理设施装备配套率", "Manure facility rate", "farms"),
@@ -98,18 +99,13 @@ class Report:
                    if e.type == event_type and (county is None or e.county == county))
 
 
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
 def ledger_query(start: datetime, as_of: datetime) -> str:
     """One InfluxQL aggregation for every ledger: sums per county, site, type, use and crop."""
-    types = " OR ".join(f"{quote_ident('type')} = {quote_literal(t)}" for t in LEDGER_TYPES)
     return (
         f"SELECT sum({quote_ident('mass_t')}) AS {quote_ident('mass_t')}, "
         f"sum({quote_ident('grain_t')}) AS {quote_ident('grain_t')}, "
         f"count({quote_ident('seq')}) AS {quote_ident('entries')} "
-        f"FROM {quote_ident(schema.EVENT)} WHERE ({types}) "
+        f"FROM {quote_ident(schema.EVENT)} WHERE {types_clause(LEDGER_TYPES)} "
         f"AND time >= {time_literal(start)} AND time < {time_literal(as_of)} "
         f"GROUP BY {quote_ident('county')}, {quote_ident('site_id')}, {quote_ident('type')}, "
         f"{quote_ident('use')}, {quote_ident('crop')}"
@@ -156,8 +152,8 @@ def _ledger(engine: IndicatorEngine, registry: Registry, settings: Settings, sta
         out.append(LedgerEntry(
             county=county, site_id=site_id, site_name=site.name if site else "",
             type=kind, item=tags.get("use") or crop,
-            mass_t=_number(row.get("mass_t")), grain_t=_number(row.get("grain_t")),
-            entries=int(_number(row.get("entries"))),
+            mass_t=number(row.get("mass_t")), grain_t=number(row.get("grain_t")),
+            entries=int(number(row.get("entries"))),
             straw_ratio=ratios.get(crop, ratios["other"]) if kind == EventType.HARVEST else None,
         ))
     out.sort(key=lambda e: (e.county, e.site_id, e.type, e.item))
