@@ -25,8 +25,8 @@ from pydantic import (
 from edge.drivers.base import Driver
 from edge.outbox import FullPolicy
 from farm_contract.catalog import CATALOG, SiteType
+from farm_contract.mqtt_url import parse_mqtt_url
 from farm_contract.payloads import MAX_BATCH
-from farm_contract.settings import parse_mqtt_url
 from farm_contract.topics import ID_PATTERN
 
 

@@ -39,8 +39,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.outbox import Outbox, Record
 from farm_contract import payloads
+from farm_contract.mqtt_url import parse_mqtt_url
 from farm_contract.payloads import MAX_BATCH, MAX_PAYLOAD_BYTES, DeviceState, EventType
-from farm_contract.settings import parse_mqtt_url
 from farm_contract.topics import QOS, MessageKind, device_topic
 
 log = logging.getLogger(__name__)

@@ -6,44 +6,15 @@ are tuning knobs with defaults that suit one small machine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm_contract.indicators import DEFAULT_STRAW_RATIOS
-
-
-@dataclass(frozen=True, slots=True)
-class MqttEndpoint:
-    """``FARM_MQTT_URL`` taken apart."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None
-
-
-def parse_mqtt_url(url: str) -> MqttEndpoint:
-    """Parse ``mqtt://[user:pass@]host:port`` or ``mqtts://…``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"MQTT URL has no host: {url!r}")
-    tls = parts.scheme == "mqtts"
-    return MqttEndpoint(
-        host=parts.hostname,
-        port=parts.port or (8883 if tls else 1883),
-        tls=tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-    )
+from farm_contract.mqtt_url import MqttEndpoint, parse_mqtt_url
 
 
 class Settings(BaseSettings):
