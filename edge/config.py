@@ -2,32 +2,32 @@
 
 A field technician edits this file by hand, so every error names the key that
 is wrong (``driver.registers.2.type: …``) and unknown keys are refused rather
-than silently ignored (a typo must not fall back to a default).
+than silently ignored (a typo must not fall back to a default). Each driver
+defines its own ``[driver]`` table next to its code (:mod:`edge.drivers.modbus`,
+:mod:`edge.drivers.simulated`); this module only assembles the file from them.
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
-from edge.drivers.base import Driver
+from edge.config_section import ConfigSection
+from edge.drivers.modbus import ModbusDriverConfig, RegisterConfig
+from edge.drivers.simulated import SimulatedDriverConfig
 from edge.outbox import FullPolicy
-from farm_contract.catalog import CATALOG, SiteType
 from farm_contract.mqtt_url import parse_mqtt_url
 from farm_contract.payloads import MAX_BATCH
 from farm_contract.topics import ID_PATTERN
+
+__all__ = [
+    "ConfigError", "DeviceConfig", "DriverConfig", "ModbusDriverConfig", "OutboxConfig",
+    "RegisterConfig", "SimulatedDriverConfig", "load_config", "parse_config",
+]
 
 
 class ConfigError(ValueError):
@@ -38,122 +38,10 @@ class ConfigError(ValueError):
         self.problems = problems
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SimulatedDriverConfig(_Strict):
-    """``[driver] kind = "simulated"``: a simulated site (demos, tests, bench)."""
-
-    kind: Literal["simulated"]
-    site_type: SiteType
-    seed: int = 0
-    area_mu: float | None = Field(default=None, gt=0)
-    large_scale: bool = True
-    metrics: list[str] | None = None
-
-    def build(self) -> Driver:
-        from edge.drivers.simulated import SimulatedDriver
-
-        return SimulatedDriver(
-            self.site_type, self.seed, area_mu=self.area_mu, large_scale=self.large_scale,
-            metrics=self.metrics,
-        )
-
-
-RegisterType = Literal[
-    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool"
-]
-_WORDS = {"int16": 1, "uint16": 1, "bool": 1, "int32": 2, "uint32": 2, "float32": 2,
-          "int64": 4, "uint64": 4, "float64": 4}
-
-
-class RegisterConfig(_Strict):
-    """``[[driver.registers]]``: where one metric lives on a Modbus device, and its scaling.
-
-    Engineering value = raw × ``scale`` + ``offset``. Coils and discrete inputs,
-    a register read as ``bool`` (non-zero) or one ``bit`` of a register give booleans.
-    """
-
-    metric: str
-    unit_id: int = Field(default=1, ge=0, le=247)
-    table: Literal["holding", "input", "coil", "discrete"] = "holding"
-    address: int = Field(ge=0, le=65535)
-    type: RegisterType = "uint16"
-    word_order: Literal["big", "little"] = "big"
-    bit: int | None = Field(default=None, ge=0, le=15)
-    scale: float = 1.0
-    offset: float = 0.0
-
-    @field_validator("metric")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in CATALOG:
-            raise ValueError(f"{value!r} is not in the metric catalog")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        is_bool = CATALOG[self.metric].is_bool
-        bits = self.table in ("coil", "discrete")
-        if bits and self.type != "bool":
-            raise ValueError(f"type: a {self.table} holds one bit; type must be \"bool\"")
-        if self.bit is not None and (bits or self.type not in ("uint16", "int16", "bool")):
-            raise ValueError("bit: picks one bit of a 16-bit register (type uint16)")
-        gives_bool = bits or self.type == "bool" or self.bit is not None
-        if is_bool != gives_bool:
-            want = "a boolean (coil, discrete, type bool or bit)" if is_bool else "a number"
-            raise ValueError(f"type: {self.metric} needs {want}")
-        return self
-
-    @property
-    def words(self) -> int:
-        return _WORDS[self.type]
-
-
-class ModbusDriverConfig(_Strict):
-    """``[driver] kind = "modbus"``: field devices on a Modbus TCP network or RS-485 bus."""
-
-    kind: Literal["modbus"]
-    site_type: SiteType
-    transport: Literal["tcp", "rtu", "rtu_over_tcp"] = "tcp"
-    host: str | None = None
-    port: int = Field(default=502, ge=1, le=65535)
-    serial_port: str | None = None
-    baudrate: int = Field(default=9600, gt=0)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    timeout_s: float = Field(default=1.0, gt=0, le=60)
-    retries: int = Field(default=1, ge=0, le=10)
-    registers: list[RegisterConfig] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _where(self) -> Self:
-        if self.transport == "rtu" and not self.serial_port:
-            raise ValueError("serial_port: transport rtu needs one (e.g. /dev/ttyUSB0)")
-        if self.transport != "rtu" and not self.host:
-            raise ValueError(f"host: transport {self.transport} needs one")
-        seen: set[str] = set()
-        for index, register in enumerate(self.registers):
-            if register.metric in seen:
-                raise ValueError(f"registers.{index}.metric: {register.metric} is mapped twice")
-            seen.add(register.metric)
-            if not CATALOG[register.metric].allowed_at(self.site_type):
-                raise ValueError(f"registers.{index}.metric: {register.metric} is not a metric of "
-                                 f"{self.site_type.value} sites")
-        return self
-
-    def build(self) -> Driver:
-        from edge.drivers.modbus import ModbusDriver
-
-        return ModbusDriver(self)
-
-
 DriverConfig = Annotated[SimulatedDriverConfig | ModbusDriverConfig, Field(discriminator="kind")]
 
 
-class OutboxConfig(_Strict):
+class OutboxConfig(ConfigSection):
     """``[outbox]``: the durable store-and-forward queue (see ``edge/outbox.py``)."""
 
     enabled: bool = True
@@ -166,7 +54,7 @@ class OutboxConfig(_Strict):
     batch_records: int = Field(default=500, ge=1, le=MAX_BATCH)
 
 
-class DeviceConfig(_Strict):
+class DeviceConfig(ConfigSection):
     """One device: who it is, where it publishes, what it reads and how often."""
 
     device_id: str = Field(pattern=ID_PATTERN)

@@ -29,3 +29,48 @@ def test_the_settings_still_offer_the_url_parser() -> None:
     assert settings.MqttEndpoint is mqtt_url.MqttEndpoint
     assert settings.Settings(mqtt_url="mqtts://u:p%40ss@h").mqtt == mqtt_url.MqttEndpoint(
         "h", 8883, True, "u", "p@ss")
+
+
+def _edge_imports() -> dict[str, set[str]]:
+    """Every import between edge's modules, at any depth (in functions, under TYPE_CHECKING)."""
+    import ast
+
+    modules = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in (ROOT / "edge").rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            found |= {t for t in targets if t in modules and t != name}
+        graph[name] = found
+    return graph
+
+
+def test_edge_modules_import_one_way() -> None:
+    """No import cycle among edge's modules: data flows config → drivers, publisher → mqtt."""
+    graph = _edge_imports()
+    assert "edge.drivers.modbus" in graph["edge.config"]  # the walk sees imports at all
+    cycles = []
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycles.append([*path[path.index(name):], name])
+            return
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, [*path, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert cycles == []

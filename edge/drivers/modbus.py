@@ -1,6 +1,7 @@
 """Modbus RTU and TCP field devices (flow meters, soil probes, level sensors) via pymodbus.
 
-The register map comes from the device config (``[[driver.registers]]``): for
+The register map comes from the device config (``[driver]`` with
+``[[driver.registers]]``, defined here as :class:`ModbusDriverConfig`): for
 each metric its unit id, table, address, data type, word order, scale and
 offset. Every metric is read on its own request: field devices often refuse a
 read that spans an unmapped gap, and a bad register must cost only its own
@@ -13,19 +14,105 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Literal, Self
 
+from pydantic import Field, field_validator, model_validator
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
+from edge.config_section import ConfigSection
 from edge.drivers.base import DriverEvent, Readings
-
-if TYPE_CHECKING:
-    from edge.config import ModbusDriverConfig, RegisterConfig
+from farm_contract.catalog import CATALOG, SiteType
 
 log = logging.getLogger(__name__)
+
+RegisterType = Literal[
+    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool"
+]
+_WORDS = {"int16": 1, "uint16": 1, "bool": 1, "int32": 2, "uint32": 2, "float32": 2,
+          "int64": 4, "uint64": 4, "float64": 4}
+
+
+class RegisterConfig(ConfigSection):
+    """``[[driver.registers]]``: where one metric lives on a Modbus device, and its scaling.
+
+    Engineering value = raw × ``scale`` + ``offset``. Coils and discrete inputs,
+    a register read as ``bool`` (non-zero) or one ``bit`` of a register give booleans.
+    """
+
+    metric: str
+    unit_id: int = Field(default=1, ge=0, le=247)
+    table: Literal["holding", "input", "coil", "discrete"] = "holding"
+    address: int = Field(ge=0, le=65535)
+    type: RegisterType = "uint16"
+    word_order: Literal["big", "little"] = "big"
+    bit: int | None = Field(default=None, ge=0, le=15)
+    scale: float = 1.0
+    offset: float = 0.0
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in CATALOG:
+            raise ValueError(f"{value!r} is not in the metric catalog")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        is_bool = CATALOG[self.metric].is_bool
+        bits = self.table in ("coil", "discrete")
+        if bits and self.type != "bool":
+            raise ValueError(f"type: a {self.table} holds one bit; type must be \"bool\"")
+        if self.bit is not None and (bits or self.type not in ("uint16", "int16", "bool")):
+            raise ValueError("bit: picks one bit of a 16-bit register (type uint16)")
+        gives_bool = bits or self.type == "bool" or self.bit is not None
+        if is_bool != gives_bool:
+            want = "a boolean (coil, discrete, type bool or bit)" if is_bool else "a number"
+            raise ValueError(f"type: {self.metric} needs {want}")
+        return self
+
+    @property
+    def words(self) -> int:
+        return _WORDS[self.type]
+
+
+class ModbusDriverConfig(ConfigSection):
+    """``[driver] kind = "modbus"``: field devices on a Modbus TCP network or RS-485 bus."""
+
+    kind: Literal["modbus"]
+    site_type: SiteType
+    transport: Literal["tcp", "rtu", "rtu_over_tcp"] = "tcp"
+    host: str | None = None
+    port: int = Field(default=502, ge=1, le=65535)
+    serial_port: str | None = None
+    baudrate: int = Field(default=9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_s: float = Field(default=1.0, gt=0, le=60)
+    retries: int = Field(default=1, ge=0, le=10)
+    registers: list[RegisterConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _where(self) -> Self:
+        if self.transport == "rtu" and not self.serial_port:
+            raise ValueError("serial_port: transport rtu needs one (e.g. /dev/ttyUSB0)")
+        if self.transport != "rtu" and not self.host:
+            raise ValueError(f"host: transport {self.transport} needs one")
+        seen: set[str] = set()
+        for index, register in enumerate(self.registers):
+            if register.metric in seen:
+                raise ValueError(f"registers.{index}.metric: {register.metric} is mapped twice")
+            seen.add(register.metric)
+            if not CATALOG[register.metric].allowed_at(self.site_type):
+                raise ValueError(f"registers.{index}.metric: {register.metric} is not a metric of "
+                                 f"{self.site_type.value} sites")
+        return self
+
+    def build(self) -> ModbusDriver:
+        return ModbusDriver(self)
 
 _DATATYPE = {
     "int16": ModbusClientMixin.DATATYPE.INT16,

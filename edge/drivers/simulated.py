@@ -15,7 +15,11 @@ import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Literal
 
+from pydantic import Field
+
+from edge.config_section import ConfigSection
 from edge.drivers.base import DriverEvent, Readings
 from farm_contract.catalog import CATALOG, SiteType, metrics_for
 from farm_contract.payloads import (
@@ -439,3 +443,20 @@ def default_schedule(
                        "facility": facility})
     events.sort(key=lambda e: e["ts"])
     return events
+
+
+class SimulatedDriverConfig(ConfigSection):
+    """``[driver] kind = "simulated"``: a simulated site (demos, tests, bench)."""
+
+    kind: Literal["simulated"]
+    site_type: SiteType
+    seed: int = 0
+    area_mu: float | None = Field(default=None, gt=0)
+    large_scale: bool = True
+    metrics: list[str] | None = None
+
+    def build(self) -> SimulatedDriver:
+        return SimulatedDriver(
+            self.site_type, self.seed, area_mu=self.area_mu, large_scale=self.large_scale,
+            metrics=self.metrics,
+        )
