@@ -49,11 +49,14 @@ HUGE = 1e308
 Factory = Callable[..., TestClient]
 
 
-def _event(site: str, county: str, kind: str, seq: int, mass: float) -> Point:
+APRIL_2025, APRIL_2023 = 1_743_472_800_000_000_000, 1_680_314_400_000_000_000
+
+
+def _event(site: str, county: str, kind: str, seq: int, mass: float,
+           when_ns: int = APRIL_2025) -> Point:
     tags = {"site_id": site, "device_id": f"{site}-dev", "site_type": "drip",
             "county": county, "type": kind}
-    return Point("event", tags, {"mass_t": mass, "seq": seq},
-                 1_743_472_800_000_000_000 + seq)  # 2025-04-01
+    return Point("event", tags, {"mass_t": mass, "seq": seq}, when_ns + seq)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,9 @@ def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
     make_writer(Settings(influx_url=server.url, influx_api="v1")).write(encode([
         _event("d1", PC, "film_applied", 1, HUGE),
         _event("d2", YZ, "film_applied", 2, HUGE),
+        # 2023: one county's sum overflows inside InfluxDB, whose JSON answer breaks off
+        _event("d1", PC, "film_applied", 3, HUGE, APRIL_2023),
+        _event("d1", PC, "film_applied", 4, HUGE, APRIL_2023),
     ]))
     yield server
     server.stop()
@@ -264,6 +270,22 @@ def test_a_sum_too_large_to_report_is_502_not_500(make_client: Factory) -> None:
         response = client.get(path, params=params)
         assert response.status_code == 502, (path, params, response.text)
         assert "film_recovery_rate of the city is inf" in response.json()["detail"]
+
+
+@pytest.mark.integration
+def test_a_sum_that_overflows_inside_influxdb_is_503_not_500(make_client: Factory) -> None:
+    """Needs the query layer's QueryError for a malformed answer (issue 10, finding 2)."""
+    client = make_client()
+    for path, params in (
+        ("/api/v1/indicators", {"year": "2023"}),
+        ("/api/v1/indicators", {"year": "2023", "county": PC, "format": "csv"}),
+        ("/api/v1/report", {"year": "2023", "format": "csv"}),
+    ):
+        response = client.get(path, params=params)
+        assert response.status_code == 503, (path, params, response.text)
+        assert response.json()["detail"].startswith("InfluxDB query failed")
+    assert client.get("/api/v1/indicators", params={"year": "2023", "county": YZ}).status_code \
+        == 200
 
 
 @pytest.mark.integration
