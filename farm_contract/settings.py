@@ -7,11 +7,11 @@ are tuning knobs with defaults that suit one small machine.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from farm_contract.indicators import DEFAULT_STRAW_RATIOS
 from farm_contract.mqtt_url import MqttEndpoint, parse_mqtt_url
@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     # the project's own
     api_token: SecretStr | None = None
     """Bearer token for API calls that change state; required to listen beyond loopback."""
+    api_open_reads: bool = False
+    """With a token set, let reads answer without it; allowed on a loopback API only."""
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Host names the API answers to besides loopback's and ``api_host`` (comma-separated;
+    ``*`` any): a Host check, so DNS rebinding cannot reach a loopback API."""
     timezone: str = "Asia/Shanghai"
     """Calendar years of the indicators are counted in this zone (Datong's)."""
     mqtt_client_id: str = "farm-ingest"
@@ -84,6 +89,13 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("InfluxDB URL must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("api_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip() for host in value.split(",") if host.strip()]
+        return value
 
     @field_validator("timezone")
     @classmethod

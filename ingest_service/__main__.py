@@ -37,7 +37,8 @@ def _settings() -> Settings:
 def run(settings: Settings) -> int:
     import uvicorn
 
-    from ingest_service.api import check_listen_allowed, create_app
+    from ingest_service.api import create_app
+    from ingest_service.api_security import check_listen_allowed
     from ingest_service.service import IngestService
 
     try:

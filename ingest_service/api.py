@@ -1,17 +1,15 @@
 """The HTTP API (contract §7): health, the plan's indicators, rejections, stats, registry.
 
-Reads are open (the API listens on loopback unless a token is set); anything that
-changes state needs ``Authorization: Bearer $FARM_API_TOKEN``, and with no token
-configured such calls are refused outright.
+Who may call what is :mod:`ingest_service.api_security`: reads are open only on a
+loopback API (with no token, or ``FARM_API_OPEN_READS``), anything that changes state
+needs ``Authorization: Bearer $FARM_API_TOKEN``, and requests must name a trusted
+host. No query answer becomes a 500: an InfluxDB failure is a 503, a bad parameter a
+422. ``/docs`` serves Swagger UI from the package (``fastapi-offline``): no CDN.
 """
 
 from __future__ import annotations
 
-import csv
 import email.policy
-import io
-import ipaddress
-import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.parser import BytesParser
@@ -20,18 +18,21 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError
+from fastapi_offline import FastAPIOffline
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, ValidationError
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from farm_contract import CONTRACT_VERSION, schema
 from farm_contract.indicators import IndicatorValue
 from farm_contract.registry import Device, Registry, RegistryError, Site
-from farm_contract.settings import Settings
+from ingest_service.api_errors import ensure_finite, influx_time, install_error_answers
 from ingest_service.api_report import report_router
+from ingest_service.api_security import BearerCheck, allowed_hosts
 from ingest_service.indicators import IndicatorEngine, UnknownCountyError, time_literal
 from ingest_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ingest_service.metrics import metrics_registry, render
-from ingest_service.outputs.influx import QueryError, Series, quote_ident, quote_literal
+from ingest_service.outputs.influx import quote_ident, quote_literal
+from ingest_service.spreadsheet import csv_text
 from ingest_service.state import ServiceState
 
 MIN_YEAR, MAX_YEAR = 2000, 2100
@@ -49,37 +50,6 @@ the city's plan (同政发〔2022〕30号, section 七).
 * **Registry**: the sites and devices; importing a new registry needs the bearer
   token `FARM_API_TOKEN`.
 """
-
-
-class UnsafeListenError(ValueError):
-    """The API was asked to listen beyond loopback without a token."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names only this machine (``localhost``, 127.0.0.0/8 or ::1)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def configured_token(settings: Settings) -> str | None:
-    """The API token, or None when unset or blank."""
-    if settings.api_token is None:
-        return None
-    token = settings.api_token.get_secret_value()
-    return token if token.strip() else None
-
-
-def check_listen_allowed(settings: Settings) -> None:
-    """Refuse to serve beyond loopback without ``FARM_API_TOKEN`` (contract §7)."""
-    if not is_loopback(settings.api_host) and configured_token(settings) is None:
-        raise UnsafeListenError(
-            f"refusing to listen on {settings.api_host!r}: the API may listen beyond loopback "
-            "only with a token. Set FARM_API_TOKEN, or FARM_API_HOST=127.0.0.1."
-        )
 
 
 # --- response models ---------------------------------------------------------------
@@ -138,23 +108,13 @@ class RegistryImported(BaseModel):
 # --- helpers -------------------------------------------------------------------------
 
 
-def _csv_cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def indicators_csv(values: Iterable[IndicatorValue]) -> str:
     """Indicator rows as CSV with a header row; a null value or city county is empty."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(INDICATOR_COLUMNS)
-    for item in values:
-        row = item.model_dump(mode="json")
-        writer.writerow([_csv_cell(row[column]) for column in INDICATOR_COLUMNS])
-    return buffer.getvalue()
+    return csv_text(
+        INDICATOR_COLUMNS,
+        ([item.model_dump(mode="json")[column] for column in INDICATOR_COLUMNS]
+         for item in values),
+    )
 
 
 def _quality(part: str) -> float:
@@ -243,14 +203,6 @@ async def _read_upload(request: Request) -> tuple[str, str]:
     return upload.sites_csv, upload.devices_csv
 
 
-def _influx_unavailable(exc: QueryError) -> HTTPException:
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        f"InfluxDB query failed: {exc}",
-        headers={"Retry-After": "10"},
-    )
-
-
 def _from_epoch_ms(epoch_ms: object) -> datetime:
     """A row's time (the query asks for epoch milliseconds) as an aware UTC datetime."""
     if not isinstance(epoch_ms, int | float):
@@ -258,27 +210,15 @@ def _from_epoch_ms(epoch_ms: object) -> datetime:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC)
 
 
-def _run_query(engine: IndicatorEngine, q: str) -> list[Series]:
-    """:meth:`IndicatorEngine.query` (no database yet: no data), InfluxDB errors as a 503."""
-    try:
-        return engine.query(q)
-    except QueryError as exc:
-        raise _influx_unavailable(exc) from None
-
-
 # --- the app -------------------------------------------------------------------------
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="FARM_API_TOKEN",
-    description="The token set in FARM_API_TOKEN; needed for calls that change state.",
-)
-"""Module level so FastAPI can resolve the (postponed) annotation that uses it."""
+Since = Annotated[AwareDatetime, AfterValidator(influx_time)]
+"""An RFC 3339 time with offset that InfluxDB can hold (else 422, never an overflow)."""
 
 
 def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
     """The FastAPI app over the running service's state and indicator engine."""
-    app = FastAPI(
+    app = FastAPIOffline(
         title="farm-iot-collector",
         summary="Datong farm field data and green-agriculture indicators",
         description=_DESCRIPTION,
@@ -291,29 +231,10 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
         ],
     )
 
-    def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
-        """Allow state changes only with the configured token (compared in constant time)."""
-        token = configured_token(state.settings)
-        if token is None:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                "state-changing calls are disabled: set FARM_API_TOKEN and send it as "
-                "'Authorization: Bearer <token>'",
-            )
-        if credentials is None:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "missing 'Authorization: Bearer <token>' header",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "invalid token",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
+    reads = Depends(BearerCheck(lambda: state.settings, reads=True))
+    writes = Depends(BearerCheck(lambda: state.settings, reads=False))
+    install_error_answers(app)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(state.settings))
 
     prometheus = metrics_registry(state)
 
@@ -323,6 +244,7 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
         summary="Prometheus metrics",
         response_class=Response,
         responses={200: {"content": {METRICS_CONTENT_TYPE: {}}}},
+        dependencies=[reads],
     )
     def metrics() -> Response:
         """Messages received, stored, rejected by reason, batch timing, write errors, backlog."""
@@ -365,6 +287,7 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
             "`Accept: text/csv`; `bom=true` adds a byte-order mark for Excel."
         ),
         response_model=list[IndicatorValue],
+        dependencies=[reads],
         responses={
             200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
             404: {"model": UnknownCounty, "description": "no such county in the registry"},
@@ -406,8 +329,7 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
                 UnknownCounty(detail=str(exc), known_counties=exc.known).model_dump(),
                 status_code=status.HTTP_404_NOT_FOUND,
             )
-        except QueryError as exc:
-            raise _influx_unavailable(exc) from None
+        ensure_finite(rows)
         as_csv = output_format == "csv" or (
             output_format is None and wants_csv(request.headers.get("accept"))
         )
@@ -429,12 +351,13 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
             "`rejection` measurement, with counts by reason since `since` (all reasons)."
         ),
         response_model=Rejections,
+        dependencies=[reads],
         responses={503: {"model": ErrorMessage, "description": "InfluxDB unreachable"}},
     )
     def rejections(
         reason: Annotated[str | None, Query(max_length=200, description="only this reason")] = None,
         since: Annotated[
-            AwareDatetime | None,
+            Since | None,
             Query(
                 description="RFC 3339 time with offset, e.g. 2026-05-01T00:00:00+08:00",
             ),
@@ -447,16 +370,14 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
         if reason is not None:
             conditions.append(f"{quote_ident('reason')} = {quote_literal(reason)}")
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        recent = _run_query(
-            engine,
+        recent = engine.query(
             (
                 f"SELECT {quote_ident('reason')}, {quote_ident('topic')}, {quote_ident('detail')}, "
                 f"{quote_ident('payload')} FROM {table}{where} ORDER BY time DESC LIMIT {limit}"
             ),
         )
         count_where = f" WHERE {time_clause}" if time_clause else ""
-        counted = _run_query(
-            engine,
+        counted = engine.query(
             (
                 f"SELECT count({quote_ident('detail')}) FROM {table}{count_where} "
                 f"GROUP BY {quote_ident('reason')}"
@@ -485,6 +406,7 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
         tags=["operations"],
         summary="Ingest counters since start",
         response_model=dict[str, Any],
+        dependencies=[reads],
     )
     def stats() -> dict[str, Any]:
         return dict(state.stats.snapshot())
@@ -494,6 +416,7 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
         tags=["registry"],
         summary="All sites",
         response_model=list[Site],
+        dependencies=[reads],
     )
     def registry_sites() -> list[Site]:
         return list(state.registry.get().sites.values())
@@ -503,6 +426,7 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
         tags=["registry"],
         summary="All devices",
         response_model=list[Device],
+        dependencies=[reads],
     )
     def registry_devices() -> list[Device]:
         return list(state.registry.get().devices.values())
@@ -518,7 +442,7 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
             "valid; otherwise 422 lists every problem with its file, row and column."
         ),
         response_model=RegistryImported,
-        dependencies=[Depends(require_token)],
+        dependencies=[writes],
         responses={
             401: {"model": ErrorMessage},
             403: {"model": ErrorMessage},
@@ -570,6 +494,6 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
 
     from ingest_service.api_admin import admin_router  # here: it imports this module
 
-    app.include_router(admin_router(state))
-    app.include_router(report_router(state, engine))
+    app.include_router(admin_router(state), dependencies=[writes])
+    app.include_router(report_router(state, engine), dependencies=[reads])
     return app

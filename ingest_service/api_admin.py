@@ -2,23 +2,20 @@
 
 A router of its own, included by :func:`ingest_service.api.create_app`, so the
 API module stays the readers' and this one holds what hands out credentials.
-Every call needs ``Authorization: Bearer $FARM_API_TOKEN``.
+Every call needs ``Authorization: Bearer $FARM_API_TOKEN``: ``create_app`` includes
+the router with the write check of :mod:`ingest_service.api_security`.
 """
 
 from __future__ import annotations
 
-import secrets
 import threading
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
 from farm_contract.topics import ID_PATTERN
-from ingest_service.api import _bearer, configured_token
 from ingest_service.provision import Provisioned, ProvisionError, make_device, provision
 from ingest_service.state import ServiceState
 
@@ -54,23 +51,6 @@ def admin_router(state: ServiceState) -> APIRouter:
     router = APIRouter(tags=["registry"])
     lock = threading.Lock()  # one read-modify-write of the registry at a time
 
-    def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
-        token = configured_token(state.settings)
-        if token is None:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN, "state-changing calls are disabled: set FARM_API_TOKEN"
-            )
-        if credentials is None or not secrets.compare_digest(
-            credentials.credentials.encode(), token.encode()
-        ):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "missing or invalid 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
     def run(body: DeviceRequest) -> Provisioned:
         settings = state.settings
         if settings.broker_passwd_file is None:
@@ -100,7 +80,6 @@ def admin_router(state: ServiceState) -> APIRouter:
         ),
         response_model=DeviceCredentials,
         status_code=status.HTTP_201_CREATED,
-        dependencies=[Depends(require_token)],
         responses={
             200: {"model": DeviceCredentials, "description": "an existing device was updated"},
             422: {"model": ProvisionProblems, "description": "the device does not fit"},

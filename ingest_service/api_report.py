@@ -2,7 +2,8 @@
 
 The same report as ``python -m ingest_service report``: indicators from the engine
 (the numbers of ``GET /api/v1/indicators``) and the ledgers beneath them. A read,
-so open like the other reads. The file name goes in ``Content-Disposition`` twice —
+under the read rule of :mod:`ingest_service.api_security`; InfluxDB failures are the
+503 of :mod:`ingest_service.api_errors`. The file name goes in ``Content-Disposition`` twice —
 an ASCII ``filename`` for old clients and an RFC 5987 ``filename*`` in UTF-8.
 """
 
@@ -12,12 +13,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from ingest_service.api_errors import ensure_finite
 from ingest_service.indicators import IndicatorEngine
-from ingest_service.outputs.influx import QueryError
 from ingest_service.report import Report, build_report, ledger_csv, summary_csv
 from ingest_service.report_excel import workbook_bytes
 from ingest_service.state import ServiceState
@@ -57,6 +58,7 @@ def report_router(state: ServiceState, engine: IndicatorEngine) -> APIRouter:
         response_class=Response,
         responses={
             200: {"content": {XLSX_MEDIA_TYPE: {}, "text/csv": {}}},
+            502: {"description": "InfluxDB returned numbers that cannot be reported"},
             503: {"description": "InfluxDB unreachable"},
         },
     )
@@ -68,12 +70,9 @@ def report_router(state: ServiceState, engine: IndicatorEngine) -> APIRouter:
     ) -> Response:
         settings = state.settings
         chosen = year if year is not None else datetime.now(settings.tz).year
-        try:
-            built = await run_in_threadpool(
-                build_report, engine, state.registry.get, settings, chosen)
-        except QueryError as exc:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                                f"InfluxDB unavailable: {exc}") from None
+        built = await run_in_threadpool(
+            build_report, engine, state.registry.get, settings, chosen)
+        ensure_finite(built.indicators)
         body, media_type, extension = _render(built, output_format)
         suffix = "-ledger" if output_format == "ledger-csv" else ""
         ascii_name = f"datong-farm-report-{chosen}{suffix}.{extension}"

@@ -15,15 +15,13 @@ the same year window (calendar year in ``FARM_TIMEZONE``, as of its end or now):
 Masses are attributed by the event's ``county`` tag, exactly as the engine does,
 so each county's ledger adds up to its indicator's numerator and denominator.
 :mod:`ingest_service.report_excel` lays this out as a workbook; :func:`summary_csv`
-and :func:`ledger_csv` as CSV.
+and :func:`ledger_csv` as CSV, text cells defused (:mod:`ingest_service.spreadsheet`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,6 +33,7 @@ from farm_contract.settings import Settings
 from ingest_service.aggregates import number, types_clause
 from ingest_service.indicators import IndicatorEngine, time_literal, year_window
 from ingest_service.outputs.influx import quote_ident
+from ingest_service.spreadsheet import csv_text
 
 INDICATOR_LABELS: dict[IndicatorId, tuple[str, str, str]] = {
     IndicatorId.MANURE_FACILITY_RATE: ("粪污处理设施装备配套率", "Manure facility rate", "farms"),
@@ -160,22 +159,6 @@ def _ledger(engine: IndicatorEngine, registry: Registry, settings: Settings, sta
     return out
 
 
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _csv(header: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(header)
-    writer.writerows([_cell(v) for v in row] for row in rows)
-    return buffer.getvalue()
-
-
 def summary_csv(report: Report) -> str:
     """The indicators as the API's CSV has them, plus the Chinese indicator name."""
     rows = []
@@ -184,12 +167,12 @@ def summary_csv(report: Report) -> str:
         rows.append([data["indicator"], INDICATOR_LABELS[item.indicator][0], data["scope"],
                      data["county"], data["year"], data["value"], data["numerator"],
                      data["denominator"], data["target"], data["met"]])
-    return _csv(SUMMARY_COLUMNS, rows)
+    return csv_text(SUMMARY_COLUMNS, rows)
 
 
 def ledger_csv(report: Report) -> str:
     """Every ledger entry, one row per site, type and use/crop."""
-    return _csv(LEDGER_COLUMNS, (
+    return csv_text(LEDGER_COLUMNS, (
         [e.county, e.site_id, e.site_name, str(e.type), e.item, e.mass_t, e.grain_t,
          e.straw_ratio, e.entries] for e in report.ledger))
 

@@ -7,7 +7,8 @@ denominator, value, target, met — the API's numbers), 农膜 Film, 秸秆 Stra
 
 Cells hold numbers, not formulas, so any reader — openpyxl, LibreOffice, a
 script — sees the same values without recalculating; percentages are numbers
-with a percent format. The summary sheet fits one landscape A4 page.
+with a percent format. Text (site and county names from the registry) is typed
+as a string, never a formula, whatever it starts with. The summary sheet fits one landscape A4 page.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from openpyxl import Workbook
+from openpyxl.cell.cell import Cell
 from openpyxl.chart import BarChart, LineChart, Reference
 from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
 from openpyxl.utils import get_column_letter
@@ -33,6 +35,7 @@ from ingest_service.report import (
     ledger_csv,
     summary_csv,
 )
+from ingest_service.spreadsheet import excel_text
 
 TITLE_FONT = Font(size=15, bold=True, color="1F3864")
 HEADER_FONT = Font(bold=True, color="FFFFFF")
@@ -53,9 +56,19 @@ USE_ZH = {"fertilizer": "肥料化", "feed": "饲料化", "fuel": "燃料化", "
 SHEETS = ("汇总 Summary", "农膜 Film", "秸秆 Straw", "粪污 Manure", "图表 Charts")
 
 
+def _put(sheet: Worksheet, row: int, col: int, value: object) -> Cell:
+    """One cell; text is typed as a string, so a name like ``=1+1`` is never a formula."""
+    if isinstance(value, str):
+        cell = sheet.cell(row=row, column=col)
+        cell.value = excel_text(value)
+        cell.data_type = "s"  # openpyxl types any text starting with "=" as a formula
+        return cell
+    return sheet.cell(row=row, column=col, value=value)
+
+
 def _header(sheet: Worksheet, row: int, labels: Sequence[str]) -> None:
     for col, label in enumerate(labels, start=1):
-        cell = sheet.cell(row=row, column=col, value=label)
+        cell = _put(sheet, row, col, label)
         cell.font, cell.fill, cell.border = HEADER_FONT, HEADER_FILL, BORDER
         cell.alignment = Alignment(horizontal="center", vertical="center", wrap_text=True)
     sheet.row_dimensions[row].height = 32
@@ -64,7 +77,7 @@ def _header(sheet: Worksheet, row: int, labels: Sequence[str]) -> None:
 def _row(sheet: Worksheet, row: int, values: Sequence[object],
          formats: Sequence[str | None] = ()) -> None:
     for col, value in enumerate(values, start=1):
-        cell = sheet.cell(row=row, column=col, value=value)
+        cell = _put(sheet, row, col, value)
         cell.border = BORDER
         fmt = formats[col - 1] if col - 1 < len(formats) else None
         if fmt:

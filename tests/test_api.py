@@ -14,14 +14,8 @@ from pydantic import SecretStr
 from devstack.servers import Influxd, free_port
 from farm_contract.registry import Registry
 from farm_contract.settings import Settings
-from ingest_service.api import (
-    UnsafeListenError,
-    check_listen_allowed,
-    create_app,
-    is_loopback,
-    parse_multipart,
-    wants_csv,
-)
+from ingest_service.api import create_app, parse_multipart, wants_csv
+from ingest_service.api_security import UnsafeListenError, check_listen_allowed, is_loopback
 from ingest_service.indicators import IndicatorEngine
 from ingest_service.model import Point
 from ingest_service.outputs.influx import InfluxQL, make_writer
@@ -38,6 +32,8 @@ d2,滴灌二号,{YZ},drip,40.0,113.6,,200
 """
 DEVICES_CSV = "device_id,site_id,dev_eui,model\nm1-dev,m1,,x\nd1-dev,d1,,x\nd2-dev,d2,,x\n"
 TOKEN = "s3cret-token"
+BASE_URL = "http://127.0.0.1"
+"""TestClient's default host, ``testserver``, is not a trusted host."""
 HOSTILE = ["x' OR 1=1 --", '"; DROP DATABASE farm', "平城区' OR county =~ /.*/ --", "\\"]
 
 
@@ -97,7 +93,7 @@ def make_client(influx: Influxd) -> Iterator[Factory]:
             broker_connected=lambda: broker_up, influx_reachable=query.ping,
         )
         engine = IndicatorEngine(query, state.registry.get, settings)
-        client = TestClient(create_app(state, engine))
+        client = TestClient(create_app(state, engine), base_url=BASE_URL)
         clients.append(client)
         return client
 
@@ -321,8 +317,10 @@ def test_registry_import_needs_the_right_token(make_client: Factory) -> None:
     ok = client.post("/api/v1/registry", json=payload, headers=auth)
     assert ok.status_code == 200
     assert ok.json() == {"sites": 1, "devices": 1, "counties": [YZ]}
-    assert [s["name"] for s in client.get("/api/v1/registry/sites").json()] == ["九号牛场"]
-    rows = client.get("/api/v1/indicators", params={"year": 2025}).json()
+    assert client.get("/api/v1/registry/sites").status_code == 401  # a token closes reads
+    sites = client.get("/api/v1/registry/sites", headers=auth).json()
+    assert [s["name"] for s in sites] == ["九号牛场"]
+    rows = client.get("/api/v1/indicators", params={"year": 2025}, headers=auth).json()
     assert {row["county"] for row in rows} == {None, YZ}
 
 
@@ -340,7 +338,7 @@ def test_registry_import_reports_every_problem(make_client: Factory) -> None:
     assert response.status_code == 422
     problems = response.json()["problems"]
     assert len(problems) == 3 and any("nowhere" in p for p in problems)
-    assert len(client.get("/api/v1/registry/sites").json()) == 3  # unchanged
+    assert len(client.get("/api/v1/registry/sites", headers=auth).json()) == 3  # unchanged
     not_json = client.post("/api/v1/registry", content=b"sites", headers=auth)
     assert not_json.status_code == 422 and "sites_csv" in not_json.json()["detail"]
 
@@ -355,7 +353,7 @@ def test_registry_import_as_multipart_files(make_client: Factory) -> None:
     }
     response = client.post("/api/v1/registry", files=files, headers=auth)
     assert response.status_code == 200, response.text
-    assert client.get("/api/v1/registry/sites").json()[0]["name"] == "九号牛场"
+    assert client.get("/api/v1/registry/sites", headers=auth).json()[0]["name"] == "九号牛场"
     one_file = client.post("/api/v1/registry", files={"sites": files["sites"]}, headers=auth)
     assert one_file.status_code == 422 and "devices" in one_file.json()["detail"]
     gbk = {**files, "sites": ("sites.csv", NEW_SITES.encode("gbk"), "text/csv")}

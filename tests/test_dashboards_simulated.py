@@ -118,7 +118,9 @@ def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_city_gauges_and_county_table_show_the_apis_numbers(year: SimulatedYear) -> None:
-    client = TestClient(create_app(year.service.state, year.service.engine))
+    client = TestClient(
+        create_app(year.service.state, year.service.engine), base_url="http://127.0.0.1"
+    )
     api = {(r["indicator"], r["county"] or schema.CITY_COUNTY_TAG): r for r in client.get(
         "/api/v1/indicators", params={"year": year.scenario.year}).json()}
     for county in [schema.CITY_COUNTY_TAG, *year.counties]:
@@ -154,7 +156,9 @@ def test_map_shows_every_registry_site_where_it_is(year: SimulatedYear) -> None:
 
 
 def test_straw_produced_and_used_are_the_indicators(year: SimulatedYear) -> None:
-    client = TestClient(create_app(year.service.state, year.service.engine))
+    client = TestClient(
+        create_app(year.service.state, year.service.engine), base_url="http://127.0.0.1"
+    )
     api = {r["county"]: r for r in client.get(
         "/api/v1/indicators", params={"year": year.scenario.year}).json()
         if r["indicator"] == "straw_utilization_rate"}

@@ -84,7 +84,9 @@ def test_indicators_match_the_scenario(
     assert count(influxd, "SELECT count(detail) FROM rejection") == report.bad_payloads
 
     year = scenario.year
-    client = TestClient(create_app(service.state, service.engine))
+    client = TestClient(
+        create_app(service.state, service.engine), base_url="http://127.0.0.1"
+    )
     response = client.get("/api/v1/indicators", params={"year": year})
     assert response.status_code == 200, response.text
     got = {(r["indicator"], r["county"]): r for r in response.json()}

@@ -419,7 +419,10 @@ def test_api_query_parameters_carrying_influxql_are_harmless(influx: Influxd) ->
     settings_ = Settings(influx_url=influx.url, influx_api="v1")
     query = InfluxQL(settings_)
     state = ServiceState(settings_, RegistryHolder(REGISTRY), influx_reachable=query.ping)
-    client = TestClient(create_app(state, IndicatorEngine(query, state.registry.get, settings_)))
+    client = TestClient(
+        create_app(state, IndicatorEngine(query, state.registry.get, settings_)),
+        base_url="http://127.0.0.1",
+    )
 
     @settings(max_examples=150, deadline=None)
     @given(

@@ -173,7 +173,9 @@ def test_metrics_count_what_happened(
     mosquitto_pub(mosquitto.port, topic, json.dumps(
         {"v": 1, "seq": 1, "ts": 1777622400000, "readings": {"flow_lpm": 1.0}}))
     wait_for(lambda: service.state.stats.received == 2)
-    client = TestClient(create_app(service.state, service.engine))
+    client = TestClient(
+        create_app(service.state, service.engine), base_url="http://127.0.0.1"
+    )
     text = client.get("/metrics").text
     assert "farm_messages_received_total 2.0" in text
     assert 'farm_rejections_total{reason="invalid_payload"} 1.0' in text
@@ -193,7 +195,9 @@ def test_registry_replaced_through_the_api_updates_site_points(
         influxd, "SELECT last(lat) FROM site GROUP BY site_id")}
     wait_for(lambda: sites() == {"drip-1", "farm-1", "straw-1"})
     service.state.settings.api_token = SecretStr("admin")
-    client = TestClient(create_app(service.state, service.engine))
+    client = TestClient(
+        create_app(service.state, service.engine), base_url="http://127.0.0.1"
+    )
     new_sites = SITES_CSV + "drip-2,滴灌二号,天镇县,drip,40.4,114.1,,80,250\n"
     response = client.post(
         "/api/v1/registry", json={"sites_csv": new_sites, "devices_csv": DEVICES_CSV},

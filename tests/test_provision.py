@@ -182,7 +182,9 @@ def test_provision_device_command_refuses_a_bad_device(stack: Stack) -> None:
 
 
 def test_provision_device_api_call(stack: Stack) -> None:
-    client = TestClient(create_app(stack.service.state, stack.service.engine))
+    client = TestClient(
+        create_app(stack.service.state, stack.service.engine), base_url="http://127.0.0.1"
+    )
     body = {"device_id": "new-3", "site_id": "drip-1", "model": "probe"}
     assert client.post("/api/v1/devices", json=body).status_code == 401
     wrong = {"Authorization": "Bearer nope"}

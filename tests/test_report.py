@@ -39,7 +39,9 @@ def year(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatedYear]:
 
 @pytest.fixture(scope="module")
 def client(year: SimulatedYear) -> TestClient:
-    return TestClient(create_app(year.service.state, year.service.engine))
+    return TestClient(
+        create_app(year.service.state, year.service.engine), base_url="http://127.0.0.1"
+    )
 
 
 @pytest.fixture(scope="module")
