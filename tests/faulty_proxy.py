@@ -6,14 +6,23 @@ nothing was written), or to stall *after* InfluxDB stored them (the client times
 out although the points landed, so its retry writes them a second time). Every
 other request passes through untouched. The fault tests use it to prove that
 ingest retries, and that a retried write never stores a reading twice.
+
+It also counts how often each ``(device_id, seq)`` reached InfluxDB in a write
+InfluxDB accepted (:attr:`FaultyProxy.written`): the direct evidence that a
+message *was* written again (a retry after a timeout, a redelivery after a kill)
+and absorbed, which the stored points alone cannot show since a rewrite lands on
+the same point. And it can hold InfluxDB's answers (:meth:`FaultyProxy.hold_answers`),
+so a test can kill ingest at a known moment: the batch stored, ingest not told.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -37,6 +46,22 @@ class Faults:
     """Every write takes at least this long (keeps a batch "in hand" for a kill)."""
 
 
+_DEVICE_TAG = re.compile(rb",device_id=((?:[^,\\ ]|\\.)+)")
+_SEQ_FIELD = re.compile(rb"[ ,]seq=(\d+)i")
+
+
+def telemetry_seqs(body: bytes) -> list[tuple[str, int]]:
+    """``(device_id, seq)`` of every ``telemetry`` line in a line-protocol body."""
+    found: list[tuple[str, int]] = []
+    for line in body.splitlines():
+        if not line.startswith(b"telemetry,"):
+            continue
+        device, seq = _DEVICE_TAG.search(line), _SEQ_FIELD.search(line)
+        assert device is not None and seq is not None, line
+        found.append((device.group(1).decode(), int(seq.group(1))))
+    return found
+
+
 class FaultyProxy:
     """Forward to ``upstream``; misbehave on writes as :attr:`faults` says."""
 
@@ -50,6 +75,12 @@ class FaultyProxy:
         self.stalled_after = 0
         self.active = 0
         """Writes being handled right now."""
+        self.written: Counter[tuple[str, int]] = Counter()
+        """How many writes InfluxDB accepted carried each ``(device_id, seq)`` of telemetry."""
+        self.held = 0
+        """Writes stored by InfluxDB whose answer is being held back now."""
+        self._release = threading.Event()
+        self._release.set()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((LOOPBACK, self.port), self._handler())
@@ -66,6 +97,23 @@ class FaultyProxy:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def hold_answers(self) -> None:
+        """From now on, forward writes (InfluxDB stores them) but keep the answer back."""
+        self._release.clear()
+
+    def release_answers(self) -> None:
+        self._release.set()
+
+    def rewritten(self) -> int:
+        """``(device_id, seq)`` pairs that reached InfluxDB in more than one accepted write."""
+        with self._lock:
+            return sum(1 for times in self.written.values() if times > 1)
+
+    def _stored(self, body: bytes | None) -> None:
+        seqs = telemetry_seqs(body or b"")
+        with self._lock:
+            self.written.update(seqs)
 
     def _draw(self) -> str:
         """Which fault (if any) this write gets."""
@@ -159,6 +207,14 @@ class FaultyProxy:
                     self.close_connection = True
                     return
                 response = self._forward(body)
+                if response.is_success:
+                    proxy._stored(body)
+                if not proxy._release.is_set():
+                    with proxy._lock:
+                        proxy.held += 1
+                    proxy._release.wait()
+                    with proxy._lock:
+                        proxy.held -= 1
                 if fault == "stall_after":
                     with proxy._lock:
                         proxy.stalled_after += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -71,3 +72,37 @@ def rows(influxd: Influxd, q: str) -> list[dict[str, object]]:
                 named = dict(zip(series["columns"], values, strict=True))
                 out.append({**series.get("tags", {}), **named})
     return out
+
+
+def points_per_seq(influxd: Influxd, measurement: str = "telemetry") -> Counter[tuple[str, int]]:
+    """Stored points per ``(device_id, seq)``.
+
+    Every point is listed (not ``count(distinct(seq))``), so a message stored twice at
+    different times counts 2. A redelivery that lands on the same point (same device,
+    ``ts`` and ``seq``: the same series and time) is overwritten by InfluxDB and counts 1,
+    as it should: it is stored once.
+    """
+    found: Counter[tuple[str, int]] = Counter()
+    for row in rows(influxd, f"SELECT seq FROM {measurement} GROUP BY device_id"):
+        found[(str(row["device_id"]), int(str(row["seq"])))] += 1
+    return found
+
+
+def wait_behind_marker(
+    port: int, topic: str, payload: str | bytes, arrived: Callable[[], object],
+    timeout: float = 30.0,
+) -> None:
+    """Publish a marker and wait until it has come through: the positive control before
+    asserting that something did *not* arrive.
+
+    Call it only once every earlier message has been acknowledged by the broker (the
+    publishers' PUBACKs are in). Mosquitto appends each message to a subscriber
+    session's queue, a linked list, in the order it handles them (eclipse-mosquitto
+    issue #2174; MQTT 5 §4.6 promises this per publishing client and topic), and
+    delivers that queue in order, redeliveries first after a reconnect. So when the
+    marker has arrived, everything the broker held before it has been delivered, and
+    a consumer that handles messages in order (ingest's pipeline: one writer, batches
+    in arrival order) has handled them. Whatever is absent then is absent, not late.
+    """
+    mosquitto_pub(port, topic, payload)
+    wait_for(arrived, timeout=timeout, interval=0.1)

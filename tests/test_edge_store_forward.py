@@ -3,6 +3,10 @@
 Every reading a device took must be in InfluxDB exactly once, in ``seq`` order,
 after the broker was down for a while (several agents) and after an agent was
 killed with SIGKILL in the middle of replaying its backlog.
+
+"Exactly once" is asserted only after a marker, published once the agents have
+stopped with everything acknowledged, has been stored: a duplicate still on its
+way would have been stored before it (:func:`tests.helpers.wait_behind_marker`).
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ from edge.publisher import DevicePublisher
 from farm_contract.payloads import EventMessage, TelemetryMessage, decode_json
 from farm_contract.settings import Settings
 from ingest_service.service import IngestService
-from tests.helpers import SITES_CSV, rows, wait_for, write_registry
+from tests.helpers import SITES_CSV, rows, wait_behind_marker, wait_for, write_registry
 from tests.test_edge_publisher import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ["d-sf-1", "d-sf-2", "d-sf-3"]
+MARKER = "d-sf-marker"
+"""A device of its own whose message, published last, is the positive control."""
 DEVICES_CSV = "device_id,site_id,dev_eui,model\n" + "".join(
-    f"{device},drip-1,,probe\n" for device in DEVICES
+    f"{device},drip-1,,probe\n" for device in [*DEVICES, MARKER]
 )
 
 
@@ -120,15 +126,21 @@ def stored_seqs(influxd: Influxd, device_id: str) -> list[int]:
     return [seq for _, seq in sorted(found)]
 
 
+def wait_for_marker(mosquitto: Mosquitto, influxd: Influxd) -> None:
+    """Store a marker behind everything the (stopped) agents sent."""
+    wait_behind_marker(
+        mosquitto.port, f"farm/v1/drip-1/{MARKER}/telemetry",
+        '{"v": 1, "seq": 0, "ts": "2025-06-01T00:00:00Z", "readings": {"battery_v": 12.0}}',
+        lambda: stored_seqs(influxd, MARKER),
+    )
+
+
 def assert_exactly_once_in_order(influxd: Influxd, agent: AgentProcess) -> int:
+    """Every seq the agent took is stored once, in order. Call after :func:`wait_for_marker`."""
     pending, dropped, next_seq = agent.stats()
     assert pending == 0 and dropped == 0, (agent.stats(), agent.log())
     assert next_seq > 0
-    deadline = time.monotonic() + 30
-    while len(seqs := stored_seqs(influxd, agent.device_id)) < next_seq:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    seqs = stored_seqs(influxd, agent.device_id)
     missing = sorted(set(range(next_seq)) - set(seqs))
     rejected = rows(influxd, "SELECT reason, detail FROM rejection LIMIT 5")
     assert seqs == list(range(next_seq)), (
@@ -160,6 +172,7 @@ def test_broker_outage_with_several_agents_loses_nothing(
     finally:
         codes = [agent.stop() for agent in agents if agent.process is not None]
     assert codes == [0] * len(agents), [a.log() for a in agents]
+    wait_for_marker(mosquitto, influxd)
     totals = [assert_exactly_once_in_order(influxd, agent) for agent in agents]
     assert all(total > b + 20 for total, b in zip(totals, before, strict=True))
 
@@ -187,6 +200,7 @@ def test_sigkill_mid_replay_loses_nothing_and_stores_nothing_twice(
     finally:
         if agent.process is not None:
             assert agent.stop() == 0, agent.log()
+    wait_for_marker(mosquitto, influxd)
     total = assert_exactly_once_in_order(influxd, agent)
     assert total > 200
 
@@ -212,6 +226,9 @@ def test_live_readings_flow_while_the_backlog_replays_in_batches(
     assert len(outbox) > 100, "the live reading waited for the backlog"
     assert publisher.wait_all_acked(20)
     elapsed = time.monotonic() - started
+    # Everything is at the broker; the recorder has it all once a later marker arrived.
+    wait_behind_marker(mosquitto.port, "farm/v1/site-l/d-live-marker/marker", "marker",
+                       lambda: recorder.kind("marker"), timeout=10)
     publisher.close()
     outbox.close()
     recorder.close()

@@ -5,17 +5,32 @@ process (``python -m ingest_service``), fed by a fleet of MQTT v5 publishers
 (fixed client ids, persistent sessions, QoS 1) sending contract telemetry with
 distinct ``seq`` — pairs of messages share a ``ts``, so "two distinct messages
 are never merged" is tested too. While the fleet publishes, a fault happens.
-Afterwards the test counts, per device, in InfluxDB:
 
-- **sent**: messages the broker acknowledged to a publisher (all of them must be);
-- **stored**: distinct ``seq`` values stored;
-- **duplicated**: points beyond one per ``seq`` (a redelivery stored at another
-  time), also caught by ``sum(flow_lpm)`` having to equal the sum sent;
-- **lost**: sent but not stored.
+At-least-once delivery *does* redeliver after a fault, and a redelivered message
+lands on the point it was first stored on (same series, same time), which InfluxDB
+overwrites: counting stored points cannot see a redelivery, nor a message ingest
+took twice. So duplicates are counted three ways:
 
-Every test demands lost = duplicated = 0 and no rejections. The figures are
-printed (``pytest -rA`` shows them) and written to ``run/faults/<test>.json``;
-docs/reliability.md tabulates them.
+- **in InfluxDB, per** ``(device, seq)``: every point is listed, so a message stored
+  twice at different times (a re-stamped copy) counts 2: ``duplicated`` is the
+  points beyond one per ``seq``, also caught by ``sum(flow_lpm)`` having to equal
+  the sum sent;
+- **by ingest's own counters** (``farm_messages_received_total``,
+  ``farm_messages_stored_total``, counted once a batch is written and acknowledged),
+  summed over ingest's lifetimes (read just before each kill, while its one writer
+  is held, so the figures are final): ``processed_twice`` = received − sent. Where
+  nothing can redeliver (ingest neither restarts nor reconnects) it must be 0;
+- **at the wire to InfluxDB** (the test proxy, where there is one): ``rewritten`` =
+  messages that reached InfluxDB in more than one accepted write (a retry after a
+  timeout that had landed, a batch stored just before a kill): the redeliveries
+  that happened and were absorbed.
+
+Also counted: **sent** (messages the broker acknowledged to a publisher; all must
+be), **stored** (distinct ``seq`` values stored) and **lost** (sent, not stored).
+Every test demands lost = duplicated = 0 and no rejections, counted only after a
+marker published behind the fleet has been stored (so nothing is merely late).
+The figures are printed (``pytest -rA`` shows them) and written to
+``run/faults/<test>.json``; docs/reliability.md tabulates them.
 """
 
 from __future__ import annotations
@@ -41,7 +56,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from devstack.servers import LOOPBACK, Influxd, Mosquitto, free_port
 from tests.faulty_proxy import Faults, FaultyProxy
-from tests.helpers import count, rows, wait_for, write_registry
+from tests.helpers import count, points_per_seq, wait_behind_marker, wait_for, write_registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -56,9 +71,11 @@ SITES_CSV = """site_id,name,county,site_type,lat,lon,large_scale,area_mu,water_q
 drip-1,滴灌一号,平城区,drip,40.1,113.3,,120,300
 drip-2,"滴灌, 二号",云州区,drip,40.2,113.4,,80,250
 """
+MARKER = "fault-marker"
+"""A device of its own whose one message, published last, is the positive control."""
 DEVICES_CSV = "device_id,site_id,dev_eui,model\n" + "".join(
     f"{device},drip-{1 + i % 2},,probe\n" for i, device in enumerate(DEVICES)
-)
+) + f"{MARKER},drip-1,,probe\n"
 BASE_TS_MS = int((time.time() - 2 * 86400) * 1000)
 """Two days ago: recent enough for the timestamp checks, far from the wall clock."""
 
@@ -159,8 +176,25 @@ class Fleet:
             client.loop_stop()
 
 
+@dataclass(frozen=True)
+class Counters:
+    """Ingest's own message counters (``/metrics``), per lifetime or summed."""
+
+    received: int
+    """Messages whose batch was written and acknowledged."""
+    stored: int
+    """Of those, messages with at least one point stored."""
+
+    def __add__(self, other: Counters) -> Counters:
+        return Counters(self.received + other.received, self.stored + other.stored)
+
+
 class Ingest:
-    """``python -m ingest_service`` as a child process, killable like any other."""
+    """``python -m ingest_service`` as a child process, killable like any other.
+
+    Its counters start at 0 in each process; :meth:`kill_counted` reads them just
+    before the kill, and :meth:`counted` sums every lifetime.
+    """
 
     def __init__(self, workdir: Path, broker: Mosquitto, influx_url: str, **env: str) -> None:
         self.workdir = workdir
@@ -181,6 +215,8 @@ class Ingest:
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.ended: list[Counters] = []
+        """Counters of the lifetimes that ended, read just before they did."""
 
     @property
     def url(self) -> str:
@@ -208,6 +244,16 @@ class Ingest:
                 return float(line.split()[1])
         raise AssertionError(f"{name} not in /metrics")
 
+    def counters(self) -> Counters:
+        return Counters(
+            received=int(self.metric("farm_messages_received_total")),
+            stored=int(self.metric("farm_messages_stored_total")),
+        )
+
+    def counted(self) -> Counters:
+        """Counters summed over every lifetime, the running one included."""
+        return sum(self.ended, self.counters())
+
     def rss_kib(self) -> int:
         assert self.process is not None
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -219,6 +265,12 @@ class Ingest:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
+
+    def kill_counted(self) -> None:
+        """SIGKILL, after reading the counters. Call it only while the writer is held
+        (an InfluxDB answer kept back): then no batch completes between read and kill."""
+        self.ended.append(self.counters())
+        self.kill()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -248,6 +300,14 @@ class Figures:
     rejections: int
     seconds: dict[str, float] = field(default_factory=dict)
     notes: dict[str, float | int | str] = field(default_factory=dict)
+    received_by_ingest: int | None = None
+    """Ingest's ``farm_messages_received_total`` summed over its lifetimes."""
+    stored_by_ingest: int | None = None
+    """Ingest's ``farm_messages_stored_total`` summed over its lifetimes."""
+    processed_twice: int | None = None
+    """received_by_ingest − sent: messages ingest wrote and acknowledged twice."""
+    rewritten: int | None = None
+    """Messages InfluxDB accepted in more than one write (seen by the proxy)."""
 
     def save(self) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -255,15 +315,18 @@ class Figures:
         print(
             f"\nFAULT {self.fault}: sent={self.sent} stored={self.stored} "
             f"duplicated={self.duplicated} lost={self.lost} rejections={self.rejections} "
-            f"seconds={self.seconds} notes={self.notes}"
+            f"received_by_ingest={self.received_by_ingest} "
+            f"stored_by_ingest={self.stored_by_ingest} processed_twice={self.processed_twice} "
+            f"rewritten={self.rewritten} seconds={self.seconds} notes={self.notes}"
         )
 
 
 def stored_seqs(influxd: Influxd) -> dict[str, list[int]]:
-    """Every stored ``seq`` per device (a seq stored twice appears twice)."""
+    """Every stored ``seq`` per fleet device (a seq stored twice appears twice)."""
     seqs: dict[str, list[int]] = {device: [] for device in DEVICES}
-    for row in rows(influxd, "SELECT seq FROM telemetry GROUP BY device_id"):
-        seqs[str(row["device_id"])].append(int(str(row["seq"])))
+    for (device, seq), points in points_per_seq(influxd).items():
+        if device != MARKER:
+            seqs[device] += [seq] * points
     return seqs
 
 
@@ -271,8 +334,34 @@ def total_stored(influxd: Influxd) -> int:
     return count(influxd, "SELECT count(seq) FROM telemetry")
 
 
-def tally(fault: str, fleet: Fleet, influxd: Influxd, **extra: object) -> Figures:
-    """Count sent, stored, duplicated and lost; assert none lost or doubled."""
+def wait_for_marker(broker: Mosquitto, influxd: Influxd) -> None:
+    """The positive control before :func:`tally` asserts absence: a marker published once
+    every fleet message is PUBACKed, stored only after all of them were handled."""
+    topic = f"farm/v1/drip-1/{MARKER}/telemetry"
+    body = {"v": 1, "seq": 0, "ts": BASE_TS_MS, "readings": {"flow_lpm": 1.0}}
+    wait_behind_marker(
+        broker.port, topic, json.dumps(body),
+        lambda: count(influxd, f"SELECT count(seq) FROM telemetry WHERE device_id = '{MARKER}'"),
+        timeout=60,
+    )
+
+
+def tally(
+    fault: str,
+    fleet: Fleet,
+    influxd: Influxd,
+    *,
+    counters: Counters | None = None,
+    nothing_redelivered: bool = False,
+    proxy: FaultyProxy | None = None,
+    **extra: object,
+) -> Figures:
+    """Count sent, stored, duplicated and lost; assert none lost or doubled.
+
+    ``counters``: ingest's own, summed over its lifetimes; every message must be
+    among them, and exactly once when ``nothing_redelivered`` (ingest neither
+    restarted nor reconnected). ``proxy``: the write proxy, for ``rewritten``.
+    """
     seqs = stored_seqs(influxd)
     stored = sum(len(set(values)) for values in seqs.values())
     duplicated = sum(len(values) - len(set(values)) for values in seqs.values())
@@ -280,7 +369,7 @@ def tally(fault: str, fleet: Fleet, influxd: Influxd, **extra: object) -> Figure
         len(set(range(fleet.sent[device])) - set(seqs[device])) for device in DEVICES
     )
     sum_sent = sum(flow(d, s) for d in DEVICES for s in range(fleet.sent[d]))
-    result = influxd.query("SELECT sum(flow_lpm) FROM telemetry")
+    result = influxd.query(f"SELECT sum(flow_lpm) FROM telemetry WHERE device_id != '{MARKER}'")
     series = result["results"][0].get("series", [])  # type: ignore[index]
     sum_stored = float(series[0]["values"][0][1]) if series else 0.0
     figures = Figures(
@@ -294,6 +383,12 @@ def tally(fault: str, fleet: Fleet, influxd: Influxd, **extra: object) -> Figure
         rejections=count(influxd, "SELECT count(detail) FROM rejection"),
         **extra,  # type: ignore[arg-type]
     )
+    if counters is not None:
+        figures.received_by_ingest = counters.received
+        figures.stored_by_ingest = counters.stored
+        figures.processed_twice = counters.received - fleet.total_sent - 1  # the marker
+    if proxy is not None:
+        figures.rewritten = proxy.rewritten()
     figures.save()
     assert figures.lost == 0, f"{lost} messages lost: {figures}"
     assert figures.duplicated == 0, f"{duplicated} messages stored twice: {figures}"
@@ -302,6 +397,16 @@ def tally(fault: str, fleet: Fleet, influxd: Influxd, **extra: object) -> Figure
     assert figures.rejections == 0
     for device in DEVICES:
         assert sorted(seqs[device]) == list(range(fleet.sent[device])), device
+    if counters is not None:
+        # Ingest's own account, which InfluxDB's overwriting cannot hide: the marker
+        # is counted too (one message more than the fleet sent).
+        assert counters.stored >= figures.sent + 1, f"ingest stored fewer than sent: {figures}"
+        assert counters.received >= counters.stored
+        if nothing_redelivered:
+            assert counters.received == counters.stored == figures.sent + 1, (
+                f"ingest processed {counters.received - figures.sent - 1} messages more than "
+                f"were published, with no restart or reconnect to redeliver them: {figures}"
+            )
     return figures
 
 
@@ -363,10 +468,13 @@ def test_influxdb_stopped_for_minutes_mid_stream(
     time.sleep(5)
     fleet.stop()
     wait_stored(influxd, fleet.total_sent, timeout=60)
+    wait_for_marker(mosquitto, influxd)
     tally(
         "influxdb_outage",
         fleet,
         influxd,
+        counters=ingest.counted(),
+        nothing_redelivered=True,
         seconds={"outage": INFLUX_OUTAGE_S, "catch_up_after_restart": catch_up},
         notes={
             "receive_maximum": receive_maximum,
@@ -385,10 +493,14 @@ def test_ingest_sigkilled_mid_batch_and_restarted(
     fleet_factory: list[Fleet],
     ingest_factory: list[Ingest],
 ) -> None:
-    """SIGKILL while a write is in progress, three times: redeliveries land on the same points."""
+    """SIGKILL while a write is in progress, three times: redeliveries land on the same points.
+
+    Each kill comes after InfluxDB stored a batch and before ingest heard so (the
+    proxy holds the answer): the batch was never acknowledged, so the broker
+    redelivers it to the restarted ingest, which writes it again: ``rewritten`` > 0.
+    """
     proxy = FaultyProxy(influxd.url)
     proxy.start()
-    proxy.faults = Faults(delay_s=0.3)  # every write takes a while, so a batch is in hand
     ingest = Ingest(tmp_path, mosquitto, proxy.url)
     ingest_factory.append(ingest)
     ingest.start()
@@ -399,24 +511,30 @@ def test_ingest_sigkilled_mid_batch_and_restarted(
     try:
         for _ in range(3):
             time.sleep(4)
-            wait_for(lambda: proxy.active > 0, timeout=10, interval=0.01)
-            ingest.kill()
+            proxy.hold_answers()  # the next batch is stored, and ingest is not told
+            wait_for(lambda: proxy.held > 0, timeout=10, interval=0.01)
+            ingest.kill_counted()  # its one writer is held: the counters are final
+            proxy.release_answers()
             kills += 1
             time.sleep(2)
             ingest.start()
         time.sleep(4)
         fleet.stop()
-        proxy.faults = Faults()
         catch_up = wait_stored(influxd, fleet.total_sent, timeout=120)
+        wait_for_marker(mosquitto, influxd)
     finally:
+        proxy.release_answers()
         proxy.stop()
-    tally(
+    figures = tally(
         "ingest_sigkill",
         fleet,
         influxd,
+        counters=ingest.counted(),
+        proxy=proxy,
         seconds={"catch_up_after_last_publish": catch_up},
         notes={"kills": kills, "writes_seen_by_proxy": proxy.writes},
     )
+    assert figures.rewritten, "no batch stored before a kill came again: the test did not bite"
 
 
 def test_broker_restarted_mid_stream(
@@ -453,12 +571,15 @@ def test_broker_restarted_mid_stream(
         fleet.stop()
         proxy.faults = Faults()
         catch_up = wait_stored(influxd, fleet.total_sent, timeout=120)
+        wait_for_marker(mosquitto, influxd)
     finally:
         proxy.stop()
     tally(
         "broker_restart",
         fleet,
         influxd,
+        counters=ingest.counted(),
+        proxy=proxy,
         seconds={"broker_down": 3.0, "catch_up_after_last_publish": catch_up},
         notes={"ingest_backlog_at_restart": int(in_flight)},
     )
@@ -490,13 +611,17 @@ def test_influxdb_errors_and_timeouts(
         time.sleep(3)
         fleet.stop()
         catch_up = wait_stored(influxd, fleet.total_sent, timeout=120)
+        wait_for_marker(mosquitto, influxd)
     finally:
         proxy.stop()
     assert proxy.errors > 0 and proxy.stalled_before > 0 and proxy.stalled_after > 0
-    tally(
+    figures = tally(
         "influxdb_errors_timeouts",
         fleet,
         influxd,
+        counters=ingest.counted(),
+        nothing_redelivered=True,
+        proxy=proxy,
         seconds={"errors_phase": 20.0, "timeouts_phase": 25.0, "catch_up": catch_up},
         notes={
             "writes": proxy.writes,
@@ -506,3 +631,5 @@ def test_influxdb_errors_and_timeouts(
             "write_errors_seen_by_ingest": int(ingest.metric("farm_influx_write_errors_total")),
         },
     )
+    # Writes that timed out after landing were written again, onto the same points.
+    assert figures.rewritten, "no stored write came again: the test did not bite"
