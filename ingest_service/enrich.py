@@ -225,6 +225,12 @@ class Enricher:
                 self._routes[topic] = route
         return route
 
+    def cache_bytes(self) -> int:
+        """About how many bytes the caches hold (keys and entries): at most ~1 KB a device."""
+        routes = sum(len(topic) + 200 for topic in self._routes)
+        targets = sum(len(t.series) + 300 for t in self._targets.values())
+        return routes + targets + 150 * (len(self._counters) + len(self._resets))
+
     def telemetry_line(self, topic: str, payload: bytes) -> str | None:
         """The line of a plain, valid telemetry message of a registered device, or None.
 
