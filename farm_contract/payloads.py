@@ -50,6 +50,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is too large for a double")
+    return value
+
+
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else byte for byte in range(256))
 _LONG_NUMBER = b"0" * 19
 """19 digits in a row may be an integer beyond 64 bits, which orjson turns into a float.
@@ -83,7 +90,7 @@ def decode_json_stdlib(payload: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise PayloadError("bad_json", f"payload is not UTF-8: {exc}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise PayloadError("bad_json", f"payload is not JSON: {exc}") from None
 
@@ -141,10 +148,11 @@ Timestamp = Annotated[datetime, BeforeValidator(parse_ts), PlainSerializer(forma
 Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 Reading = StrictBool | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
 """What a producer may send as a reading."""
-Readings = dict[str, Any]
-"""Readings as received: each is checked against the catalog on its own (a string, null
-or object reading is rejected alone, ``out_of_range``, like a boolean where a number
-belongs), so one broken sensor never costs the others."""
+Readings = dict[str, Reading | str | list[Any] | dict[str, Any] | None]
+"""Readings as received: any JSON value but a non-finite number (which is no JSON).
+Each is checked against the catalog on its own (a string, null or object reading is
+rejected alone, ``out_of_range``, like a boolean where a number belongs), so one
+broken sensor never costs the others."""
 Mass = Annotated[StrictFloat | StrictInt, Field(ge=0, allow_inf_nan=False)]
 
 

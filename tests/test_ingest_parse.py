@@ -100,6 +100,11 @@ def test_bad_reading_is_rejected_alone(enricher: Enricher) -> None:
         ),
         (
             "farm/v1/drip-1/dev-1/telemetry",
+            b'{"v":1,"seq":1,"ts":1,"readings":{"flow_lpm":1e999}}',
+            "bad_json",
+        ),
+        (
+            "farm/v1/drip-1/dev-1/telemetry",
             {"v": 2, "seq": 1, "ts": 1, "readings": {"a": 1}},
             "invalid_payload",
         ),
