@@ -422,7 +422,8 @@ def encode(message: BaseModel) -> bytes:
 
 def telemetry(seq: int, ts: datetime, readings: dict[str, bool | int | float]) -> bytes:
     """A single telemetry payload."""
-    return encode(TelemetryMessage(v=1, seq=seq, ts=ts, readings=readings))
+    values: Readings = dict(readings)
+    return encode(TelemetryMessage(v=1, seq=seq, ts=ts, readings=values))
 
 
 def event(seq: int, ts: datetime, type: EventType | str, **fields: Any) -> bytes:

@@ -443,6 +443,7 @@ class Enricher:
                 if error:
                     reject("out_of_range", f"seq {record.seq}: {error}")
                     continue
+                assert isinstance(value, int | float)  # Metric.check saw to it
                 if metric.never_decreasing:
                     error = self._counter_ok(device.device_id, name, time_ns, float(value))
                     if error:
