@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
@@ -27,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from farm_contract.catalog import SiteType
+from farm_contract.catalog import CATALOG, SiteType
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 """Largest payload ingest accepts; larger ones are rejected (``too_large``)."""
@@ -47,6 +48,13 @@ class PayloadError(ValueError):
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is too large for a double")
+    return value
 
 
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else byte for byte in range(256))
@@ -82,9 +90,18 @@ def decode_json_stdlib(payload: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise PayloadError("bad_json", f"payload is not UTF-8: {exc}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise PayloadError("bad_json", f"payload is not JSON: {exc}") from None
+
+
+RFC3339_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
+"""RFC 3339 §5.6 ``date-time`` (a space for ``T`` allowed, as its note permits; at most
+nanoseconds). Python's ``fromisoformat`` alone also takes ISO week and ordinal dates,
+basic formats, ``,5`` fractions and no offset, which the contract does not."""
 
 
 def parse_ts(value: object) -> datetime:
@@ -101,17 +118,23 @@ def parse_ts(value: object) -> datetime:
         except (OverflowError, OSError, ValueError):
             raise ValueError(f"epoch milliseconds {value} out of range") from None
     if isinstance(value, str):
-        text = value.strip()
-        if len(text) < 20 or text[10] not in "Tt ":
-            raise ValueError(f"{value!r} is not an RFC 3339 timestamp")
+        if RFC3339_RE.fullmatch(value) is None:
+            if RFC3339_RE.fullmatch(value + "Z") is not None:
+                raise ValueError(f"{value[:40]!r} has no UTC offset (RFC 3339 needs Z or ±hh:mm)")
+            raise ValueError(f"{value[:40]!r} is not an RFC 3339 timestamp")
+        text = value
         if text.endswith(("z", "Z")):
             text = text[:-1] + "+00:00"
+        dot = text.find(".")
+        if dot > 0:  # fromisoformat takes at most microseconds
+            end = dot + 1
+            while text[end].isdigit():
+                end += 1
+            text = text[: min(end, dot + 7)] + text[end:]
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
-            raise ValueError(f"{value!r} is not an RFC 3339 timestamp") from None
-        if parsed.tzinfo is None:
-            raise ValueError(f"{value!r} has no UTC offset (RFC 3339 needs Z or ±hh:mm)")
+            raise ValueError(f"{value!r} is not a valid RFC 3339 timestamp") from None
         return parsed.astimezone(UTC)
     raise ValueError("timestamp must be RFC 3339 text or integer epoch milliseconds")
 
@@ -124,7 +147,23 @@ def format_ts(value: datetime) -> str:
 Timestamp = Annotated[datetime, BeforeValidator(parse_ts), PlainSerializer(format_ts)]
 Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 Reading = StrictBool | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+"""What a producer may send as a reading."""
+Readings = dict[str, Reading | str | list[Any] | dict[str, Any] | None]
+"""Readings as received: any JSON value but a non-finite number (which is no JSON).
+Each is checked against the catalog on its own (a string, null or object reading is
+rejected alone, ``out_of_range``, like a boolean where a number belongs), so one
+broken sensor never costs the others."""
 Mass = Annotated[StrictFloat | StrictInt, Field(ge=0, allow_inf_nan=False)]
+
+
+def _exactly_one(value: object) -> object:
+    """``v`` is the integer 1: not ``true``, not ``1.0`` (both equal 1 in Python)."""
+    if type(value) is not int or value != 1:
+        raise ValueError(f"v must be the integer 1, got {str(value)[:20]}")
+    return value
+
+
+Version = Annotated[Literal[1], BeforeValidator(_exactly_one)]
 
 
 class _Model(BaseModel):
@@ -136,16 +175,16 @@ class TelemetryRecord(_Model):
 
     seq: Seq
     ts: Timestamp
-    readings: dict[str, Reading] = Field(min_length=1)
+    readings: Readings = Field(min_length=1)
 
 
 class TelemetryMessage(_Model):
     """A telemetry payload: one record, or a ``batch`` of records from a replay."""
 
-    v: Literal[1]
+    v: Version
     seq: Seq | None = None
     ts: Timestamp | None = None
-    readings: dict[str, Reading] | None = Field(default=None, min_length=1)
+    readings: Readings | None = Field(default=None, min_length=1)
     batch: list[TelemetryRecord] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
 
     @model_validator(mode="after")
@@ -214,6 +253,7 @@ class EventType(StrEnum):
     MANURE_UTILIZED = "manure_utilized"
     FACILITY_FAULT = "facility_fault"
     FACILITY_OK = "facility_ok"
+    COUNTER_RESET = "counter_reset"
 
 
 class Crop(StrEnum):
@@ -273,11 +313,12 @@ EVENT_REQUIRED: dict[EventType, tuple[str, ...]] = {
     EventType.MANURE_UTILIZED: ("mass_t", "use"),
     EventType.FACILITY_FAULT: ("facility",),
     EventType.FACILITY_OK: ("facility",),
+    EventType.COUNTER_RESET: ("metric",),
 }
 """Fields each event type must carry."""
 
 EVENT_NUMERIC_FIELDS = ("mass_t", "grain_t", "area_mu", "thickness_mm")
-EVENT_TAG_FIELDS = ("use", "crop", "facility")
+EVENT_TAG_FIELDS = ("use", "crop", "facility", "metric")
 
 
 class EventRecord(_Model):
@@ -293,12 +334,22 @@ class EventRecord(_Model):
     crop: Crop | None = None
     use: str | None = None
     facility: Facility | None = None
+    metric: str | None = None
+    """``counter_reset`` only: the never-decreasing metric whose meter was replaced."""
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> Self:
         missing = [name for name in EVENT_REQUIRED[self.type] if getattr(self, name) is None]
         if missing:
             raise ValueError(f"{self.type.value} event needs {', '.join(missing)}")
+        if self.metric is not None:
+            if self.type is not EventType.COUNTER_RESET:
+                raise ValueError(f"{self.type.value} event takes no metric")
+            counters = [name for name, m in CATALOG.items() if m.never_decreasing]
+            if self.metric not in counters:
+                raise ValueError(
+                    f"metric {self.metric[:70]!r} is not one of {', '.join(counters)}"
+                )
         if self.use is not None:
             uses: type[StrEnum] | None = {
                 EventType.STRAW_UTILIZED: StrawUse,
@@ -315,13 +366,18 @@ class EventRecord(_Model):
 
     @property
     def site_type(self) -> SiteType:
+        if self.type is EventType.COUNTER_RESET:
+            assert self.metric is not None
+            kinds = CATALOG[self.metric].site_types
+            assert kinds is not None and len(kinds) == 1, "a counter belongs to one site type"
+            return next(iter(kinds))
         return EVENT_SITE_TYPE[self.type]
 
 
 class EventMessage(_Model):
     """An event payload: one event, or a ``batch`` of events from a replay."""
 
-    v: Literal[1]
+    v: Version
     batch: list[EventRecord] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
     event: EventRecord | None = None
 
@@ -350,7 +406,7 @@ class StatusMessage(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    v: Literal[1]
+    v: Version
     state: DeviceState
     ts: Timestamp
 
@@ -366,7 +422,8 @@ def encode(message: BaseModel) -> bytes:
 
 def telemetry(seq: int, ts: datetime, readings: dict[str, bool | int | float]) -> bytes:
     """A single telemetry payload."""
-    return encode(TelemetryMessage(v=1, seq=seq, ts=ts, readings=readings))
+    values: Readings = dict(readings)
+    return encode(TelemetryMessage(v=1, seq=seq, ts=ts, readings=values))
 
 
 def event(seq: int, ts: datetime, type: EventType | str, **fields: Any) -> bytes:

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-ID_RE = re.compile(ID_PATTERN)
+ID_RE = re.compile(ID_PATTERN.removesuffix("$") + r"\Z")
+"""``ID_PATTERN`` for Python's ``re``, whose ``$`` also matches before a final newline
+(``"dev-1\n"`` would pass). Pydantic fields use ``ID_PATTERN`` itself: its regex
+engine's ``$`` is the very end."""
 DEV_EUI_RE = re.compile(r"^[0-9a-fA-F]{16}$")
 
 CHIRPSTACK_UPLINK_FILTER = "application/+/device/+/event/up"
@@ -36,7 +39,7 @@ class TopicError(ValueError):
 
 def is_valid_id(value: str) -> bool:
     """True when ``value`` is a valid ``site_id`` or ``device_id``."""
-    return bool(ID_RE.match(value))
+    return ID_RE.match(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

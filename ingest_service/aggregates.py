@@ -10,6 +10,7 @@ month's latest.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -53,8 +54,17 @@ def run(querier: Querier, q: str) -> list[Series]:
 
 
 def number(value: object) -> float:
-    """An aggregate's value; InfluxDB answers null for a sum over nothing."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+    """An aggregate's value; InfluxDB answers null for a sum over nothing.
+
+    A non-finite value (events stored before the catalog had maxima, summed to
+    ±Inf) is a data error, raised as :class:`QueryError` (never a crash).
+    """
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return 0.0
+    result = float(value)
+    if not math.isfinite(result):
+        raise QueryError(f"an aggregate is {result}: stored events hold absurd values")
+    return result
 
 
 def types_clause(types: Iterable[EventType]) -> str:

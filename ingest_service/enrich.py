@@ -4,6 +4,13 @@ Whole-message problems (an unknown device, a device under the wrong site) raise
 :class:`~ingest_service.parse.Rejected`. A single bad reading or record is
 rejected on its own and the rest of the message is stored: a broken soil probe
 must not cost the flow meter's data.
+
+Memory: every cache here is keyed by what the registry holds, never by what a
+device sends. Telemetry routes are cached only for a registered device's own
+topic (one per device, ≤ ~0.5 KB each); targets per registered (device, site);
+counter state per registered device and never-decreasing metric. A hostile topic
+(60 KB site segments, say) is parsed, rejected and forgotten. Worst case, for
+``n`` registered devices: about ``n`` × 1 KB (10,000 devices: ~10 MB).
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from farm_contract import schema
-from farm_contract.catalog import CATALOG, Metric, SiteType
+from farm_contract.catalog import CATALOG, Metric, SiteType, event_field_bound
 from farm_contract.payloads import (
     EVENT_NUMERIC_FIELDS,
     EVENT_TAG_FIELDS,
     SEQ_MAX,
+    EventRecord,
+    EventType,
     PayloadError,
     decode_json,
     parse_ts,
@@ -27,7 +36,15 @@ from farm_contract.payloads import (
 from farm_contract.registry import Device, Registry, Site
 from farm_contract.settings import Settings
 from farm_contract.topics import MessageKind, TopicError, parse_device_topic
-from ingest_service.model import FieldValue, Inbound, Point, Rejection
+from ingest_service.model import (
+    MAX_DETAIL_CHARS,
+    MAX_TOPIC_CHARS,
+    FieldValue,
+    Inbound,
+    Point,
+    Rejection,
+    printable,
+)
 from ingest_service.outputs.lineprotocol import escape_tag, series_key
 from ingest_service.parse import Parsed, Rejected
 
@@ -37,10 +54,12 @@ SEQ_SLOTS = 1_000_000
 MAX_REJECTIONS_PER_MESSAGE = 100
 """Beyond this, a message's further rejections are summed up, one record per reason:
 a 256 KiB message of ten thousand bad readings must not become 10 MB of rejections."""
-MAX_DETAIL_CHARS = 1000
 
 CounterLookup = Callable[[str, str], tuple[int, float] | None]
 """(device_id, metric) → (time_ns, value) of the latest stored reading, or None."""
+ResetLookup = Callable[[str, str], int | None]
+"""(device_id, metric) → time_ns of the latest stored ``counter_reset`` event, or None."""
+_NO_RESET = -1
 
 
 def point_time_ns(ts: datetime, seq: int) -> int:
@@ -144,6 +163,7 @@ class Enricher:
         settings: Settings,
         counter_lookup: CounterLookup | None = None,
         refresh: Callable[[], Registry] | None = None,
+        reset_lookup: ResetLookup | None = None,
     ) -> None:
         self._registry = registry
         self._refresh = refresh
@@ -151,11 +171,14 @@ class Enricher:
         self._earliest = parse_ts(settings.earliest_ts)
         self._counter_lookup = counter_lookup
         self._counters: dict[tuple[str, str], tuple[int, float]] = {}
+        self._reset_lookup = reset_lookup
+        self._resets: dict[tuple[str, str], int] = {}
+        """The latest meter replacement (``counter_reset`` event) per counter, or -1."""
         self._clock = _Clock()
         self._targets: dict[tuple[str, str], _Target] = {}
         self._targets_of: Registry | None = None
         self._prefix = settings.topic_prefix
-        self._routes: dict[str, _Route | None] = {}
+        self._routes: dict[str, _Route] = {}
         self._routes_of: Registry | None = None
 
     def _target(self, registry: Registry, device: Device, site: Site) -> _Target:
@@ -177,16 +200,18 @@ class Enricher:
         return target
 
     def _route(self, topic: str) -> _Route | None:
-        """The route of a registered device's telemetry topic, or None for any other topic."""
+        """The route of a registered device's telemetry topic, or None for any other topic.
+
+        Only routes are cached (one per registered device); any other topic is looked
+        at anew each time, so a device inventing topics cannot grow the cache.
+        """
         registry = self._registry()
         if registry is not self._routes_of:
             self._routes = {}
             self._routes_of = registry
-        try:
-            return self._routes[topic]
-        except KeyError:
-            pass
-        route = None
+        route = self._routes.get(topic)
+        if route is not None:
+            return route
         try:
             where = parse_device_topic(topic, self._prefix)
         except TopicError:
@@ -197,9 +222,14 @@ class Enricher:
             if device is not None and site is not None and device.site_id == site.site_id:
                 target = self._target(registry, device, site)
                 route = _Route(device.device_id, target.series + " ", _FAST_FIELDS[site.site_type])
-        if len(self._routes) < 1_000_000:
-            self._routes[topic] = route
+                self._routes[topic] = route
         return route
+
+    def cache_bytes(self) -> int:
+        """About how many bytes the caches hold (keys and entries): at most ~1 KB a device."""
+        routes = sum(len(topic) + 200 for topic in self._routes)
+        targets = sum(len(t.series) + 300 for t in self._targets.values())
+        return routes + targets + 150 * (len(self._counters) + len(self._resets))
 
     def telemetry_line(self, topic: str, payload: bytes) -> str | None:
         """The line of a plain, valid telemetry message of a registered device, or None.
@@ -253,13 +283,16 @@ class Enricher:
         return f"{route.prefix}{','.join(parts)},seq={seq}i {time_ns}"
 
     def rejection(self, inbound: Inbound, reason: str, detail: str) -> Rejection:
-        """A rejection record of ``inbound`` with a unique time."""
-        if len(detail) > MAX_DETAIL_CHARS:
-            detail = detail[: MAX_DETAIL_CHARS - 1] + "…"
+        """A rejection record of ``inbound`` with a unique time.
+
+        Topic and detail are cut (:data:`MAX_TOPIC_CHARS`, :data:`MAX_DETAIL_CHARS`) and
+        their control characters escaped; the payload keeps its first 1 KiB (escaped
+        when it is turned into a point, :func:`~ingest_service.pipeline.rejection_point`).
+        """
         return Rejection(
             reason=reason,
-            detail=detail,
-            topic=inbound.topic,
+            detail=printable(detail, MAX_DETAIL_CHARS),
+            topic=printable(inbound.topic, MAX_TOPIC_CHARS),
             payload=inbound.payload[: schema.REJECTION_PAYLOAD_BYTES],
             time_ns=self._clock.now_ns(inbound.received_ns),
         )
@@ -301,15 +334,50 @@ class Enricher:
         last = self._counters.get(key)
         if last is None and self._counter_lookup is not None:
             last = self._counter_lookup(device_id, metric)
+        reset = self._resets.get(key)
+        if reset is None:
+            found = self._reset_lookup(device_id, metric) if self._reset_lookup else None
+            reset = self._resets[key] = _NO_RESET if found is None else found
+        if last is not None and reset != _NO_RESET:
+            if last[0] < reset <= time_ns:
+                last = None  # the meter was replaced since: this reading starts afresh
+            elif time_ns < reset <= last[0]:
+                return None  # the old meter's reading, arriving late: nothing to compare
         if last is not None:
             last_ns, last_value = last
             if time_ns >= last_ns and value < last_value:
-                return f"{metric}={value:g} is below the previous reading {last_value:g}"
+                return (
+                f"{metric}={value:g} is below the previous reading {last_value:g} "
+                "(a replaced meter needs a counter_reset event first)"
+            )
             if time_ns < last_ns and value > last_value:
                 return f"{metric}={value:g} is above a later reading {last_value:g}"
             if time_ns < last_ns:
                 return None
         self._counters[key] = (time_ns, value)
+        return None
+
+    def _note_reset(self, device_id: str, metric: str, time_ns: int) -> None:
+        """A ``counter_reset`` event: readings from ``time_ns`` on start a new baseline."""
+        key = (device_id, metric)
+        known = self._resets.get(key)
+        if known is None and self._reset_lookup is not None:
+            known = self._reset_lookup(device_id, metric)
+        self._resets[key] = max(time_ns, _NO_RESET if known is None else known)
+
+    @staticmethod
+    def _event_too_big(event: EventRecord) -> str | None:
+        """Why a numeric field of ``event`` is above its catalog maximum, or None."""
+        for name in EVENT_NUMERIC_FIELDS:
+            value = getattr(event, name)
+            if value is None:
+                continue
+            bound = event_field_bound(event.type.value, name)
+            if float(value) > bound.maximum:
+                return (
+                    f"{name}={float(value):g} is above the maximum {bound.maximum:g} "
+                    f"{bound.unit} of a {event.type.value} event ({bound.reason})"
+                )
         return None
 
     def points(
@@ -338,6 +406,9 @@ class Enricher:
                 rejections.append(self.rejection(inbound, reason, detail))
             else:
                 overflow[reason] = overflow.get(reason, 0) + 1
+
+        for reason, detail in parsed.problems:
+            reject(reason, detail)
 
         for record in parsed.telemetry:
             problem = self._check_time(record.ts, now)
@@ -372,6 +443,7 @@ class Enricher:
                 if error:
                     reject("out_of_range", f"seq {record.seq}: {error}")
                     continue
+                assert isinstance(value, int | float)  # Metric.check saw to it
                 if metric.never_decreasing:
                     error = self._counter_ok(device.device_id, name, time_ns, float(value))
                     if error:
@@ -396,6 +468,10 @@ class Enricher:
                     f"site {site.site_id} is {site.site_type}",
                 )
                 continue
+            too_big = self._event_too_big(event)
+            if too_big:
+                reject("out_of_range", f"seq {event.seq}: {too_big}")
+                continue
             event_tags = {**tags, "type": event.type.value}
             for name in EVENT_TAG_FIELDS:
                 value = getattr(event, name)
@@ -407,9 +483,10 @@ class Enricher:
                 if getattr(event, name) is not None
             }
             fields["seq"] = event.seq
-            points.append(
-                Point(schema.EVENT, event_tags, fields, point_time_ns(event.ts, event.seq))
-            )
+            time_ns = point_time_ns(event.ts, event.seq)
+            points.append(Point(schema.EVENT, event_tags, fields, time_ns))
+            if event.type is EventType.COUNTER_RESET and event.metric is not None:
+                self._note_reset(device.device_id, event.metric, time_ns)
 
         if parsed.status is not None:
             status = parsed.status

@@ -27,6 +27,7 @@ Rules, decided here and documented in the API:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from ingest_service.aggregates import Aggregates, MassKey, Querier, run
 from ingest_service.model import FieldValue, Point
 from ingest_service.months import Span, gaps
 from ingest_service.months import time_literal as time_literal  # api and report use it
-from ingest_service.outputs.influx import Series, Writer, quote_ident, quote_literal
+from ingest_service.outputs.influx import QueryError, Series, Writer, quote_ident, quote_literal
 from ingest_service.outputs.lineprotocol import encode
 from ingest_service.rollups import RollupMaintainer, RollupReader
 
@@ -79,6 +80,10 @@ def year_window(year: int, tz: ZoneInfo, now: datetime) -> Window:
     return Window(start=start, as_of=min(end, now))
 
 
+MAX_TOTAL_T = 1e12
+"""No scope's yearly total comes near this: the world grows ~10¹⁰ t of crops a year,
+and ingest refuses any event over 10⁵ t (farm_contract/catalog.py)."""
+
 MASS_DECIMALS = 6
 """Tonnes are rounded to the gram: sums in another order differ only far below that."""
 
@@ -100,7 +105,20 @@ class Totals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def values(self, year: int, county: str | None) -> list[IndicatorValue]:
-        """The four indicators, in contract order; ``county`` None means the city."""
+        """The four indicators, in contract order; ``county`` None means the city.
+
+        Raises :class:`QueryError` if a total is not finite or above
+        :data:`MAX_TOTAL_T`: only events stored before the catalog's maxima (or
+        written around ingest) add up to that, and a rate of 8e307 ("met") or
+        Inf/Inf must not be reported as a figure.
+        """
+        for name in self.__slots__:
+            total = getattr(self, name)
+            if not math.isfinite(total) or abs(total) > MAX_TOTAL_T:
+                raise QueryError(
+                    f"{name} of {county or 'the city'} is not finite: stored events hold "
+                    "absurd values (delete them; see docs/contract.md §4)"
+                )
         scope: Scope = "city" if county is None else "county"
         pairs = {
             IndicatorId.MANURE_FACILITY_RATE: (self.working_sites, self.manure_sites),

@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FieldValue = float | int | bool | str
+
+MAX_TOPIC_CHARS = 256
+"""A rejection keeps this much of its topic (a contract topic is at most ~150 characters)."""
+MAX_DETAIL_CHARS = 1000
+"""A rejection keeps this much of its detail."""
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` with control characters (and lone surrogates) escaped, cut to ``limit``.
+
+    For text a device chose that ends up in a rejection or a log line: a newline or
+    an ANSI escape there must not forge a line or repaint a terminal, and a 60 KB
+    topic must not be stored 60 KB long. Cut text ends in ``…``.
+    """
+    text = _CONTROL.sub(_escape, text[: limit * 4]) if _CONTROL.search(text) else text
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(slots=True)

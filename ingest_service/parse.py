@@ -1,12 +1,20 @@
-"""Stage 2: check a message against the wire contract (topic and payload), registry-free."""
+"""Stage 2: check a message against the wire contract (topic and payload), registry-free.
+
+A ``batch`` is checked record by record: a bad record is set aside with its own
+problem (its index in the detail) and the good ones go on, so a replay with one
+broken record does not cost its neighbours (the message is acknowledged either way,
+and the edge outbox drops it: a bad record would be refused again on every resend).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from farm_contract.payloads import (
+    MAX_BATCH,
     EventMessage,
     EventRecord,
     PayloadError,
@@ -43,6 +51,8 @@ class Parsed:
     telemetry: list[TelemetryRecord] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
     status: StatusMessage | None = None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    """(reason, detail) of records refused on their own, e.g. one bad record of a batch."""
 
 
 def describe(error: ValidationError) -> str:
@@ -54,6 +64,35 @@ def describe(error: ValidationError) -> str:
         parts.append(f"{where}: {message}" if where else message)
     more = error.error_count() - 5
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def _batch_records(
+    data: dict[str, Any], record: type[R], single_fields: tuple[str, ...]
+) -> tuple[list[R], list[tuple[str, str]]] | None:
+    """A batch's valid records and a problem per invalid one; None if not a batch envelope.
+
+    The envelope itself (``v`` 1, a list of 1 to :data:`MAX_BATCH` records, no
+    single-message fields beside it) must be right, or the message model words
+    the error for the whole message.
+    """
+    batch = data.get("batch")
+    if type(batch) is not list or not 1 <= len(batch) <= MAX_BATCH:
+        return None
+    if type(data.get("v")) is not int or data.get("v") != 1:
+        return None
+    if any(name in data for name in single_fields):
+        return None
+    records: list[R] = []
+    problems: list[tuple[str, str]] = []
+    for index, item in enumerate(batch):
+        try:
+            records.append(record.model_validate(item))
+        except ValidationError as exc:
+            problems.append(("invalid_payload", f"batch[{index}]: {describe(exc)}"))
+    return records, problems
 
 
 def decode(payload: bytes) -> object:
@@ -78,10 +117,18 @@ def parse_device_message(topic: str, payload: bytes, prefix: str) -> Parsed:
         if where.kind is MessageKind.TELEMETRY:
             records = telemetry_fast(data)
             if records is None:
-                records = TelemetryMessage.model_validate(data).records()
+                split = _batch_records(data, TelemetryRecord, ("seq", "ts", "readings"))
+                if split is None:
+                    records = TelemetryMessage.model_validate(data).records()
+                else:
+                    records, parsed.problems = split
             parsed.telemetry = records
         elif where.kind is MessageKind.EVENT:
-            parsed.events = EventMessage.model_validate(data).records()
+            events = _batch_records(data, EventRecord, ())
+            if events is None:
+                parsed.events = EventMessage.model_validate(data).records()
+            else:
+                parsed.events, parsed.problems = events
         else:
             parsed.status = StatusMessage.model_validate(data)
     except ValidationError as exc:

@@ -48,7 +48,7 @@ from farm_contract import schema
 from farm_contract.settings import Settings
 from ingest_service.chirpstack import parse_uplink
 from ingest_service.enrich import Enricher
-from ingest_service.model import Inbound, Point, Rejection
+from ingest_service.model import MAX_TOPIC_CHARS, Inbound, Point, Rejection, printable
 from ingest_service.outputs.influx import WriteError, Writer
 from ingest_service.outputs.lineprotocol import encode
 from ingest_service.parse import Parsed, Rejected, parse_device_message
@@ -103,13 +103,18 @@ class Outcome:
 
 
 def rejection_point(rejection: Rejection) -> Point:
-    """A rejection as a point of the ``rejection`` measurement (contract §9)."""
+    """A rejection as a point of the ``rejection`` measurement (contract §9).
+
+    The payload excerpt (first 1 KiB) is stored as text: invalid UTF-8 becomes U+FFFD
+    and control characters are escaped (``\\n``, ``\\x1b``), as in topic and detail.
+    """
+    excerpt = rejection.payload.decode("utf-8", errors="replace")
     return Point(
         schema.REJECTION,
         {"reason": rejection.reason},
         {
             "topic": rejection.topic,
-            "payload": rejection.payload.decode("utf-8", errors="replace"),
+            "payload": printable(excerpt, 4 * schema.REJECTION_PAYLOAD_BYTES),
             "detail": rejection.detail,
         },
         rejection.time_ns,
@@ -286,7 +291,10 @@ class Pipeline:
         try:
             line = self._enricher.telemetry_line(inbound.topic, inbound.payload)
         except Exception:
-            log.exception("fast path failed on %s; taking the general path", inbound.topic)
+            log.exception(
+                "fast path failed on %s; taking the general path",
+                printable(inbound.topic, MAX_TOPIC_CHARS),
+            )
             line = None
         if line is not None:
             return Outcome(inbound, line=line)
@@ -301,7 +309,9 @@ class Pipeline:
         except Rejected as exc:
             result.rejections = [self._enricher.rejection(inbound, exc.reason, exc.detail)]
         except Exception as exc:
-            log.exception("could not process message on %s", inbound.topic)
+            log.exception(
+                "could not process message on %s", printable(inbound.topic, MAX_TOPIC_CHARS)
+            )
             result.rejections = [
                 self._enricher.rejection(inbound, "internal_error", f"{type(exc).__name__}: {exc}")
             ]
@@ -385,7 +395,11 @@ class Pipeline:
             self._store(outcomes[middle:])
             return
         item = outcomes[0]
-        log.warning("InfluxDB refused a message on %s: %s", item.inbound.topic, error)
+        log.warning(
+            "InfluxDB refused a message on %s: %s",
+            printable(item.inbound.topic, MAX_TOPIC_CHARS),
+            printable(str(error), 1000),
+        )
         item.points = []
         item.line = None
         item.rejections.append(self._enricher.rejection(item.inbound, "db_rejected", str(error)))

@@ -31,6 +31,7 @@ against the manifest's ``events`` and rebuilds on a difference, and
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from ingest_service import aggregates
 from ingest_service.aggregates import Aggregates, Querier, number, run
 from ingest_service.model import FieldValue, Point
 from ingest_service.months import Month, Span, months_between, time_literal
-from ingest_service.outputs.influx import Writer, quote_ident, quote_literal
+from ingest_service.outputs.influx import QueryError, Writer, quote_ident, quote_literal
 from ingest_service.outputs.lineprotocol import encode
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def _int(value: object) -> int:
     """An integer field exactly (a build id in ns does not survive a float)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        raise QueryError(f"a roll-up field is {value}")  # a data error, not a crash
     return int(value)
 
 

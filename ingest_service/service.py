@@ -37,7 +37,11 @@ class IngestService:
         self.writer = LateEventMarker(make_writer(settings), settings.tz, settings.mqtt_client_id)
         self.query = InfluxQL(settings)
         self.enricher = Enricher(
-            self.state.registry.get, settings, self._last_counter, self.state.registry.refresh
+            self.state.registry.get,
+            settings,
+            self._last_counter,
+            self.state.registry.refresh,
+            self._last_reset,
         )
         self.pipeline = Pipeline(settings, self.enricher, self.writer, self.state.stats)
         self.input = MqttInput(
@@ -61,6 +65,7 @@ class IngestService:
         self.state.influx_reachable = self.query.ping
         self._counters_lock = threading.Lock()
         self._stored_counters: dict[str, dict[str, tuple[int, float]]] = {}
+        self._stored_resets: dict[str, dict[str, int]] = {}
 
     def _last_counter(self, device_id: str, metric: str) -> tuple[int, float] | None:
         """The latest stored value of a never-decreasing counter, so a restart keeps checking it.
@@ -79,6 +84,34 @@ class IngestService:
                 if known is None:
                     return self._last_counter_of(device_id, metric)
                 self._stored_counters[metric] = known
+            return known.get(device_id)
+
+    def _last_reset(self, device_id: str, metric: str) -> int | None:
+        """The time (ns) of the device's latest stored ``counter_reset`` of ``metric``.
+
+        Read once per metric for every device (a restart keeps a replaced meter's new
+        baseline); later resets are the enricher's own memory.
+        """
+        with self._counters_lock:
+            known = self._stored_resets.get(metric)
+            if known is None:
+                q = (
+                    f"SELECT last({quote_ident('seq')}) FROM {quote_ident('event')} "
+                    f"WHERE {quote_ident('type')} = {quote_literal('counter_reset')} "
+                    f"AND {quote_ident('metric')} = {quote_literal(metric)} "
+                    f"GROUP BY {quote_ident('device_id')}"
+                )
+                try:
+                    series = run(self.query, q)
+                except QueryError as exc:
+                    log.warning("cannot read the counter resets of %s: %s", metric, exc)
+                    return None
+                known = {
+                    item.tags["device_id"]: int(item.values[0][0]) * 1_000_000
+                    for item in series
+                    if item.tags.get("device_id") and item.values
+                }
+                self._stored_resets[metric] = known
             return known.get(device_id)
 
     def _load_counters(self, metric: str) -> dict[str, tuple[int, float]] | None:

@@ -119,7 +119,9 @@ telemetry_like = st.fixed_dictionaries(
         "seq": st.one_of(st.integers(min_value=-2, max_value=2**64), st.floats(), st.booleans()),
         "ts": st.sampled_from(
             ["2026-05-01T08:00:00Z", "2026-05-01T08:00:00.123+08:00", "2026-05-01T08:00:00",
-             "yesterday", 1_777_000_000_000, True, None]
+             "yesterday", 1_777_000_000_000, True, None, "2026-W18-5T08:00:00Z",
+             "2026-121T08:00:00Z", " 2026-05-01T08:00:00Z", "2026-05-01T08:00:00.123456789Z",
+             1_777_000_000_000.0]
         ),
         "readings": st.one_of(
             st.dictionaries(st.sampled_from([*CATALOG, "x"]), reading, max_size=4),
@@ -207,6 +209,8 @@ TOPICS = [
     "farm/v1/drip-1/dev-9/telemetry",  # unknown device
     "other/v1/drip-1/dev-1/telemetry",  # another prefix
     "farm/v1/drip-1/dev-1/event",
+    "farm/v1/drip-1/dev-1\n/telemetry",  # a trailing newline in an id
+    "farm/v1/drip-1\n/dev-1/telemetry",
 ]
 
 
@@ -222,7 +226,8 @@ def _reading_of(name: str) -> st.SearchStrategy[Any]:
         high = 1e6 if metric.maximum is None else float(metric.maximum)
         right = st.floats(low, high)
     wrong = st.one_of(
-        st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), st.booleans()
+        st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), st.booleans(),
+        st.text(max_size=2), st.none(), st.just({"a": 1.0}), st.just(1e30),
     )
     return st.one_of(*[right] * 7, wrong)
 
@@ -234,9 +239,10 @@ def near_valid_telemetry(draw: st.DrawFn, site_type: str) -> dict[str, Any]:
     name = st.one_of(*[st.sampled_from(own)] * 9, st.sampled_from([*CATALOG, "x"]))
     names = draw(st.lists(name, min_size=1, max_size=5, unique=True))
     good_ts = ["2026-05-01T08:00:00Z", "2026-05-01T08:00:00.123+08:00", "2026-05-01T08:00:00.5Z"]
-    bad_ts = ["2099-01-01T00:00:00Z", "1999-01-01T00:00:00Z", "2026-05-01T08:00:00", 17770000]
+    bad_ts = ["2099-01-01T00:00:00Z", "1999-01-01T00:00:00Z", "2026-05-01T08:00:00", 17770000,
+              "2026-W18-5T08:00:00Z", "2026-121T08:00:00Z", "2026-05-01T08:00:00Z\n"]
     return {
-        "v": draw(st.sampled_from([1] * 8 + [True, 2])),
+        "v": draw(st.sampled_from([1] * 8 + [True, 2, 1.0])),
         "seq": draw(st.one_of(*[st.integers(0, 10**6)] * 4, st.sampled_from([-1, 2**63]))),
         "ts": draw(st.one_of(*[st.sampled_from(good_ts)] * 4, st.sampled_from(bad_ts))),
         "readings": {name: draw(_reading_of(name)) for name in names},

@@ -7,13 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from farm_contract.payloads import telemetry_fast
 from farm_contract.registry import Registry
 from farm_contract.settings import Settings
+from farm_contract.topics import is_valid_id
 from ingest_service.chirpstack import parse_uplink
 from ingest_service.enrich import Enricher, point_time_ns
 from ingest_service.model import Inbound, Point
 from ingest_service.outputs.lineprotocol import encode_point
 from ingest_service.parse import Rejected, parse_device_message
+from ingest_service.pipeline import rejection_point
 
 SITES = """site_id,name,county,site_type,lat,lon,large_scale,area_mu,water_quota_m3_per_mu
 drip-1,滴灌一号,平城区,drip,40.1,113.3,,120,300
@@ -93,6 +96,11 @@ def test_bad_reading_is_rejected_alone(enricher: Enricher) -> None:
         (
             "farm/v1/drip-1/dev-1/telemetry",
             b'{"v":1,"seq":1,"ts":1,"readings":{"flow_lpm":NaN}}',
+            "bad_json",
+        ),
+        (
+            "farm/v1/drip-1/dev-1/telemetry",
+            b'{"v":1,"seq":1,"ts":1,"readings":{"flow_lpm":1e999}}',
             "bad_json",
         ),
         (
@@ -293,3 +301,74 @@ def test_line_protocol_escapes_tags_and_strings() -> None:
     assert line == (
         'rejection,reason=a\\ b\\,c\\=d\\ e detail="say \\"hi\\"\\\\\\n",n=1.5,i=3i,b=true 1'
     )
+
+
+# --- issue 10, finding 9: strict where the contract is strict -------------------------
+
+GOOD = {"v": 1, "seq": 1, "ts": "2026-05-01T08:00:00Z", "readings": {"flow_lpm": 1.5}}
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"v": True}, "v must be the integer 1"),
+        ({"v": 1.0}, "v must be the integer 1"),
+        ({"ts": "2026-W18-5T08:00:00Z"}, "not an RFC 3339"),  # ISO week date
+        ({"ts": "2026-121T08:00:00Z"}, "not an RFC 3339"),  # ordinal date
+        ({"ts": "20260501T080000Z"}, "not an RFC 3339"),  # basic format
+        ({"ts": "2026-05-01T08:00:00,5Z"}, "not an RFC 3339"),  # comma fraction
+        ({"ts": "2026-05-01T08:00:00"}, "has no UTC offset"),
+        ({"ts": " 2026-05-01T08:00:00Z"}, "not an RFC 3339"),
+        ({"ts": "2026-05-01T08:00:00+0000"}, "not an RFC 3339"),
+        ({"ts": "2026-02-30T08:00:00Z"}, "not a valid RFC 3339"),
+        ({"ts": 1777622400000.0}, "integer epoch milliseconds"),
+    ],
+)
+def test_strict_version_and_timestamps(
+    enricher: Enricher, change: dict[str, object], why: str
+) -> None:
+    body = {**GOOD, **change}
+    topic = "farm/v1/drip-1/dev-1/telemetry"
+    with pytest.raises(Rejected) as caught:
+        parse_device_message(topic, json.dumps(body).encode(), "farm")
+    assert caught.value.reason == "invalid_payload" and why in caught.value.detail
+    assert enricher.telemetry_line(topic, json.dumps(body).encode()) is None
+    assert telemetry_fast(body) is None
+
+
+def test_rfc3339_forms_the_contract_allows(enricher: Enricher) -> None:
+    for ts, ms in [
+        ("2026-05-01T08:00:00Z", 1777622400000),
+        ("2026-05-01t08:00:00z", 1777622400000),
+        ("2026-05-01 16:00:00+08:00", 1777622400000),
+        ("2026-05-01T08:00:00.123456789Z", 1777622400123),
+        ("2026-05-01T08:00:00.5-00:30", 1777624200500),
+    ]:
+        points, rejected = run(enricher, "farm/v1/drip-1/dev-1/telemetry", {**GOOD, "ts": ts})
+        assert rejected == [] and points[0].time_ns == ms * 1_000_000 + 1, ts
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["farm/v1/drip-1\n/dev-1/telemetry", "farm/v1/drip-1/dev-1\n/telemetry"],
+)
+def test_ids_with_a_trailing_newline_are_refused(enricher: Enricher, topic: str) -> None:
+    assert not is_valid_id("dev-1\n") and is_valid_id("dev-1")
+    with pytest.raises(Rejected) as caught:
+        parse_device_message(topic, json.dumps(GOOD).encode(), "farm")
+    assert caught.value.reason == "bad_topic"
+    assert enricher.telemetry_line(topic, json.dumps(GOOD).encode()) is None
+
+
+def test_rejection_text_is_cut_and_escaped(enricher: Enricher) -> None:
+    topic = "farm/v1/" + "s\x1b[2J\n" * 20_000 + "/dev-1/telemetry"  # ~120 KB
+    payload = b'{"v": 1,\n "x": "\x1b[31m\xff' + b"y" * 5000 + b'"}'
+    rejection = enricher.rejection(Inbound(topic, payload, 1), "bad_topic", "a\nb\r" * 1000)
+    assert len(rejection.topic) <= 256 and rejection.topic.endswith("…")
+    assert rejection.topic.startswith("farm/v1/s\\x1b[2J\\ns")
+    assert len(rejection.detail) <= 1000 and rejection.detail.startswith("a\\nb\\ra")
+    stored = rejection_point(rejection).fields["payload"]
+    assert isinstance(stored, str)
+    assert stored.startswith('{"v": 1,\\n "x": "\\x1b[31m\ufffdyyy')
+    assert not any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in stored)
+    assert len(stored) <= 4096

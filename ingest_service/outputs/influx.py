@@ -6,10 +6,12 @@ InfluxQL is the read language because InfluxDB 1.x, 2.x (its v1-compatible
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
+import orjson
 
 from farm_contract.settings import Settings
 
@@ -177,7 +179,49 @@ def make_writer(settings: Settings) -> Writer:
 
 
 class QueryError(Exception):
-    """InfluxDB refused or failed an InfluxQL query."""
+    """InfluxDB refused or failed an InfluxQL query, or answered what cannot be used.
+
+    Anything malformed — a body that is not JSON (InfluxDB 1.x cuts its answer short
+    when a sum overflows to ±Inf, which JSON cannot hold), an unexpected shape, a
+    non-finite number — is a ``QueryError`` too, never another exception: callers
+    answer it as "the data store failed", not as a crash.
+    """
+
+
+def _finite(value: Any) -> bool:
+    return type(value) is not float or math.isfinite(value)
+
+
+def _series_of(answer: Any, q: str) -> list[Series]:
+    """The series of a decoded ``/query`` answer; :class:`QueryError` for any other shape."""
+    if type(answer) is not dict or type(answer.get("results", [])) is not list:
+        raise QueryError(f"InfluxDB answered an unexpected shape to {q[:300]}")
+    series: list[Series] = []
+    for result in answer.get("results", []):
+        if type(result) is not dict:
+            raise QueryError(f"InfluxDB answered an unexpected result to {q[:300]}")
+        if "error" in result:
+            raise QueryError(f"InfluxQL error: {str(result['error'])[:500]} in {q[:300]}")
+        items = result.get("series", [])
+        if type(items) is not list:
+            raise QueryError(f"InfluxDB answered unexpected series to {q[:300]}")
+        for item in items:
+            if type(item) is not dict:
+                raise QueryError(f"InfluxDB answered a malformed series to {q[:300]}")
+            name, tags = item.get("name", ""), item.get("tags") or {}
+            columns, values = item.get("columns", []), item.get("values", [])
+            if (
+                type(name) is not str
+                or type(tags) is not dict
+                or type(columns) is not list
+                or type(values) is not list
+                or any(type(row) is not list for row in values)
+            ):
+                raise QueryError(f"InfluxDB answered a malformed series to {q[:300]}")
+            if not all(_finite(value) for row in values for value in row):
+                raise QueryError(f"InfluxDB answered a non-finite number to {q[:300]}")
+            series.append(Series(name=name, tags=tags, columns=columns, values=values))
+    return series
 
 
 @dataclass(slots=True)
@@ -239,20 +283,11 @@ class InfluxQL:
             raise QueryError(f"InfluxDB unreachable: {exc}") from None
         if response.status_code >= 300:
             raise QueryError(f"InfluxDB answered {response.status_code}: {response.text[:500]}")
-        series: list[Series] = []
-        for result in response.json().get("results", []):
-            if "error" in result:
-                raise QueryError(f"InfluxQL error: {result['error']} in {q[:300]}")
-            for item in result.get("series", []):
-                series.append(
-                    Series(
-                        name=item.get("name", ""),
-                        tags=item.get("tags") or {},
-                        columns=item.get("columns", []),
-                        values=item.get("values", []),
-                    )
-                )
-        return series
+        try:
+            answer = orjson.loads(response.content)  # refuses NaN and Infinity
+        except orjson.JSONDecodeError as exc:
+            raise QueryError(f"InfluxDB answered malformed JSON ({exc}) to {q[:300]}") from None
+        return _series_of(answer, q)
 
     def ping(self) -> bool:
         try:
