@@ -116,6 +116,17 @@ def test_words_are_what_a_device_holds() -> None:
     assert encode_value(register(metric="valve_open", bit=3), True) == [8]
 
 
+def test_decoded_integers_carry_no_float_noise() -> None:
+    """The agent sends 22.1, not 22.100000000000001 (seen in telemetry from the example)."""
+    tenths = register(metric="soil_temp_c", type="int16", scale=0.1)
+    assert repr(decode_registers(tenths, [221])) == "22.1"
+    assert repr(decode_registers(tenths, [(-29) & 0xFFFF])) == "-2.9"
+    thousandths = register(metric="soil_moisture_vwc", scale=0.001)
+    assert repr(decode_registers(thousandths, [102])) == "0.102"
+    quarters = register(metric="pressure_kpa", scale=0.25, offset=-50)
+    assert decode_registers(quarters, [3]) == -49.25  # rounding keeps the resolution
+
+
 def test_values_beyond_the_type_stop_at_its_limits() -> None:
     """A counter past a uint16's ceiling stays there rather than wrapping to 0 (a decrease)."""
     assert encode_value(register(metric="volume_m3", type="uint16"), 70_000) == [0xFFFF]
