@@ -2,13 +2,18 @@
 
 A field technician edits this file by hand, so every error names the key that
 is wrong (``driver.registers.2.type: …``) and unknown keys are refused rather
-than silently ignored (a typo must not fall back to a default). Each driver
+than silently ignored (a typo must not fall back to a default). :func:`load_config`
+also checks the files the config names (TLS CA, certificate and key; the state
+folder and outbox file) so that a missing one is a one-line error naming its key
+and path at start, not an exception from deep in the MQTT client later. Each driver
 defines its own ``[driver]`` table next to its code (:mod:`edge.drivers.modbus`,
 :mod:`edge.drivers.simulated`); this module only assembles the file from them.
 """
 
 from __future__ import annotations
 
+import os
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -26,7 +31,7 @@ from farm_contract.topics import ID_PATTERN
 
 __all__ = [
     "ConfigError", "DeviceConfig", "DriverConfig", "ModbusDriverConfig", "OutboxConfig",
-    "RegisterConfig", "SimulatedDriverConfig", "load_config", "parse_config",
+    "RegisterConfig", "SimulatedDriverConfig", "file_problems", "load_config", "parse_config",
 ]
 
 
@@ -155,11 +160,94 @@ def parse_config(text: str, source: str = "config", *, yaml_format: bool = False
         raise ConfigError(source, _describe(exc)) from None
 
 
-def load_config(path: str | Path) -> DeviceConfig:
-    """Read and validate a device config file (``.yaml``/``.yml``: YAML, otherwise TOML)."""
+def _shown(path: Path) -> str:
+    """A path as the user wrote it, and where it resolves when that is not obvious."""
+    return str(path) if path.is_absolute() else f"{path} (= {path.absolute()})"
+
+
+def _readable_file_problem(path: Path) -> str | None:
+    if not path.exists():
+        return f"{_shown(path)} does not exist"
+    if not path.is_file():
+        return f"{_shown(path)} is not a file"
+    if not os.access(path, os.R_OK):
+        return f"{_shown(path)} is not readable by this user"
+    return None
+
+
+def _writable_folder_problem(path: Path, what: str) -> str | None:
+    """Whether ``path`` is, or can be created as, a folder this user can write in."""
+    if path.exists():
+        if not path.is_dir():
+            return f"{_shown(path)} is not a folder ({what})"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{_shown(path)} is not writable by this user ({what})"
+        return None
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return (f"{_shown(path)} does not exist and cannot be created: {parent} is not "
+                f"writable by this user ({what})")
+    return None
+
+
+def _no_password() -> bytes:
+    return b""  # an encrypted key fails here instead of prompting on a service's terminal
+
+
+def _tls_problems(config: DeviceConfig) -> list[str]:
+    problems = []
+    for key in ("ca_file", "cert_file", "key_file"):
+        path: Path | None = getattr(config, key)
+        if path is not None and (problem := _readable_file_problem(path)):
+            problems.append(f"{key}: {problem}")
+    if problems:
+        return problems
+    context = ssl.create_default_context()
+    if config.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(config.ca_file))
+        except ssl.SSLError as exc:
+            problems.append(f"ca_file: {config.ca_file} holds no PEM CA certificate "
+                            f"({exc.reason or exc})")
+    if config.cert_file is not None and config.key_file is not None:
+        try:
+            context.load_cert_chain(str(config.cert_file), str(config.key_file), _no_password)
+        except ssl.SSLError as exc:
+            problems.append(f"key_file: {config.cert_file} and {config.key_file} are not a PEM "
+                            f"certificate and its unencrypted key ({exc.reason or exc})")
+    return problems
+
+
+def file_problems(config: DeviceConfig) -> list[str]:
+    """What is wrong with the files and folders ``config`` names, one line per key."""
+    problems = _tls_problems(config)
+    outbox = config.outbox_path
+    if config.state_dir is not None and (
+        problem := _writable_folder_problem(config.state_dir, "the device's state")
+    ):
+        problems.append(f"state_dir: {problem}")
+    if outbox is not None and config.outbox.path is not None:
+        if outbox.exists() and not outbox.is_file():
+            problems.append(f"outbox.path: {_shown(outbox)} is not a file")
+        elif problem := _writable_folder_problem(outbox.parent, "the outbox's folder"):
+            problems.append(f"outbox.path: {problem}")
+    return problems
+
+
+def load_config(path: str | Path, *, check_files: bool = True) -> DeviceConfig:
+    """Read and validate a device config file (``.yaml``/``.yml``: YAML, otherwise TOML).
+
+    With ``check_files`` (the agent's case) the files and folders it names must
+    be usable here too; the Modbus simulator reads only the register map.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
-    return parse_config(text, str(path), yaml_format=path.suffix.lower() in (".yaml", ".yml"))
+    config = parse_config(text, str(path), yaml_format=path.suffix.lower() in (".yaml", ".yml"))
+    if check_files and (problems := file_problems(config)):
+        raise ConfigError(str(path), problems)
+    return config

@@ -191,3 +191,116 @@ def test_yaml_config(tmp_path: Path) -> None:
 def test_shipped_examples_are_valid(name: str) -> None:
     example = Path(__file__).resolve().parents[1] / "edge" / name
     assert load_config(example).device_id
+
+
+# -- files the config names: one line naming the key and the path, at load ---------------
+
+TLS = VALID.replace("mqtt://127.0.0.1:1883", "mqtts://broker.example:8883")
+
+
+def write_config(folder: Path, text: str) -> Path:
+    path = folder / "device.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def with_keys(text: str, lines: str) -> str:
+    return text.replace("sample_interval_s = 30", f"sample_interval_s = 30\n{lines}")
+
+
+@pytest.mark.parametrize("key", ["ca_file", "cert_file", "key_file"])
+def test_a_missing_tls_file_names_its_key_and_path(tmp_path: Path, key: str) -> None:
+    files = {name: tmp_path / "etc" / name for name in ("ca_file", "cert_file", "key_file")}
+    (tmp_path / "etc").mkdir()
+    for path in files.values():
+        path.write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+    missing = files[key]
+    missing.unlink()
+    config = write_config(tmp_path, with_keys(TLS, "\n".join(
+        f'{name} = "{path}"' for name, path in files.items())))
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert info.value.problems == [f"{key}: {missing} does not exist"]
+    assert str(info.value) == f"{config}: {key}: {missing} does not exist"
+    assert "\n" not in str(info.value)
+
+
+def test_a_relative_path_says_where_it_was_looked_for(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, with_keys(TLS, 'ca_file = "certs/ca.crt"'))
+    with pytest.raises(ConfigError, match=r"ca_file: certs/ca\.crt \(= .*/certs/ca\.crt\) does "
+                                          r"not exist"):
+        load_config(config)
+
+
+def test_tls_files_that_are_not_pem_are_named(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text("not a certificate\n", encoding="utf-8")
+    config = write_config(tmp_path, with_keys(TLS, f'ca_file = "{tmp_path / "ca.crt"}"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    [problem] = info.value.problems
+    assert problem.startswith(f"ca_file: {tmp_path / 'ca.crt'} holds no PEM CA certificate")
+
+
+def test_a_client_key_that_does_not_load_is_named(tmp_path: Path) -> None:
+    """A real CA (the system's) with a certificate and key that are not PEM."""
+    import ssl
+
+    system_ca = ssl.get_default_verify_paths().cafile
+    assert system_ca is not None and Path(system_ca).exists()
+    for name in ("d.crt", "d.key"):
+        (tmp_path / name).write_text("garbage\n", encoding="utf-8")
+    text = with_keys(TLS, f'ca_file = "{system_ca}"\ncert_file = "{tmp_path / "d.crt"}"\n'
+                          f'key_file = "{tmp_path / "d.key"}"')
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, text))
+    [problem] = info.value.problems
+    assert problem.startswith("key_file: ") and str(tmp_path / "d.key") in problem
+
+
+def test_a_state_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("", encoding="utf-8")
+    config = write_config(tmp_path, VALID.replace('"state"', f'"{tmp_path / "state"}"'))
+    with pytest.raises(ConfigError, match=r"^.*device\.toml: state_dir: .*/state is not a folder"):
+        load_config(config)
+
+
+def test_an_outbox_path_in_a_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("", encoding="utf-8")
+    text = VALID.replace("[driver]", f'[outbox]\npath = "{tmp_path / "blocker" / "o.sqlite"}"\n'
+                         "[driver]")
+    with pytest.raises(ConfigError, match=r"outbox\.path: .*/blocker is not a folder"):
+        load_config(write_config(tmp_path, text.replace('state_dir = "state"\n', "")))
+
+
+def test_parse_config_alone_does_not_look_at_files() -> None:
+    """Text only (the Modbus simulator reads a field config on a laptop without its CA)."""
+    config = parse_config(with_keys(TLS, 'ca_file = "/nonexistent/ca.crt"'))
+    assert config.ca_file == Path("/nonexistent/ca.crt")
+
+
+def test_the_agent_command_says_which_file_is_missing(tmp_path: Path) -> None:
+    """The issue's report: a bare FileNotFoundError from tls_set; now exit 2 and one line."""
+    import subprocess
+    import sys
+
+    missing = tmp_path / "etc" / "ca.crt"
+    config = write_config(tmp_path, with_keys(TLS, f'ca_file = "{missing}"').replace(
+        '"state"', f'"{tmp_path / "state"}"'))
+    result = subprocess.run([sys.executable, "-m", "edge", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {config}: ca_file: {missing} does not exist\n"
+
+
+def test_a_link_built_by_hand_names_its_tls_files(tmp_path: Path) -> None:
+    """Callers that skip the config (simulators, bench) get the file named too."""
+    from edge.mqtt.link import DeviceLink
+    from edge.mqtt.status import DeviceStatus
+    from farm_contract.mqtt_url import parse_mqtt_url
+
+    missing = tmp_path / "ca.crt"
+    with pytest.raises(ValueError, match=f"d-1: TLS setup failed \\(ca_file {missing}\\)"):
+        DeviceLink(DeviceStatus("d-1", "s-1"), parse_mqtt_url("mqtts://127.0.0.1:8883"),
+                   ca_file=missing)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import datetime
+from decimal import Decimal
 from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
@@ -136,7 +137,21 @@ def decode_registers(register: RegisterConfig, words: list[int]) -> float | bool
         words, _DATATYPE[register.type], word_order=register.word_order
     )
     assert isinstance(raw, int | float)
-    return float(raw) * register.scale + register.offset
+    value = float(raw) * register.scale + register.offset
+    if isinstance(raw, int):
+        # 221 × 0.1 is 22.100000000000001 in binary; the device meant 22.1
+        return round(value, _decimals(register.scale, register.offset))
+    return value
+
+
+def _decimals(*numbers: float) -> int:
+    """Decimal places of a register's resolution: an integer times 0.001 has three."""
+    places = 0
+    for number in numbers:
+        exponent = Decimal(repr(number)).as_tuple().exponent
+        if isinstance(exponent, int):
+            places = max(places, -exponent)
+    return places
 
 
 def make_client(config: ModbusDriverConfig) -> ModbusTcpClient | ModbusSerialClient:

@@ -112,12 +112,21 @@ class DeviceLink:
         )
         client.username_pw_set(username or status.device_id, password or endpoint.password)
         if endpoint.tls:
-            client.tls_set(
-                ca_certs=str(ca_file) if ca_file else None,
-                certfile=str(cert_file) if cert_file else None,
-                keyfile=str(key_file) if key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+            try:
+                client.tls_set(
+                    ca_certs=str(ca_file) if ca_file else None,
+                    certfile=str(cert_file) if cert_file else None,
+                    keyfile=str(key_file) if key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                # ssl names neither the file nor which one; edge.config checks them
+                # at load, this is for callers that build a link themselves.
+                files = ", ".join(f"{name} {path}" for name, path in (
+                    ("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file),
+                ) if path is not None)
+                raise ValueError(f"{status.device_id}: TLS setup failed ({files or 'system CAs'}):"
+                                 f" {exc}") from exc
         client.max_inflight_messages_set(max_inflight)
         client.will_set(
             self._topics[MessageKind.STATUS],
