@@ -75,8 +75,9 @@ class StatsCollector(Collector):
         events = CounterMetricFamily(
             "farm_mqtt_connection_events",
             "MQTT connections refused or ended: refused, session_taken_over (another "
-            "connection took our client id), disconnected, connection_lost, protocol_error, "
-            "packet_too_large",
+            "connection took our client id, MQTT v5 reason 0x8E), closed_by_broker (no "
+            "DISCONNECT: how Mosquitto 2.0.11 ends a taken-over session), disconnected, "
+            "connection_lost, protocol_error, packet_too_large",
             labels=["event"],
         )
         for event, count in sorted(self._state.mqtt_events().items()):

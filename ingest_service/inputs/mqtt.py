@@ -69,6 +69,10 @@ RECONNECT_MAX_S = 30.0
 STABLE_CONNECTION_S = 60.0
 """A connection that lasted this long resets the reconnect back-off."""
 SESSION_TAKEN_OVER = "client id taken over by another connection"
+CLOSED_WITHOUT_REASON = (
+    "connection closed by the broker without a DISCONNECT (Mosquitto 2.0.11 ends a session "
+    f"that way when {SESSION_TAKEN_OVER}: is a second worker using this account?)"
+)
 
 
 def subscription_filters(settings: Settings) -> list[str]:
@@ -83,6 +87,10 @@ def subscription_filters(settings: Settings) -> list[str]:
 
 class ConnectFailed(Exception):
     """The broker could not be reached, or refused us; tried again after a pause."""
+
+
+class BrokerClosed(ConnectionError):
+    """The broker closed the connection without a DISCONNECT packet."""
 
 
 class BrokerDisconnected(ConnectionError):
@@ -269,6 +277,10 @@ class MqttInput:
                 else:
                     self._count("disconnected")
                     log.warning("disconnected from MQTT broker: %s", exc)
+            except BrokerClosed:
+                self._count("closed_by_broker")
+                log.warning("%s (client id %r)", CLOSED_WITHOUT_REASON,
+                            self._settings.mqtt_client_id)
             except OSError as exc:
                 if not self._stop.is_set():
                     self._count("connection_lost")
@@ -411,7 +423,7 @@ class MqttInput:
             if sock in readable:
                 chunk = sock.recv(READ_CHUNK)
                 if not chunk:
-                    raise ConnectionError("connection closed by the broker")
+                    raise BrokerClosed("connection closed by the broker")
                 if tls and sock.pending():  # type: ignore[attr-defined]
                     more = [chunk]
                     while sock.pending():  # type: ignore[attr-defined]
