@@ -26,6 +26,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -40,11 +41,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from devstack.servers import LOOPBACK, Influxd, find_binary, free_port
+from edge.publisher import DevicePublisher
 from farm_contract.settings import Settings
+from farm_contract.topics import MessageKind
 from ingest_service.inputs import mqtt as mqtt_input
 from ingest_service.inputs.mqtt import MqttInput
 from ingest_service.model import Inbound
 from ingest_service.service import IngestService
+from simulators.credentials import SECRET_ENV, device_password
 from tests.helpers import count, wait_for, write_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +58,7 @@ PASSWORDS = {
     "d1": "pw-d1",
     "d2": "pw-d2",
     "dev-1": "pw-dev-1",
+    "dev-2": device_password("simulator-secret", "dev-2"),
     "svc.ingest": "pw-ingest",
     "svc.ingest.2": "pw-ingest-2",
     "svc.chirpstack": "pw-chirpstack",
@@ -338,8 +343,19 @@ def test_compose_entrypoint_builds_the_broker_config(tmp_path: Path) -> None:
         "BROKER_DATA": str(tmp_path / "data"), "MOSQUITTO": "/bin/echo",
         "MQTT_INGEST_PASSWORD": "i", "MQTT_HEALTHCHECK_PASSWORD": "h",
         "MQTT_EXTRA_USERS": "d1:p1 d2:p:2",
+        "MQTT_USERS_FILE": str(tmp_path / "simulated-devices"),
     }
     (tmp_path / "data").mkdir()
+    secret = {**os.environ, SECRET_ENV: "the-secret"}
+    subprocess.run(
+        [sys.executable, "-m", "simulators", "broker-users", "--scenario", "test-small",
+         "--out", env["MQTT_USERS_FILE"]], env=secret, check=True, capture_output=True,
+    )
+    simulated = [line.split(":")[0] for line in
+                 (tmp_path / "simulated-devices").read_text().split()]
+    assert len(simulated) > 10
+    first = (tmp_path / "simulated-devices").read_text().split()[0]
+    assert first == f"{simulated[0]}:{device_password('the-secret', simulated[0])}"
 
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -352,7 +368,7 @@ def test_compose_entrypoint_builds_the_broker_config(tmp_path: Path) -> None:
     assert "TLS listener 8883 disabled" in result.stderr
     assert "listener 1883" in conf and "listener 8883" not in conf and "cafile" not in conf
     users = [line.split(":")[0] for line in (tmp_path / "config" / "passwd").read_text().split()]
-    assert users == ["svc.ingest", "svc.healthcheck", "d1", "d2"]
+    assert users == ["svc.ingest", "svc.healthcheck", "d1", "d2", *simulated]
     assert (tmp_path / "config" / "acl").read_text() == (BROKER / "acl").read_text()
     assert result.stdout.split() == ["-c", str(tmp_path / "config" / "mosquitto.conf")]
 
@@ -654,3 +670,20 @@ def test_a_retained_status_is_rejected_once_not_on_every_reconnect(
         publish_reason(device, acks, topic, b"", retain=True)  # clear it for other tests
         device.disconnect()
         device.loop_stop()
+
+
+def test_a_simulated_device_logs_in_as_itself_with_its_derived_password(
+    broker: Broker, ingest: Peer,
+) -> None:
+    """The compose fleet: no shared svc.simulator login, each device its own account."""
+    publisher = DevicePublisher(
+        "dev-2", "farm-1", f"mqtt://{LOOPBACK}:{broker.port}",
+        password=device_password("simulator-secret", "dev-2"),
+    )
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        publisher.raw(MessageKind.TELEMETRY, b"marker")
+        assert ingest.until("marker")[-1] == ("farm/v1/farm-1/dev-2/telemetry", b"marker")
+    finally:
+        publisher.close(offline=False)
