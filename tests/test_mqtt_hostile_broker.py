@@ -20,9 +20,12 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devstack.servers import LOOPBACK
 from farm_contract.settings import Settings
+from farm_contract.topics import TopicError, parse_chirpstack_topic, parse_device_topic
 from ingest_service.inputs import mqtt as mqtt_input
 from ingest_service.inputs import mqtt_wire as wire
 from ingest_service.inputs.mqtt import MqttInput
@@ -338,3 +341,66 @@ def test_reconnects_after_a_drop_back_off_with_jitter(inputs: list[MqttInput]) -
         broker.close()
     delays = [mqtt_input.reconnect_delay(3) for _ in range(200)]
     assert 2.0 <= min(delays) < max(delays) <= 4.0  # 0.5 s × 2³, jittered over its upper half
+
+
+# --- any bytes at all -----------------------------------------------------------------------
+
+
+@given(
+    stream=st.lists(
+        st.one_of(
+            st.builds(lambda t, p, q, i: publish_packet(t, p, q, i),
+                      st.text(max_size=40), st.binary(max_size=300),
+                      st.integers(0, 1), st.integers(1, 65535)),
+            st.binary(max_size=12),  # hostile: headers, huge lengths, junk
+        ),
+        max_size=8,
+    ),
+    cuts=st.lists(st.integers(1, 400), max_size=6),
+)
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_in_any_chunks_are_split_or_refused_within_the_bound(
+    stream: list[bytes], cuts: list[int]
+) -> None:
+    """Fed in arbitrary chunks, the codec either splits packets or raises ProtocolError;
+    what it leaves waiting never announces more than the maximum packet size, so the
+    input never buffers more than that for one packet."""
+    data = b"".join(stream)
+    max_size = 256
+    cache = wire.TopicCache(max_bytes=4096)
+    pending = b""
+    at = 0
+    try:
+        for cut in [*cuts, len(data)]:
+            pending += data[at : at + cut]
+            at += cut
+            publishes: list[wire.Publish] = []
+            used = wire.split_packets(pending, publishes, [], cache, max_size)
+            pending = pending[used:]
+            assert all(qos in (0, 1) for _, _, qos, _ in publishes)
+            size = wire.packet_size(pending)
+            assert size is None or size <= max_size
+            assert cache.size <= 4096
+    except wire.ProtocolError:
+        return
+
+
+@pytest.mark.parametrize("topic", [
+    "farm/v1/s1/d1/Telemetry", "farm/v1/s1/d1/telemetry/", "farm/v1/s1/d1/events",
+    "farm/v1/s1/d1/telemetry/extra", "farm/v1/S 1/d1/telemetry",
+])
+def test_device_near_misses_parse_as_bad_topic(topic: str) -> None:
+    with pytest.raises(TopicError) as caught:
+        parse_device_topic(topic, "farm")
+    assert caught.value.reason == "bad_topic"
+
+
+@pytest.mark.parametrize("topic", [
+    "application/a/device/0011223344556677/event/up/",
+    "application/a/device/0011223344556677/event/join",
+    "application/a/device/0011223344556677/event/Up",
+])
+def test_chirpstack_near_misses_parse_as_bad_topic(topic: str) -> None:
+    with pytest.raises(TopicError) as caught:
+        parse_chirpstack_topic(topic)
+    assert caught.value.reason == "bad_topic"
