@@ -687,3 +687,26 @@ def test_a_simulated_device_logs_in_as_itself_with_its_derived_password(
         assert ingest.until("marker")[-1] == ("farm/v1/farm-1/dev-2/telemetry", b"marker")
     finally:
         publisher.close(offline=False)
+
+
+def test_client_ids_are_bound_on_the_tls_listener_too(broker: Broker, ingest: Peer) -> None:
+    """use_username_as_clientid is a listener option: the TLS listener has it as well."""
+    thief = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="svc.ingest",
+                        protocol=mqtt.MQTTv5)
+    connack: queue.Queue[ReasonCode] = queue.Queue()
+    thief.on_connect = lambda _c, _u, _f, code, _p: connack.put(code)
+    thief.username_pw_set("d2", PASSWORDS["d2"])
+    thief.tls_set(ca_certs=str(broker.certs / "ca.crt"), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    thief.connect(LOOPBACK, broker.tls_port, clean_start=False)
+    thief.loop_start()
+    try:
+        assert not connack.get(timeout=5).is_failure
+        d1 = connected(broker, "d1")
+        try:
+            d1.publish("farm/v1/s1/d1/telemetry", "marker")
+            assert ingest.until("marker") == [("farm/v1/s1/d1/telemetry", b"marker")]
+        finally:
+            d1.close()
+    finally:
+        thief.disconnect()
+        thief.loop_stop()
