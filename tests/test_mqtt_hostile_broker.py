@@ -233,6 +233,21 @@ def test_a_peer_announcing_200_mb_is_disconnected_with_packet_too_large(
         broker.close()
 
 
+def test_a_huge_connack_is_refused_unread(inputs: list[MqttInput]) -> None:
+    """The handshake's read is bounded too: a CONNACK announcing 200 MB is not waited for."""
+    def script(conn: socket.socket) -> None:
+        conn.sendall(bytes([wire.CONNACK << 4]) + wire.varint(200_000_000) + b"\x00" * 65536)
+        hold_open(conn, 10)
+
+    broker = FakeBroker(script)
+    try:
+        receiver = start_input(broker.port, inputs, Collector())
+        wait_for(lambda: broker.connections >= 2, timeout=8)  # refused at once, tried again
+        assert not receiver.connected
+    finally:
+        broker.close()
+
+
 def test_server_keep_alive_0_means_no_pings(inputs: list[MqttInput]) -> None:
     """Finding 9: 105k PINGREQs in 5 s before."""
     props = bytes([wire.PROP_SERVER_KEEP_ALIVE]) + b"\x00\x00"
