@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import queue
-import re
 import shutil
 import socket
 import ssl
@@ -40,7 +39,14 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from devstack.servers import LOOPBACK, Influxd, find_binary, free_port
+from devstack.servers import (
+    LOOPBACK,
+    Influxd,
+    find_binary,
+    free_port,
+    shipped_broker_config,
+    write_password_file,
+)
 from edge.publisher import DevicePublisher
 from farm_contract.settings import Settings
 from farm_contract.topics import MessageKind
@@ -89,25 +95,6 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"mosquitto did not listen on {port}: {log.read_text(errors='replace')}")
 
 
-def _test_config(conf: str, work: Path, port: int, tls_port: int) -> str:
-    """broker/mosquitto.conf with paths under ``work`` and loopback listeners on free ports."""
-    replacements = [
-        (r"^listener 1883$", f"listener {port} {LOOPBACK}"),
-        (r"^listener 8883$", f"listener {tls_port} {LOOPBACK}"),
-        (r"^password_file /mosquitto/config/passwd$", f"password_file {work / 'passwd'}"),
-        (r"^acl_file /mosquitto/config/acl$", f"acl_file {BROKER / 'acl'}"),
-        (r"^persistence_location /mosquitto/data/$", f"persistence_location {work / 'data'}/"),
-        (r" /mosquitto/config/certs/", f" {work / 'certs'}/"),
-    ]
-    for pattern, replacement in replacements:
-        conf, count = re.subn(pattern, replacement, conf, flags=re.MULTILINE)
-        assert count, f"broker/mosquitto.conf no longer has {pattern!r}"
-    settings = [line for line in conf.splitlines() if not line.startswith("#")]
-    assert not [line for line in settings if "/mosquitto/" in line], "an image path is left"
-    # Stay root when the tests run as root: the temporary files are root's alone.
-    return conf + "user root\n"
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     work = tmp_path_factory.mktemp("mosquitto")
@@ -116,17 +103,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         [str(BROKER / "make-dev-certs.sh"), "--out", str(work / "certs")],
         check=True, capture_output=True,
     )
-    passwd = find_binary("mosquitto_passwd")
-    create = ["-c"]
-    for user, password in PASSWORDS.items():
-        subprocess.run(
-            [passwd, *create, "-b", str(work / "passwd"), user, password],
-            check=True, capture_output=True,
-        )
-        create = []
+    write_password_file(work / "passwd", PASSWORDS)
     port, tls_port = free_port(), free_port()
-    conf = _test_config((BROKER / "mosquitto.conf").read_text(), work, port, tls_port)
-    (work / "mosquitto.conf").write_text(conf)
+    (work / "mosquitto.conf").write_text(shipped_broker_config(work, port, tls_port))
     log = work / "mosquitto.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -687,6 +666,10 @@ def test_a_simulated_device_logs_in_as_itself_with_its_derived_password(
         assert ingest.until("marker")[-1] == ("farm/v1/farm-1/dev-2/telemetry", b"marker")
     finally:
         publisher.close(offline=False)
+        cleaner, acks, _ = connect_v5(broker, "dev-2")  # its retained birth: gone
+        publish_reason(cleaner, acks, "farm/v1/farm-1/dev-2/status", b"", retain=True)
+        cleaner.disconnect()
+        cleaner.loop_stop()
 
 
 def test_client_ids_are_bound_on_the_tls_listener_too(broker: Broker, ingest: Peer) -> None:
