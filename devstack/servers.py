@@ -199,7 +199,7 @@ def shipped_broker_config(
     listener is left out, as the compose entrypoint does without certificates."""
     conf = (BROKER_DIR / "mosquitto.conf").read_text()
     if tls_port is None:
-        conf = re.sub(r"^# BEGIN TLS LISTENER.*?^# END TLS LISTENER\n", "", conf,
+        conf = re.sub(r"^# BEGIN TLS LISTENER.*?^# END TLS LISTENER$\n?", "", conf,
                       flags=re.MULTILINE | re.DOTALL)
     replacements = [
         (r"^listener 1883$", f"listener {port} {LOOPBACK}"),
@@ -217,7 +217,7 @@ def shipped_broker_config(
         if not count:
             raise ServerError(f"broker/mosquitto.conf no longer has {pattern!r}")
     settings = [line for line in conf.splitlines() if not line.startswith("#")]
-    if [line for line in settings if "/mosquitto/" in line]:
+    if [line for line in settings if " /mosquitto/" in line]:  # an image path, not ``work``
         raise ServerError("broker/mosquitto.conf has an image path left")
     if os.geteuid() == 0:  # as in Mosquitto.write_config: keep the root-owned files writable
         conf += "user root\n"
