@@ -63,11 +63,6 @@ def device_topic(prefix: str, site_id: str, device_id: str, kind: MessageKind | 
     return f"{prefix}/v1/{site_id}/{device_id}/{MessageKind(kind).value}"
 
 
-def device_filters(prefix: str) -> list[str]:
-    """Subscription filters that cover every device topic of the contract, and nothing else."""
-    return [f"{prefix}/v1/+/+/{kind.value}" for kind in MessageKind]
-
-
 def ingest_filters(prefix: str, chirpstack: bool = True) -> list[str]:
     """What ingest subscribes to: wider than the contract's topics, so anything else a
     device gets past the broker (a bad site segment, a near-miss) is seen and rejected

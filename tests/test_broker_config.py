@@ -49,7 +49,12 @@ from devstack.servers import (
 )
 from edge.publisher import DevicePublisher
 from farm_contract.settings import Settings
-from farm_contract.topics import MessageKind
+from farm_contract.topics import (
+    CHIRPSTACK_UPLINK_FILTER,
+    MessageKind,
+    device_acl_patterns,
+    ingest_filters,
+)
 from ingest_service.inputs import mqtt as mqtt_input
 from ingest_service.inputs.mqtt import MqttInput
 from ingest_service.model import Inbound
@@ -193,6 +198,29 @@ def ingest(broker: Broker) -> Iterator[Peer]:
     peer.subscribe("application/+/device/+/event/up")
     yield peer
     peer.close()
+
+
+def test_the_acl_spells_out_the_contracts_topics_and_ingests_subscription() -> None:
+    """broker/acl and the code agree: devices write exactly the contract's topics, each
+    ingest account reads exactly what ingest subscribes to, ChirpStack writes uplinks."""
+    blocks: dict[str, list[str]] = {"": []}
+    user = ""
+    for line in (BROKER / "acl").read_text().splitlines():
+        if line.startswith("user "):
+            user = line.split()[1]
+            blocks[user] = []
+        elif line.startswith(("pattern ", "topic ")):
+            blocks["" if line.startswith("pattern ") else user].append(line)
+    assert blocks[""] == [f"pattern write {p}" for p in device_acl_patterns("farm")]
+    workers = [name for name in blocks if name.startswith("svc.ingest")]
+    assert workers == ["svc.ingest", "svc.ingest.2"]
+    for worker in workers:
+        assert blocks[worker] == [
+            f"topic deny farm/v1/+/{worker}/#",
+            *[f"topic read {f}" for f in ingest_filters("farm")],
+        ]
+    assert blocks["svc.chirpstack"] == [f"topic write {CHIRPSTACK_UPLINK_FILTER}"]
+    assert set(blocks) == {"", *workers, "svc.chirpstack"}
 
 
 def test_anonymous_and_wrong_password_are_refused(broker: Broker) -> None:
