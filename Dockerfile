@@ -9,11 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # An unprivileged user; /var/lib/farm is its home and holds the registry folder
-# (a named volume mounted there starts out owned by it).
+# and the simulated devices' broker accounts (named volumes mounted there start
+# out owned by it).
 RUN groupadd --system --gid 10001 farm \
     && useradd --system --uid 10001 --gid farm --home-dir /var/lib/farm \
        --shell /usr/sbin/nologin farm \
-    && install -d -o farm -g farm /var/lib/farm /var/lib/farm/registry
+    && install -d -o farm -g farm /var/lib/farm /var/lib/farm/registry \
+       /var/lib/farm/broker-users
 
 # The project, installed from pyproject.toml; the source tree is not kept.
 COPY . /tmp/src

@@ -6,8 +6,11 @@
 #   - mosquitto.conf and acl are copied as they are;
 #   - the password file is made now from the environment (no password hashes in
 #     the repository): MQTT_INGEST_PASSWORD for svc.ingest and
-#     MQTT_SIMULATOR_PASSWORD for svc.simulator, plus any "user:password" pairs
-#     in MQTT_EXTRA_USERS (space-separated), e.g. devices d1 and d2;
+#     MQTT_HEALTHCHECK_PASSWORD for svc.healthcheck, plus any "user:password"
+#     pairs in MQTT_EXTRA_USERS (space-separated), e.g. devices d1 and d2 or a
+#     second ingest worker svc.ingest.2, and the "user:password" lines of the file
+#     MQTT_USERS_FILE when it exists (the simulated devices' accounts, written by
+#     `python -m simulators broker-users`);
 #   - certs/ (made by make-dev-certs.sh) is copied when it holds a server
 #     certificate; otherwise the TLS listener (8883) is left out, with a warning.
 set -eu
@@ -18,7 +21,7 @@ conf=${BROKER_CONF:-/mosquitto/config}
 data=${BROKER_DATA:-/mosquitto/data}
 
 : "${MQTT_INGEST_PASSWORD:?set MQTT_INGEST_PASSWORD}"
-: "${MQTT_SIMULATOR_PASSWORD:?set MQTT_SIMULATOR_PASSWORD}"
+: "${MQTT_HEALTHCHECK_PASSWORD:?set MQTT_HEALTHCHECK_PASSWORD}"
 
 mkdir -p "$conf"
 cp "$src/acl" "$conf/acl"
@@ -37,10 +40,19 @@ rm -f "$conf/passwd"
 touch "$conf/passwd"
 chmod 0700 "$conf/passwd"
 mosquitto_passwd -b "$conf/passwd" svc.ingest "$MQTT_INGEST_PASSWORD"
-mosquitto_passwd -b "$conf/passwd" svc.simulator "$MQTT_SIMULATOR_PASSWORD"
+mosquitto_passwd -b "$conf/passwd" svc.healthcheck "$MQTT_HEALTHCHECK_PASSWORD"
 for pair in ${MQTT_EXTRA_USERS:-}; do
     mosquitto_passwd -b "$conf/passwd" "${pair%%:*}" "${pair#*:}"
 done
+if [ -n "${MQTT_USERS_FILE:-}" ] && [ -f "$MQTT_USERS_FILE" ]; then
+    count=0
+    while IFS= read -r pair || [ -n "$pair" ]; do
+        [ -n "$pair" ] || continue
+        mosquitto_passwd -b "$conf/passwd" "${pair%%:*}" "${pair#*:}"
+        count=$((count + 1))
+    done < "$MQTT_USERS_FILE"
+    echo "compose-entrypoint: $count accounts from $MQTT_USERS_FILE" >&2
+fi
 
 if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then
     chown -R mosquitto:mosquitto "$conf" "$data"

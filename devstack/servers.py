@@ -187,6 +187,71 @@ class Mosquitto(_Process):
         return _port_open(self.port)
 
 
+BROKER_DIR = Path(__file__).resolve().parents[1] / "broker"
+"""The shipped broker configuration (broker/mosquitto.conf, broker/acl)."""
+
+
+def shipped_broker_config(
+    work: Path, port: int, tls_port: int | None = None, acl: Path = BROKER_DIR / "acl"
+) -> str:
+    """broker/mosquitto.conf with its paths under ``work`` (``passwd``, ``data/``,
+    ``certs/``) and its listeners on loopback ports; without ``tls_port`` the TLS
+    listener is left out, as the compose entrypoint does without certificates."""
+    conf = (BROKER_DIR / "mosquitto.conf").read_text()
+    if tls_port is None:
+        conf = re.sub(r"^# BEGIN TLS LISTENER.*?^# END TLS LISTENER$\n?", "", conf,
+                      flags=re.MULTILINE | re.DOTALL)
+    replacements = [
+        (r"^listener 1883$", f"listener {port} {LOOPBACK}"),
+        (r"^password_file /mosquitto/config/passwd$", f"password_file {work / 'passwd'}"),
+        (r"^acl_file /mosquitto/config/acl$", f"acl_file {acl}"),
+        (r"^persistence_location /mosquitto/data/$", f"persistence_location {work / 'data'}/"),
+    ]
+    if tls_port is not None:
+        replacements += [
+            (r"^listener 8883$", f"listener {tls_port} {LOOPBACK}"),
+            (r" /mosquitto/config/certs/", f" {work / 'certs'}/"),
+        ]
+    for pattern, replacement in replacements:
+        conf, count = re.subn(pattern, replacement, conf, flags=re.MULTILINE)
+        if not count:
+            raise ServerError(f"broker/mosquitto.conf no longer has {pattern!r}")
+    settings = [line for line in conf.splitlines() if not line.startswith("#")]
+    if [line for line in settings if " /mosquitto/" in line]:  # an image path, not ``work``
+        raise ServerError("broker/mosquitto.conf has an image path left")
+    if os.geteuid() == 0:  # as in Mosquitto.write_config: keep the root-owned files writable
+        conf += "user root\n"
+    return conf
+
+
+def write_password_file(path: Path, accounts: dict[str, str]) -> None:
+    """A Mosquitto password file (salted hashes, by ``mosquitto_passwd``) of ``accounts``."""
+    passwd = find_binary("mosquitto_passwd")
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    for user, password in accounts.items():
+        subprocess.run([passwd, "-b", str(path), user, password], check=True,
+                       capture_output=True)
+
+
+@dataclass
+class ShippedMosquitto(Mosquitto):
+    """Mosquitto running the project's own broker/mosquitto.conf and broker/acl (plain
+    listener only), with ``accounts`` (username → password) in its password file."""
+
+    accounts: dict[str, str] = field(default_factory=dict)
+
+    def url_for(self, user: str) -> str:
+        return f"mqtt://{user}:{self.accounts[user]}@{LOOPBACK}:{self.port}"
+
+    def write_config(self) -> None:
+        (self.workdir / "data").mkdir(exist_ok=True)
+        write_password_file(self.workdir / "passwd", self.accounts)
+        (self.workdir / "mosquitto.conf").write_text(
+            shipped_broker_config(self.workdir, self.port)
+        )
+
+
 @dataclass
 class Influxd(_Process):
     """An InfluxDB 1.x server (Debian's ``influxdb``), HTTP API on loopback, no auth."""

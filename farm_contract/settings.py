@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from farm_contract.indicators import DEFAULT_STRAW_RATIOS
 from farm_contract.mqtt_url import MqttEndpoint, parse_mqtt_url
+
+
+DEFAULT_CLIENT_ID = "farm-ingest"
+"""Ingest's MQTT client id when ``FARM_MQTT_URL`` has no username."""
 
 
 class Settings(BaseSettings):
@@ -49,13 +53,18 @@ class Settings(BaseSettings):
     ``*`` any): a Host check, so DNS rebinding cannot reach a loopback API."""
     timezone: str = "Asia/Shanghai"
     """Calendar years of the indicators are counted in this zone (Datong's)."""
-    mqtt_client_id: str = "farm-ingest"
+    mqtt_client_id: str = ""
+    """Empty: the MQTT username, so it matches a broker with ``use_username_as_clientid``
+    (broker/mosquitto.conf); ``farm-ingest`` without a username."""
     mqtt_ca_file: Path | None = None
     mqtt_share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
     """Set on every ingest worker to share one subscription (MQTT v5 ``$share/group/…``)."""
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, le=2**32 - 1)
     receive_maximum: int = Field(default=20000, ge=1, le=65535)
     """MQTT v5 receive maximum: how many unacknowledged messages the broker may send us."""
+    mqtt_max_packet_size: int = Field(default=512 * 1024, ge=1024, le=268_435_460)
+    """MQTT v5 Maximum Packet Size in ingest's CONNECT, and the most the input buffers for
+    one packet; matches ``max_packet_size`` in broker/mosquitto.conf."""
     batch_size: int = Field(default=5000, ge=1)
     batch_interval_s: float = Field(default=0.2, gt=0)
     indicator_interval_s: float = Field(default=60, gt=0)
@@ -112,6 +121,12 @@ class Settings(BaseSettings):
         if any(ratio <= 0 for ratio in value.values()):
             raise ValueError("straw-to-grain ratios must be positive")
         return {**DEFAULT_STRAW_RATIOS, **value}
+
+    @model_validator(mode="after")
+    def _client_id(self) -> Settings:
+        if not self.mqtt_client_id:
+            self.mqtt_client_id = self.mqtt.username or DEFAULT_CLIENT_ID
+        return self
 
     @property
     def mqtt(self) -> MqttEndpoint:

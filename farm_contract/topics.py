@@ -14,6 +14,9 @@ engine's ``$`` is the very end."""
 DEV_EUI_RE = re.compile(r"^[0-9a-fA-F]{16}$")
 
 CHIRPSTACK_UPLINK_FILTER = "application/+/device/+/event/up"
+CHIRPSTACK_EVENTS_FILTER = "application/+/device/+/event/#"
+"""What ingest subscribes to: an uplink topic that is not exactly ``…/event/up`` but gets
+past the broker's ACL reaches ingest as a ``bad_topic`` rejection instead of vanishing."""
 
 
 class MessageKind(StrEnum):
@@ -63,14 +66,19 @@ def device_topic(prefix: str, site_id: str, device_id: str, kind: MessageKind | 
     return f"{prefix}/v1/{site_id}/{device_id}/{MessageKind(kind).value}"
 
 
-def device_filters(prefix: str) -> list[str]:
-    """Subscription filters that cover every device topic of the contract."""
-    return [f"{prefix}/v1/+/+/{kind.value}" for kind in MessageKind]
+def ingest_filters(prefix: str, chirpstack: bool = True) -> list[str]:
+    """What ingest subscribes to: wider than the contract's topics, so anything else a
+    device gets past the broker (a bad site segment, a near-miss) is seen and rejected
+    as ``bad_topic`` rather than lost without a trace."""
+    filters = [f"{prefix}/v1/#"]
+    if chirpstack:
+        filters.append(CHIRPSTACK_EVENTS_FILTER)
+    return filters
 
 
-def device_acl_pattern(prefix: str) -> str:
-    """Mosquitto ACL pattern: a device may write only under its own device_id (%u)."""
-    return f"{prefix}/v1/+/%u/#"
+def device_acl_patterns(prefix: str) -> list[str]:
+    """Mosquitto ACL patterns: a device may write exactly its own (``%u``) contract topics."""
+    return [f"{prefix}/v1/+/%u/{kind.value}" for kind in MessageKind]
 
 
 def parse_device_topic(topic: str, prefix: str) -> DeviceTopic:

@@ -72,6 +72,17 @@ class StatsCollector(Collector):
             "farm_mqtt_connected", "1 while connected to the broker",
             value=1.0 if self._state.broker_connected() else 0.0,
         )
+        events = CounterMetricFamily(
+            "farm_mqtt_connection_events",
+            "MQTT connections refused or ended: refused, session_taken_over (another "
+            "connection took our client id, MQTT v5 reason 0x8E), closed_by_broker (no "
+            "DISCONNECT: how Mosquitto 2.0.11 ends a taken-over session), disconnected, "
+            "connection_lost, protocol_error, packet_too_large",
+            labels=["event"],
+        )
+        for event, count in sorted(self._state.mqtt_events().items()):
+            events.add_metric([event], count)
+        yield events
 
 
 def batch_histogram(per_bucket: list[int], total_seconds: float) -> HistogramMetricFamily:

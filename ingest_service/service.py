@@ -62,6 +62,7 @@ class IngestService:
             else None
         )
         self.state.broker_connected = lambda: self.input.connected
+        self.state.mqtt_events = self.input.events
         self.state.influx_reachable = self.query.ping
         self._counters_lock = threading.Lock()
         self._stored_counters: dict[str, dict[str, tuple[int, float]]] = {}

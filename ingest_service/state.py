@@ -142,3 +142,5 @@ class ServiceState:
     stats: Stats = field(default_factory=Stats)
     broker_connected: Callable[[], bool] = lambda: False
     influx_reachable: Callable[[], bool] = lambda: False
+    mqtt_events: Callable[[], dict[str, int]] = lambda: {}
+    """The MQTT input's connection events (refused, session taken over, …) by name."""

@@ -6,6 +6,11 @@
     python -m simulators run --scenario test-small --mode backfill --year 2025
     python -m simulators expected --scenario demo --year 2025
     python -m simulators modbus --config edge/device.modbus.example.toml --port 5020
+    SIMULATOR_DEVICE_SECRET=… python -m simulators broker-users --scenario demo --out users.txt
+
+With ``SIMULATOR_DEVICE_SECRET`` set, ``run`` logs every device in as itself with a
+password derived from the secret (simulators/credentials.py), and ``broker-users``
+writes those ``device_id:password`` lines for the broker's password file.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
+from simulators.credentials import SECRET_ENV, write_users_file
 from simulators.expected import expected_indicators
 from simulators.fleet import build_registry, report_json, run_backfill, run_live
 from simulators.scenario import Scenario, ScenarioError, load_scenario
@@ -40,11 +47,22 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_users(args: argparse.Namespace) -> int:
+    secret = os.environ.get(SECRET_ENV)
+    if not secret:
+        print(f"error: set {SECRET_ENV}", file=sys.stderr)
+        return 2
+    written = write_users_file(Path(args.out), secret, build_registry(_scenario(args)).devices)
+    print(f"wrote {written} simulated device accounts to {args.out}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     scenario = _scenario(args)
+    secret = os.environ.get(SECRET_ENV) or None
     if args.mode == "backfill":
         report = run_backfill(scenario, args.mqtt_url, args.prefix, args.year,
-                              telemetry_interval_h=args.interval_h)
+                              telemetry_interval_h=args.interval_h, device_secret=secret)
     else:
         stop = threading.Event()
 
@@ -54,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         report = run_live(scenario, args.mqtt_url, args.prefix, args.duration, stop,
-                          interval_s=args.interval_s)
+                          interval_s=args.interval_s, device_secret=secret)
     print(report_json(report))
     return 0
 
@@ -154,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--year", type=int, help="backfill: the year to simulate")
     run.add_argument("--interval-h", type=float, help="backfill: telemetry interval (hours)")
     run.set_defaults(handler=_run)
+
+    users = commands.add_parser(
+        "broker-users", help=f"write device_id:password lines derived from ${SECRET_ENV}")
+    scenario_args(users)
+    users.add_argument("--out", required=True, help="file to write (mode 0600)")
+    users.set_defaults(handler=_broker_users)
 
     expected = commands.add_parser("expected", help="print the indicators ingest should compute")
     scenario_args(expected)

@@ -24,6 +24,7 @@ from farm_contract.catalog import CATALOG
 from farm_contract.payloads import EventType
 from farm_contract.registry import Registry
 from farm_contract.topics import MessageKind
+from simulators.credentials import device_password
 from simulators.plan import DevicePlan, Injection, InjectionKind, Plan, build_plan, build_sites
 from simulators.plan import registry_of as _registry_of
 from simulators.scenario import Scenario
@@ -100,12 +101,16 @@ class _Device:
         self.injections = list(plan.injections)
 
 
-def _publishers(plan: Plan, mqtt_url: str, prefix: str, max_pending: int
-                ) -> list[DevicePublisher]:
+def _publishers(plan: Plan, mqtt_url: str, prefix: str, max_pending: int,
+                device_secret: str | None = None) -> list[DevicePublisher]:
+    """One publisher per device, logged in as the device (its own password when
+    ``device_secret`` is given: :mod:`simulators.credentials`)."""
     return [
         DevicePublisher(
             device.device.device_id, device.site.site_id, mqtt_url, prefix=prefix,
             metadata={"model": device.device.model, "simulated": True}, max_pending=max_pending,
+            password=(device_password(device_secret, device.device.device_id)
+                      if device_secret else None),
         )
         for device in plan.devices
     ]
@@ -205,12 +210,13 @@ def run_backfill(
     max_pending: int = 2000,
     connect_timeout_s: float = 30,
     ack_timeout_s: float = 600,
+    device_secret: str | None = None,
 ) -> FleetReport:
     """Publish the scenario's whole year in simulated time; return once all is PUBACKed."""
     started = time.monotonic()
     plan = build_plan(scenario, year)
     report = FleetReport("backfill", plan.year, len(plan.devices))
-    publishers = _publishers(plan, mqtt_url, prefix, max_pending)
+    publishers = _publishers(plan, mqtt_url, prefix, max_pending, device_secret)
     devices = [_Device(d, p) for d, p in zip(plan.devices, publishers, strict=True)]
     engine = _Engine(plan, devices, report, live=False)
     interval = timedelta(hours=telemetry_interval_h) if telemetry_interval_h else None
@@ -237,6 +243,7 @@ def run_live(
     interval_s: float | None = None,
     max_pending: int = 2000,
     connect_timeout_s: float = 30,
+    device_secret: str | None = None,
 ) -> FleetReport:
     """Publish in real time (``ts`` = now) for ``duration_s``, the year's events compressed.
 
@@ -258,7 +265,7 @@ def run_live(
     def to_plan(now: datetime) -> datetime:
         return plan.start + year_length * min(1.0, (now - wall0) / duration)
 
-    publishers = _publishers(plan, mqtt_url, prefix, max_pending)
+    publishers = _publishers(plan, mqtt_url, prefix, max_pending, device_secret)
     devices = [
         _Device(d, p, {i: to_wall(e.ts) for i, e in enumerate(d.events)})
         for d, p in zip(plan.devices, publishers, strict=True)

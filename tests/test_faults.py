@@ -106,7 +106,8 @@ class Fleet:
     what the broker has not acknowledged after a reconnect (a broker restart).
     """
 
-    def __init__(self, broker: Mosquitto, rate_per_s: float) -> None:
+    def __init__(self, broker: Mosquitto, rate_per_s: float,
+                 passwords: dict[str, str] | None = None) -> None:
         self.rate = rate_per_s
         self.sent: dict[str, int] = dict.fromkeys(DEVICES, 0)
         self.acked = 0
@@ -120,6 +121,8 @@ class Fleet:
             )
             client.max_inflight_messages_set(100)
             client.reconnect_delay_set(1, 2)
+            if passwords:  # a broker with accounts: each device logs in as itself
+                client.username_pw_set(device, passwords[device])
             client.on_publish = self._on_publish
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 3600

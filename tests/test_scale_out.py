@@ -1,11 +1,14 @@
 """Scale-out: several ingest workers share one subscription, and nothing is lost (issue #6).
 
 Two ``python -m ingest_service`` processes subscribe as ``$share/scale/…``
-(``FARM_MQTT_SHARE_GROUP``), each with its own client id and persistent session,
-against the real Mosquitto and InfluxDB. A fleet publishes a few thousand distinct
-messages; one worker is SIGKILLed mid-stream while its writes are in flight, and
-restarted later with the same client id. Every message must be stored exactly
-once (distinct ``seq`` per device == sent, ``sum(flow_lpm)`` == sum sent).
+(``FARM_MQTT_SHARE_GROUP``), each with its own account (``svc.ingest``,
+``svc.ingest.2``), hence client id and persistent session, against the real
+Mosquitto running the project's own broker/mosquitto.conf and broker/acl (client
+ids bound to usernames) and InfluxDB; the devices log in as themselves. A fleet
+publishes a few thousand distinct messages; one worker is SIGKILLed mid-stream
+while its writes are in flight, and restarted later with the same account. Every
+message must be stored exactly once (distinct ``seq`` per device == sent,
+``sum(flow_lpm)`` == sum sent).
 
 What Mosquitto 2.0 does with a killed member of a shared subscription: the
 messages it had sent to that member and not yet had acknowledged stay in the
@@ -13,7 +16,7 @@ member's *session* — they are not handed to the surviving member — and with 
 persistent session, the broker also keeps queueing part of the new messages for
 the absent member. They are delivered when a client with the same id connects
 again. So the operating procedure is: **restart a failed worker with the same
-``FARM_MQTT_CLIENT_ID``** (a supervisor's restart does exactly that); a worker
+account** (a supervisor's restart does exactly that); a worker
 removed for good must have its session expire (``FARM_MQTT_SESSION_EXPIRY_S``) —
 and whatever it held expires with it. The test measures how many messages wait
 for the killed worker while it is down (``waiting_for_killed_worker``).
@@ -25,19 +28,34 @@ the other), so they are computed and written once.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from devstack.servers import Influxd, Mosquitto
+from devstack.servers import Influxd, ShippedMosquitto
 from tests.faulty_proxy import Faults, FaultyProxy
 from tests.helpers import count, wait_for
-from tests.test_faults import Fleet, Ingest, tally, total_stored, wait_stored
+from tests.test_faults import DEVICES, Fleet, Ingest, tally, total_stored, wait_stored
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 SHARE_GROUP = "scale"
+WORKERS = ("svc.ingest", "svc.ingest.2")
+ACCOUNTS = {
+    **{worker: f"pw-{worker}" for worker in WORKERS},
+    **{device: f"pw-{device}" for device in DEVICES},
+}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[ShippedMosquitto]:
+    """The shipped broker configuration, with the workers' and devices' accounts."""
+    server = ShippedMosquitto(tmp_path / "mosquitto", accounts=ACCOUNTS)
+    server.start()
+    yield server
+    server.stop()
 
 
 def received(worker: Ingest) -> float:
@@ -45,7 +63,7 @@ def received(worker: Ingest) -> float:
 
 
 def test_two_workers_share_the_load_and_survive_a_kill(
-    tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd
+    tmp_path: Path, broker: ShippedMosquitto, influxd: Influxd
 ) -> None:
     proxy = FaultyProxy(influxd.url)
     proxy.start()
@@ -53,9 +71,10 @@ def test_two_workers_share_the_load_and_survive_a_kill(
     workers = [
         Ingest(
             tmp_path / f"worker-{i}",
-            mosquitto,
+            broker,
             proxy.url,
-            FARM_MQTT_CLIENT_ID=f"scale-ingest-{i}",
+            FARM_MQTT_URL=broker.url_for(WORKERS[i]),
+            FARM_MQTT_CLIENT_ID="",  # the username, as the broker binds it
             FARM_MQTT_SHARE_GROUP=SHARE_GROUP,
             FARM_PUBLISH_INDICATORS="true" if i == 0 else "false",
             FARM_SUBSCRIBE_CHIRPSTACK="false",
@@ -66,7 +85,7 @@ def test_two_workers_share_the_load_and_survive_a_kill(
     try:
         for worker in workers:
             worker.start()
-        fleet = Fleet(mosquitto, rate_per_s=300)
+        fleet = Fleet(broker, rate_per_s=300, passwords=ACCOUNTS)
         fleet.start()
         time.sleep(4)
         shares = [received(worker) for worker in workers]
@@ -82,7 +101,7 @@ def test_two_workers_share_the_load_and_survive_a_kill(
         # move to the survivor.
         time.sleep(3)
         stored_while_down = total_stored(influxd)
-        workers[1].start()  # same client id: its session's messages are delivered now
+        workers[1].start()  # same account: its session's messages are delivered now
         proxy.faults = Faults()
         catch_up = wait_stored(influxd, sent, timeout=120)
         indicator_rows = count(

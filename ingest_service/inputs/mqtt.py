@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import select
 import socket
 import ssl
@@ -51,7 +52,7 @@ from tenacity import (
 )
 
 from farm_contract.settings import Settings
-from farm_contract.topics import CHIRPSTACK_UPLINK_FILTER, QOS, device_filters
+from farm_contract.topics import QOS, ingest_filters
 from ingest_service.inputs import mqtt_wire as wire
 from ingest_service.model import Inbound
 
@@ -59,16 +60,26 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 10.0
+"""The whole handshake (TCP, TLS, CONNECT/CONNACK) must be done within this."""
 READ_CHUNK = 1 << 20
 PAUSED_POLL_S = 0.05
 SUBSCRIBE_PACKET_ID = 1
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 30.0
+STABLE_CONNECTION_S = 60.0
+"""A connection that lasted this long resets the reconnect back-off."""
+SESSION_TAKEN_OVER = "client id taken over by another connection"
+CLOSED_WITHOUT_REASON = (
+    "connection closed by the broker without a DISCONNECT (Mosquitto 2.0.11 ends a session "
+    f"that way when {SESSION_TAKEN_OVER}: is a second worker using this account?)"
+)
 
 
 def subscription_filters(settings: Settings) -> list[str]:
-    """Device topics, ChirpStack uplinks, and the shared-subscription form when sharing."""
-    filters = device_filters(settings.topic_prefix)
-    if settings.subscribe_chirpstack:
-        filters.append(CHIRPSTACK_UPLINK_FILTER)
+    """Everything under the prefix and every ChirpStack device event (contract topics and
+    near-misses alike: the pipeline rejects the latter as ``bad_topic``), in the
+    shared-subscription form when sharing."""
+    filters = ingest_filters(settings.topic_prefix, settings.subscribe_chirpstack)
     if settings.mqtt_share_group:
         filters = [f"$share/{settings.mqtt_share_group}/{item}" for item in filters]
     return filters
@@ -76,6 +87,26 @@ def subscription_filters(settings: Settings) -> list[str]:
 
 class ConnectFailed(Exception):
     """The broker could not be reached, or refused us; tried again after a pause."""
+
+
+class BrokerClosed(ConnectionError):
+    """The broker closed the connection without a DISCONNECT packet."""
+
+
+class BrokerDisconnected(ConnectionError):
+    """The broker sent DISCONNECT with ``reason`` (0x8E: another connection took our id)."""
+
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``; a :class:`TimeoutError` once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the MQTT handshake took too long")
+    return left
 
 
 class Connection:
@@ -114,6 +145,14 @@ class Connection:
             self.sock.close()
 
 
+def reconnect_delay(drops: int) -> float:
+    """Seconds to wait before reconnecting after the ``drops``-th drop in a row: exponential,
+    capped, and jittered (half to all of it), so clients that fight over one client id
+    or reconnect after a broker restart do not do so in lockstep."""
+    ceiling = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(drops, 16))
+    return random.uniform(ceiling / 2, ceiling)
+
+
 def _no_ack() -> None:
     return None
 
@@ -141,7 +180,15 @@ class MqttInput:
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
         self._connection: Connection | None = None
-        self._topics: dict[bytes, str] = {}
+        self._topics = wire.TopicCache()
+        self._events: dict[str, int] = {}
+
+    def events(self) -> dict[str, int]:
+        """How often each connection event happened (``farm_mqtt_connection_events``)."""
+        return dict(self._events)
+
+    def _count(self, event: str) -> None:
+        self._events[event] = self._events.get(event, 0) + 1
 
     @property
     def connected(self) -> bool:
@@ -200,6 +247,7 @@ class MqttInput:
             sleep=self._pause,
             reraise=True,
         )
+        drops = 0
         while not self._stop.is_set():
             try:
                 for attempt in retrying:
@@ -211,39 +259,73 @@ class MqttInput:
             self._connection = connection
             self._changed()
             log.info("connected to MQTT broker (session present: %s)", connack.session_present)
+            since = time.monotonic()
             try:
                 self._serve(connection, connack, early)
-            except (OSError, wire.ProtocolError) as exc:
+            except wire.ProtocolError as exc:
+                self._count("packet_too_large" if isinstance(exc, wire.PacketTooLarge)
+                            else "protocol_error")
+                log.error("MQTT broker broke the protocol, disconnecting (reason 0x%02x): %s",
+                          exc.reason, exc)
+                with contextlib.suppress(OSError):
+                    sock.sendall(wire.disconnect_packet(exc.reason))
+            except BrokerDisconnected as exc:
+                if exc.reason == wire.REASON_SESSION_TAKEN_OVER:
+                    self._count("session_taken_over")
+                    log.error("MQTT %s (client id %r): %s", SESSION_TAKEN_OVER,
+                              self._settings.mqtt_client_id, exc)
+                else:
+                    self._count("disconnected")
+                    log.warning("disconnected from MQTT broker: %s", exc)
+            except BrokerClosed:
+                self._count("closed_by_broker")
+                log.warning("%s (client id %r)", CLOSED_WITHOUT_REASON,
+                            self._settings.mqtt_client_id)
+            except OSError as exc:
                 if not self._stop.is_set():
+                    self._count("connection_lost")
                     log.warning("disconnected from MQTT broker: %s", exc)
             except Exception:  # a bug must not end the input silently: reconnect, redelivered
                 log.exception("MQTT input failed; reconnecting")
-                self._pause(1.0)
             finally:
                 self._connected.clear()
                 connection.close()
                 self._connection = None
                 self._changed()
+            if self._stop.is_set():
+                return
+            drops = 0 if time.monotonic() - since >= STABLE_CONNECTION_S else drops + 1
+            delay = reconnect_delay(drops)
+            log.info("reconnecting to the MQTT broker in %.1f s", delay)
+            self._pause(delay)
 
-    def _open(self) -> socket.socket:
+    def _open(self, deadline: float) -> socket.socket:
         endpoint = self._settings.mqtt
-        sock = socket.create_connection((endpoint.host, endpoint.port), CONNECT_TIMEOUT_S)
+        sock = socket.create_connection((endpoint.host, endpoint.port), _left(deadline))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if endpoint.tls:
             ca = str(self._settings.mqtt_ca_file) if self._settings.mqtt_ca_file else None
             context = ssl.create_default_context(cafile=ca)
-            sock = context.wrap_socket(sock, server_hostname=endpoint.host)
+            sock.settimeout(_left(deadline))  # CPython bounds the whole TLS handshake by it
+            try:
+                sock = context.wrap_socket(sock, server_hostname=endpoint.host)
+            except BaseException:
+                sock.close()
+                raise
         return sock
 
     def _connect(self) -> tuple[socket.socket, wire.Connack, bytes]:
-        """Open, CONNECT, and read the CONNACK; raise :class:`ConnectFailed` if anything fails."""
+        """Open, CONNECT, and read the CONNACK within :data:`CONNECT_TIMEOUT_S` in all;
+        raise :class:`ConnectFailed` if anything fails."""
         endpoint = self._settings.mqtt
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
         try:
-            sock = self._open()
+            sock = self._open(deadline)
         except (OSError, ssl.SSLError) as exc:
             log.warning("cannot reach MQTT broker %s:%s: %s", endpoint.host, endpoint.port, exc)
             raise ConnectFailed(str(exc)) from None
         try:
+            sock.settimeout(_left(deadline))
             sock.sendall(
                 wire.connect_packet(
                     self._settings.mqtt_client_id,
@@ -253,9 +335,10 @@ class MqttInput:
                     receive_maximum=self._settings.receive_maximum,
                     username=endpoint.username or None,
                     password=endpoint.password if endpoint.username else None,
+                    maximum_packet_size=self._settings.mqtt_max_packet_size,
                 )
             )
-            kind, body, early = self._read_one(sock)
+            kind, body, early = self._read_one(sock, deadline, self._settings.mqtt_max_packet_size)
             if kind != wire.CONNACK:
                 raise wire.ProtocolError(f"expected CONNACK, got packet type {kind}")
             connack = wire.parse_connack(body)
@@ -266,24 +349,31 @@ class MqttInput:
         if connack.reason >= 0x80:
             sock.close()
             reason = wire.reason_text(body, 1)
+            self._count("refused")
             log.error("MQTT broker refused the connection: %s", reason)
             raise ConnectFailed(reason)
         return sock, connack, early
 
     @staticmethod
-    def _read_one(sock: socket.socket) -> tuple[int, bytes, bytes]:
-        """Read the first packet (the handshake's answer): type, body, and the bytes after it.
+    def _read_one(sock: socket.socket, deadline: float, max_size: int) -> tuple[int, bytes, bytes]:
+        """Read the first packet (the handshake's answer) by ``deadline``: type, body, and
+        the bytes after it.
 
         With a persistent session the broker may send queued PUBLISH packets right
-        after the CONNACK; they are in the bytes after it.
+        after the CONNACK; they are in the bytes after it. The CONNACK itself may be
+        no larger than ``max_size``; nothing bigger is buffered.
         """
-        data = b""
+        data = bytearray()
         while True:
-            if len(data) >= 2:
-                found = wire.read_varint(data, 1)
-                if found is not None and found[1] + found[0] <= len(data):
-                    length, start = found
-                    return data[0] >> 4, data[start : start + length], data[start + length :]
+            found = wire.read_varint(data, 1) if len(data) >= 2 else None
+            if found is not None:
+                length, start = found
+                if start + length > max_size:
+                    raise wire.PacketTooLarge(f"a first packet of {start + length} bytes")
+                if start + length <= len(data):
+                    end = start + length
+                    return data[0] >> 4, bytes(data[start:end]), bytes(data[end:])
+            sock.settimeout(_left(deadline))
             chunk = sock.recv(65536)
             if not chunk:
                 raise ConnectionError("connection closed by the broker")
@@ -294,13 +384,25 @@ class MqttInput:
         sock = connection.sock
         keepalive = connack.properties.get(wire.PROP_SERVER_KEEP_ALIVE, KEEPALIVE_S)
         assert isinstance(keepalive, int)
-        sock.settimeout(max(keepalive, 1))
+        # Server Keep Alive 0: the broker wants no keep-alive at all, so no pings (§3.1.2.10).
+        sock.settimeout(keepalive or KEEPALIVE_S)
         sock.sendall(
-            wire.subscribe_packet(SUBSCRIBE_PACKET_ID, subscription_filters(self._settings), QOS)
+            wire.subscribe_packet(
+                SUBSCRIBE_PACKET_ID, subscription_filters(self._settings), QOS,
+                # Retained messages (devices' status) only for a new subscription: a
+                # reconnect to the persistent session does not get them all again.
+                wire.RETAIN_HANDLING_IF_NEW,
+            )
         )
+        max_size = self._settings.mqtt_max_packet_size
         last_sent = last_heard = time.monotonic()
         ping_out = False
         pending, fresh = early, bool(early)  # queued messages may come right behind the CONNACK
+        # A packet cut short waits in ``pending``; what comes after it is kept in ``parts``
+        # until the packet is whole (``needed`` bytes), and joined once: linear, not the
+        # quadratic ``pending + chunk`` per read.
+        parts: list[bytes] = []
+        held = needed = 0
         tls = isinstance(sock, ssl.SSLSocket)
         while True:
             if self._stop.is_set():
@@ -321,17 +423,30 @@ class MqttInput:
             if sock in readable:
                 chunk = sock.recv(READ_CHUNK)
                 if not chunk:
-                    raise ConnectionError("connection closed by the broker")
-                while tls and sock.pending():  # type: ignore[attr-defined]
-                    chunk += sock.recv(READ_CHUNK)
+                    raise BrokerClosed("connection closed by the broker")
+                if tls and sock.pending():  # type: ignore[attr-defined]
+                    more = [chunk]
+                    while sock.pending():  # type: ignore[attr-defined]
+                        more.append(sock.recv(READ_CHUNK))
+                    chunk = b"".join(more)
                 last_heard = time.monotonic()
-                pending, fresh = pending + chunk if pending else chunk, True
+                if not pending:
+                    pending, fresh = chunk, True
+                else:
+                    parts.append(chunk)
+                    held += len(chunk)
+                    if len(pending) + held >= needed:
+                        pending, fresh = b"".join([pending, *parts]), True
+                        parts.clear()
+                        held = 0
             if fresh and not paused:
                 fresh = False
                 publishes: list[wire.Publish] = []
                 others: list[wire.Other] = []
-                used = wire.split_packets(pending, publishes, others, self._topics)
+                used = wire.split_packets(pending, publishes, others, self._topics, max_size)
                 pending = pending[used:]
+                # The rest is one packet cut short: wait for all of it (or for its header).
+                needed = (wire.packet_size(pending) or len(pending) + 1) if pending else 0
                 if publishes:
                     self._deliver(self._inbounds(connection, publishes))
                 for kind, _flags, body in others:
@@ -340,11 +455,14 @@ class MqttInput:
                     elif kind == wire.SUBACK:
                         self._subscribed(body)
                     elif kind == wire.DISCONNECT:
-                        raise ConnectionError(
-                            f"broker disconnected us: {wire.reason_text(body, 0)}"
+                        raise BrokerDisconnected(
+                            wire.reason_code(body, 0),
+                            f"broker disconnected us: {wire.reason_text(body, 0)}",
                         )
                     else:
                         log.warning("ignored an unexpected MQTT packet of type %d", kind)
+            if not keepalive:
+                continue
             now = time.monotonic()
             if ping_out and now - last_heard > keepalive:
                 raise TimeoutError(f"no answer from the broker for {keepalive} s")

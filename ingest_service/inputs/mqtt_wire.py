@@ -11,6 +11,7 @@ beyond what ingest uses (topic, payload, QoS, packet id).
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass, field
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
@@ -21,6 +22,14 @@ PROP_ASSIGNED_CLIENT_ID = 0x12
 PROP_SERVER_KEEP_ALIVE = 0x13
 PROP_REASON_STRING = 0x1F
 PROP_RECEIVE_MAXIMUM = 0x21
+PROP_MAXIMUM_PACKET_SIZE = 0x27
+
+REASON_PROTOCOL_ERROR = 0x82
+REASON_SESSION_TAKEN_OVER = 0x8E
+REASON_PACKET_TOO_LARGE = 0x95
+
+RETAIN_HANDLING_IF_NEW = 1
+"""Subscription option (§3.8.3.1): retained messages only when the subscription is new."""
 
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
@@ -30,7 +39,23 @@ MAX_REMAINING_LENGTH = 268_435_455
 
 
 class ProtocolError(Exception):
-    """The server sent something a conforming MQTT 5 server does not."""
+    """The server sent something a conforming MQTT 5 server does not.
+
+    ``reason`` is the DISCONNECT reason code the client answers it with.
+    """
+
+    reason = REASON_PROTOCOL_ERROR
+
+
+class PacketTooLarge(ProtocolError):
+    """A packet longer than the Maximum Packet Size we announced: refused unread."""
+
+    reason = REASON_PACKET_TOO_LARGE
+
+
+def disconnect_packet(reason: int) -> bytes:
+    """DISCONNECT (§3.14) with ``reason``; the session stays, with its expiry interval."""
+    return packet(DISCONNECT, 0, bytes([reason])) if reason else DISCONNECT_PACKET
 
 
 def varint(value: int) -> bytes:
@@ -45,7 +70,7 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
-def read_varint(data: bytes, at: int) -> tuple[int, int] | None:
+def read_varint(data: bytes | bytearray, at: int) -> tuple[int, int] | None:
     """(value, index after it), None if ``data`` ends first; raises if longer than 4 bytes."""
     value = shift = 0
     for i in range(at, min(at + 4, len(data))):
@@ -88,8 +113,13 @@ def connect_packet(
     receive_maximum: int,
     username: str | None = None,
     password: str | None = None,
+    maximum_packet_size: int | None = None,
 ) -> bytes:
-    """CONNECT (§3.1) with the session expiry and receive maximum ingest relies on."""
+    """CONNECT (§3.1) with the session expiry, receive maximum and maximum packet size.
+
+    With a Maximum Packet Size the server must not send us a larger packet (§3.1.2.11.4):
+    it drops it instead.
+    """
     flags = 0x02 if clean_start else 0
     if username is not None:
         flags |= 0x80
@@ -99,6 +129,8 @@ def connect_packet(
         bytes([PROP_SESSION_EXPIRY]) + struct.pack(">I", session_expiry)
         + bytes([PROP_RECEIVE_MAXIMUM]) + struct.pack(">H", receive_maximum)
     )
+    if maximum_packet_size is not None:
+        properties += bytes([PROP_MAXIMUM_PACKET_SIZE]) + struct.pack(">I", maximum_packet_size)
     body = (
         utf8("MQTT") + bytes([5, flags]) + struct.pack(">H", keepalive)
         + varint(len(properties)) + properties + utf8(client_id)
@@ -110,11 +142,14 @@ def connect_packet(
     return packet(CONNECT, 0, body)
 
 
-def subscribe_packet(packet_id: int, filters: list[str], qos: int) -> bytes:
-    """SUBSCRIBE (§3.8): every filter at ``qos``, no other subscription option."""
+def subscribe_packet(
+    packet_id: int, filters: list[str], qos: int, retain_handling: int = 0
+) -> bytes:
+    """SUBSCRIBE (§3.8): every filter at ``qos`` with ``retain_handling`` (§3.8.3.1)."""
     body = struct.pack(">H", packet_id) + b"\x00"
+    options = bytes([qos | retain_handling << 4])
     for item in filters:
-        body += utf8(item) + bytes([qos])
+        body += utf8(item) + options
     return packet(SUBSCRIBE, 0x2, body)
 
 
@@ -189,8 +224,24 @@ def parse_suback(body: bytes) -> tuple[int, list[int]]:
     return int.from_bytes(body[:2], "big"), list(body[at:])
 
 
+REASON_STRING_MAX = 200
+"""Characters of a server's reason string that reach the log."""
+
+
+def reason_code(body: bytes, at: int) -> int:
+    """A DISCONNECT's or CONNACK's reason code (0 when the packet has none)."""
+    return body[at] if len(body) > at else 0
+
+
+def printable(text: str, limit: int = REASON_STRING_MAX) -> str:
+    """``text`` fit for one log line: control and line-separator characters as ``?``, cut."""
+    cut = text[:limit]
+    safe = cut if cut.isprintable() else "".join(c if c.isprintable() else "?" for c in cut)
+    return safe + "…" if len(text) > limit else safe
+
+
 def reason_text(body: bytes, at: int) -> str:
-    """A DISCONNECT's or CONNACK's reason code and reason string, for the log."""
+    """A DISCONNECT's or CONNACK's reason code and (sanitised) reason string, for the log."""
     if len(body) <= at:
         return "0x00"
     code = body[at]
@@ -199,7 +250,7 @@ def reason_text(body: bytes, at: int) -> str:
         props, _ = properties(body, at + 1)
         reason = props.get(PROP_REASON_STRING)
         if isinstance(reason, bytes):
-            text += ": " + reason.decode("utf-8", errors="replace")
+            text += ": " + printable(reason.decode("utf-8", errors="replace"))
     return text
 
 
@@ -212,6 +263,7 @@ REASONS = {
     0x8C: "bad authentication method", 0x8D: "keep alive timeout", 0x8E: "session taken over",
     0x8F: "topic filter invalid", 0x90: "topic name invalid", 0x93: "receive maximum exceeded",
     0x95: "packet too large", 0x97: "quota exceeded", 0x99: "payload format invalid",
+    0x9B: "QoS not supported",
     0x9C: "use another server", 0x9D: "server moved", 0x9F: "connection rate exceeded",
 }
 
@@ -223,25 +275,75 @@ Other = tuple[int, int, bytes]
 
 
 TOPIC_CACHE_MAX = 100_000
+TOPIC_CACHE_BYTES = 32 << 20
+"""What the cached topics may take, counted as their ``bytes`` and ``str`` objects plus
+:data:`TOPIC_ENTRY_OVERHEAD` each. A real fleet's 100,000 topics of ~40 characters
+take ~19 MiB; 60 KB hostile topics fill it after ~270 entries, and it starts again."""
+TOPIC_ENTRY_OVERHEAD = 64
+"""A dict entry's share of the hash table (three words plus the index, with slack)."""
+
+
+class TopicCache(dict[bytes, str]):
+    """Decoded topics by their raw bytes, bounded by entries and by bytes.
+
+    When a new topic does not fit, the cache is emptied and starts again: hostile
+    topics can cost a cache miss, never memory beyond :data:`TOPIC_CACHE_BYTES`
+    (+ the table of :data:`TOPIC_CACHE_MAX` entries). Lookups are the plain
+    ``dict.get``; only a miss pays for the accounting.
+    """
+
+    __slots__ = ("max_bytes", "max_entries", "size")
+
+    def __init__(
+        self, max_bytes: int = TOPIC_CACHE_BYTES, max_entries: int = TOPIC_CACHE_MAX
+    ) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.size = 0
+
+    def remember(self, raw: bytes, topic: str) -> None:
+        cost = sys.getsizeof(raw) + sys.getsizeof(topic) + TOPIC_ENTRY_OVERHEAD
+        if cost > self.max_bytes:
+            return
+        if self.size + cost > self.max_bytes or len(self) >= self.max_entries:
+            self.clear()
+        self[raw] = topic
+        self.size += cost
+
+    def clear(self) -> None:
+        super().clear()
+        self.size = 0
+
+
+def packet_size(data: bytes | bytearray) -> int | None:
+    """The whole size of the packet ``data`` starts with, None while its header is cut short."""
+    found = read_varint(data, 1) if len(data) >= 2 else None
+    return None if found is None else found[1] + found[0]
 
 
 def split_packets(
     data: bytes,
     publishes: list[Publish],
     others: list[Other],
-    topics: dict[bytes, str] | None = None,
+    topics: TopicCache | None = None,
+    max_size: int = MAX_REMAINING_LENGTH,
 ) -> int:
     """Split the complete packets at the start of ``data``; return how many bytes they took.
 
     PUBLISH packets are appended to ``publishes`` (the hot path, kept lean: a topic
     that is not valid UTF-8 is decoded with replacement characters, so it can be
     rejected downstream like any bad topic), every other packet to ``others``.
-    An incomplete packet at the end is left for the next call. ``topics`` caches
-    decoded topics, so the messages of one device share one string (up to
-    :data:`TOPIC_CACHE_MAX` topics; the caller owns and may clear it).
+    An incomplete packet at the end is left for the next call, unless its header
+    announces a packet of more than ``max_size`` bytes: then :class:`PacketTooLarge` is
+    raised at once, before any of it is buffered. A QoS 2 PUBLISH is a
+    :class:`ProtocolError` (ingest subscribes at QoS 1; a server must not send
+    more, §3.8.4). ``topics`` caches decoded topics, so the messages of one
+    device share one string (bounded: :class:`TopicCache`).
     """
     if topics is None:
-        topics = {}
+        topics = TopicCache()
+    remember = topics.remember
     at = 0
     size = len(data)
     append = publishes.append
@@ -254,6 +356,10 @@ def split_packets(
             if found is None:
                 break
             length, start = found
+            if start - at + length > max_size:
+                raise PacketTooLarge(
+                    f"a packet of {start - at + length} bytes; our maximum is {max_size}"
+                )
         end = start + length
         if end > size:
             break
@@ -264,8 +370,7 @@ def split_packets(
                 topic = topics.get(raw)
                 if topic is None:
                     topic = raw.decode("utf-8", "replace")
-                    if len(topics) < TOPIC_CACHE_MAX:
-                        topics[raw] = topic
+                    remember(raw, topic)
                 qos = (first >> 1) & 3
                 if qos:
                     packet_id = data[topic_end] << 8 | data[topic_end + 1]
@@ -281,8 +386,10 @@ def split_packets(
                     if found is None:
                         raise ProtocolError("truncated PUBLISH properties")
                     payload_at = found[1] + found[0]
-                if payload_at > end or qos == 3:
-                    raise ProtocolError("malformed PUBLISH")
+                if payload_at > end or qos > 1:
+                    raise ProtocolError(
+                        "malformed PUBLISH" if qos < 2 else f"a QoS {qos} PUBLISH; we asked for 1"
+                    )
                 append((topic, data[payload_at:end], qos, packet_id))
             except IndexError:
                 raise ProtocolError("malformed PUBLISH") from None
