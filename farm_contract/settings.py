@@ -16,7 +16,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from farm_contract.indicators import DEFAULT_STRAW_RATIOS
 from farm_contract.mqtt_url import MqttEndpoint, parse_mqtt_url
 
-
 DEFAULT_CLIENT_ID = "farm-ingest"
 """Ingest's MQTT client id when ``FARM_MQTT_URL`` has no username."""
 
