@@ -1,10 +1,10 @@
 """Indicators at scale: 10,000 sites and a year of events, computed by InfluxDB aggregates.
 
 The year is written straight to InfluxDB with large ``/write`` batches (MQTT is
-not what is measured here), then :class:`ingest_service.indicators.IndicatorEngine`
+not what is measured here), then :class:`ingest_service.indicators.engine.IndicatorEngine`
 computes the year for the city and for one county, the way the API and the
 indicator publisher do: first from raw events only (``FARM_ROLLUPS=false``), then
-after building the monthly roll-ups (:mod:`ingest_service.rollups`) from them.
+after building the monthly roll-ups (:mod:`ingest_service.indicators.rollups`) from them.
 The figure to watch is how the time grows with sites and events: the engine asks
 InfluxDB for sums and counts grouped by tag, so it should grow with the number
 of sites, not of stored points.
@@ -27,10 +27,11 @@ from farm_contract import schema
 from farm_contract.catalog import SiteType
 from farm_contract.indicators import IndicatorValue
 from farm_contract.registry import Device, Registry, Site
-from farm_contract.settings import Settings
-from ingest_service.indicators import IndicatorEngine
-from ingest_service.outputs.influx import InfluxQL, make_writer
-from ingest_service.rollups import RollupMaintainer
+from ingest_service.indicators.engine import IndicatorEngine
+from ingest_service.indicators.rollups import RollupMaintainer
+from ingest_service.influxql import InfluxQL
+from ingest_service.outputs.influx import make_writer
+from ingest_service.settings import Settings
 
 WRITE_BATCH = 50_000
 REPEATS = 3

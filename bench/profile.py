@@ -26,12 +26,13 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pydantic validation", ("pydantic", "model_validate", "farm_contract/payloads.py")),
     ("topic parse", ("farm_contract/topics.py",)),
     ("telemetry fast path (bytes → line)", ("Enricher.telemetry_line",)),
-    ("enrich (registry, ranges, points)", ("ingest_service/enrich.py", "farm_contract/catalog.py")),
+    ("enrich (registry, ranges, points)",
+     ("ingest_service/pipeline/enrich.py", "farm_contract/catalog.py")),
     ("hand-over to the pipeline", ("Pipeline.submit",)),
-    ("pipeline glue (batching, outcomes, stats)", ("ingest_service/pipeline.py",)),
+    ("pipeline glue (batching, outcomes, stats)", ("ingest_service/pipeline/batcher.py",)),
     ("MQTT input (socket reads, splitting packets)", ("ingest_service/inputs/",)),
     ("HTTP API / uvicorn", ("uvicorn", "fastapi", "starlette", "anyio", "asyncio")),
-    ("indicator publisher", ("ingest_service/indicators.py",)),
+    ("indicator publisher", ("ingest_service/indicators/engine.py",)),
 )
 """Stages in priority order: a stage claims every stack its markers appear in, callees
 included (an ack's socket write counts as ack, not as paho's loop)."""

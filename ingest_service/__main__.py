@@ -20,8 +20,8 @@ from typing import Literal
 from pydantic import ValidationError
 
 from farm_contract.registry import Registry, RegistryError
-from farm_contract.settings import Settings
 from ingest_service.logs import setup_logging
+from ingest_service.settings import Settings
 
 
 def _settings() -> Settings:
@@ -37,8 +37,8 @@ def _settings() -> Settings:
 def run(settings: Settings) -> int:
     import uvicorn
 
-    from ingest_service.api import create_app
-    from ingest_service.api_security import check_listen_allowed
+    from ingest_service.api.app import create_app
+    from ingest_service.api.security import check_listen_allowed
     from ingest_service.service import IngestService
 
     try:
@@ -78,8 +78,8 @@ def run(settings: Settings) -> int:
 
 
 def indicators(settings: Settings, year: int, county: str | None) -> int:
-    from ingest_service.indicators import IndicatorEngine
-    from ingest_service.outputs.influx import InfluxQL
+    from ingest_service.indicators.engine import IndicatorEngine
+    from ingest_service.influxql import InfluxQL
     from ingest_service.state import RegistryHolder
 
     holder = RegistryHolder.from_settings(settings)
@@ -95,10 +95,10 @@ def indicators(settings: Settings, year: int, county: str | None) -> int:
 
 def report(settings: Settings, year: int, out: Path) -> int:
     """Write the annual report (workbook and CSV) for ``year`` into ``out``."""
-    from ingest_service.indicators import IndicatorEngine
-    from ingest_service.outputs.influx import InfluxQL
-    from ingest_service.report import build_report
-    from ingest_service.report_excel import write_report
+    from ingest_service.indicators.engine import IndicatorEngine
+    from ingest_service.influxql import InfluxQL
+    from ingest_service.report.build import build_report
+    from ingest_service.report.excel import write_report
     from ingest_service.state import RegistryHolder
 
     holder = RegistryHolder.from_settings(settings)

@@ -5,21 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 
-from farm_contract.settings import Settings
-from ingest_service.aggregates import run
-from ingest_service.enrich import Enricher
-from ingest_service.indicators import IndicatorEngine, IndicatorPublisher
+from ingest_service.indicators.aggregates import run
+from ingest_service.indicators.engine import IndicatorEngine, IndicatorPublisher
+from ingest_service.indicators.late_events import LateEventMarker
+from ingest_service.indicators.rollups import RollupMaintainer
+from ingest_service.influxql import InfluxQL, QueryError, quote_ident, quote_literal
 from ingest_service.inputs.mqtt import MqttInput
-from ingest_service.late_events import LateEventMarker
-from ingest_service.outputs.influx import (
-    InfluxQL,
-    QueryError,
-    make_writer,
-    quote_ident,
-    quote_literal,
-)
-from ingest_service.pipeline import Pipeline
-from ingest_service.rollups import RollupMaintainer
+from ingest_service.outputs.influx import make_writer
+from ingest_service.pipeline.batcher import Pipeline
+from ingest_service.pipeline.enrich import Enricher
+from ingest_service.settings import Settings
 from ingest_service.site_points import write_site_points
 from ingest_service.state import RegistryHolder, ServiceState
 
@@ -33,7 +28,7 @@ class IngestService:
         self.settings = settings
         self.state = ServiceState(settings, RegistryHolder.from_settings(settings))
         # Every worker marks late events, so that roll-ups built by the publishing one
-        # are never read stale (ingest_service/late_events.py).
+        # are never read stale (ingest_service/indicators/late_events.py).
         self.writer = LateEventMarker(make_writer(settings), settings.tz, settings.mqtt_client_id)
         self.query = InfluxQL(settings)
         self.enricher = Enricher(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from farm_contract.registry import DEVICES_FILE, SITES_FILE, Registry, RegistryError
-from farm_contract.settings import Settings
+from ingest_service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.servers import Influxd, Mosquitto
-from farm_contract.settings import Settings
-from ingest_service.indicators import IndicatorPublisher
+from ingest_service.indicators.engine import IndicatorPublisher
 from ingest_service.service import IngestService
+from ingest_service.settings import Settings
 from simulators.fleet import FleetReport, build_registry, run_backfill
 from simulators.scenario import Scenario, load_scenario
 from tests.helpers import wait_for

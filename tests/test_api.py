@@ -13,13 +13,14 @@ from pydantic import SecretStr
 
 from devstack.servers import Influxd, free_port
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
-from ingest_service.api import create_app, parse_multipart, wants_csv
-from ingest_service.api_security import UnsafeListenError, check_listen_allowed, is_loopback
-from ingest_service.indicators import IndicatorEngine
+from ingest_service.api.app import create_app, parse_multipart, wants_csv
+from ingest_service.api.security import UnsafeListenError, check_listen_allowed, is_loopback
+from ingest_service.indicators.engine import IndicatorEngine
+from ingest_service.influxql import InfluxQL
 from ingest_service.model import Point
-from ingest_service.outputs.influx import InfluxQL, make_writer
+from ingest_service.outputs.influx import make_writer
 from ingest_service.outputs.lineprotocol import encode
+from ingest_service.settings import Settings
 from ingest_service.state import RegistryHolder, ServiceState
 
 PC, YZ = "平城区", "云州区"

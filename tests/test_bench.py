@@ -42,10 +42,10 @@ def test_profile_stages_claim_their_callees() -> None:
                     ).startswith("acks")
     assert classify(f"{serve};split_packets (ingest_service/inputs/mqtt_wire.py:3)"
                     ).startswith("MQTT input")
-    fast = "t;Pipeline.outcome (ingest_service/pipeline.py:1);Enricher.telemetry_line (x)"
+    fast = "t;Pipeline.outcome (ingest_service/pipeline/batcher.py:1);Enricher.telemetry_line (x)"
     assert classify(fast).startswith("telemetry fast path")
     assert classify(f"{fast};decode_json (farm_contract/payloads.py:1)").startswith("JSON")
-    assert classify("t;Enricher.points (ingest_service/enrich.py:1)").startswith("enrich")
+    assert classify("t;Enricher.points (ingest_service/pipeline/enrich.py:1)").startswith("enrich")
 
 
 def test_bench_produces_every_figure(tmp_path: Path) -> None:

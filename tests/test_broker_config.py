@@ -48,7 +48,6 @@ from devstack.servers import (
     write_password_file,
 )
 from edge.publisher import DevicePublisher
-from farm_contract.settings import Settings
 from farm_contract.topics import (
     CHIRPSTACK_UPLINK_FILTER,
     MessageKind,
@@ -59,6 +58,7 @@ from ingest_service.inputs import mqtt as mqtt_input
 from ingest_service.inputs.mqtt import MqttInput
 from ingest_service.model import Inbound
 from ingest_service.service import IngestService
+from ingest_service.settings import Settings
 from simulators.credentials import SECRET_ENV, device_password
 from tests.helpers import count, wait_for, write_registry
 

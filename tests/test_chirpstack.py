@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from devstack.servers import Influxd, Mosquitto
-from farm_contract.settings import Settings
 from ingest_service.service import IngestService
+from ingest_service.settings import Settings
 from tests.helpers import count, mosquitto_pub, rows, wait_for, write_registry
 
 APP_ID = "7f0e3f3e-1b9e-4d4e-9f67-2a4c6a0f3c11"

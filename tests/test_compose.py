@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
-from farm_contract.settings import Settings
+from ingest_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "schemas" / "compose-spec.json"

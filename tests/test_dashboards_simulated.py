@@ -25,7 +25,7 @@ from dashboards import shapes
 from dashboards.panel_queries import iter_panels, panel_queries, variable_queries
 from farm_contract import schema
 from farm_contract.payloads import EventType
-from ingest_service.api import create_app
+from ingest_service.api.app import create_app
 from simulators.fleet import build_registry
 from simulators.plan import build_plan
 from tests.simulated_year import SimulatedYear, simulated_year

@@ -13,7 +13,7 @@ def test_edge_does_not_load_the_ingest_settings() -> None:
     """The agent parses its broker URL without pydantic-settings and ingest's ~35 settings."""
     code = (
         "import sys, edge.agent, edge.config, edge.publisher;"
-        "print(sorted(m for m in ('pydantic_settings', 'farm_contract.settings',"
+        "print(sorted(m for m in ('pydantic_settings', 'ingest_service.settings',"
         " 'ingest_service') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -22,7 +22,7 @@ def test_edge_does_not_load_the_ingest_settings() -> None:
 
 
 def test_the_settings_still_offer_the_url_parser() -> None:
-    """``farm_contract.settings`` keeps the names it had: the move broke no importer."""
+    """``ingest_service.settings`` keeps the names it had: the move broke no importer."""
     from farm_contract import mqtt_url, settings
 
     assert settings.parse_mqtt_url is mqtt_url.parse_mqtt_url

@@ -27,8 +27,8 @@ from devstack.servers import Influxd, Mosquitto
 from edge.outbox import Outbox, read_stats
 from edge.publisher import DevicePublisher
 from farm_contract.payloads import EventMessage, TelemetryMessage, decode_json
-from farm_contract.settings import Settings
 from ingest_service.service import IngestService
+from ingest_service.settings import Settings
 from tests.helpers import SITES_CSV, rows, wait_behind_marker, wait_for, write_registry
 from tests.test_edge_publisher import Recorder
 

@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 from dashboards.panel_queries import panel_queries
 from devstack.servers import Influxd, Mosquitto
 from farm_contract import schema
-from farm_contract.settings import Settings
-from ingest_service.api import create_app
-from ingest_service.indicators import IndicatorPublisher
+from ingest_service.api.app import create_app
+from ingest_service.indicators.engine import IndicatorPublisher
 from ingest_service.service import IngestService
+from ingest_service.settings import Settings
 from simulators.expected import expected_indicators
 from simulators.fleet import FleetReport, build_registry, run_backfill
 from simulators.scenario import Scenario, load_scenario

@@ -31,14 +31,15 @@ from hypothesis import strategies as st
 from devstack.servers import Influxd
 from farm_contract.catalog import CATALOG
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
-from ingest_service.api import create_app
-from ingest_service.enrich import Enricher
-from ingest_service.indicators import IndicatorEngine
+from ingest_service.api.app import create_app
+from ingest_service.indicators.engine import IndicatorEngine
+from ingest_service.influxql import InfluxQL
 from ingest_service.model import FieldValue, Inbound, Point
-from ingest_service.outputs.influx import InfluxQL, make_writer
+from ingest_service.outputs.influx import make_writer
 from ingest_service.outputs.lineprotocol import encode, encode_point
-from ingest_service.pipeline import Outcome, Pipeline, rejection_point
+from ingest_service.pipeline.batcher import Outcome, Pipeline, rejection_point
+from ingest_service.pipeline.enrich import Enricher
+from ingest_service.settings import Settings
 from ingest_service.state import RegistryHolder, ServiceState, Stats
 from tests.helpers import count, rows
 

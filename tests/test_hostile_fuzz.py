@@ -3,7 +3,7 @@
 Each example is a list of messages, mostly good, some hostile: near-miss and huge
 topics, absurd and non-finite numbers, wrong types, nested objects, batches with bad
 records inside, a wrong ``v``, week dates. They are handed to a running
-:class:`~ingest_service.pipeline.Pipeline` with ``submit_many`` (as the MQTT input
+:class:`~ingest_service.pipeline.batcher.Pipeline` with ``submit_many`` (as the MQTT input
 does, its worker threads parse and write) and, once every message is acknowledged,
 InfluxDB must hold exactly every good message and every good record or reading of a
 partly bad one, and exactly the expected rejections; the enricher's caches stay
@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 
 from devstack.servers import Influxd
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
-from ingest_service.enrich import Enricher
 from ingest_service.model import Inbound
 from ingest_service.outputs.influx import make_writer
-from ingest_service.pipeline import Pipeline
+from ingest_service.pipeline.batcher import Pipeline
+from ingest_service.pipeline.enrich import Enricher
+from ingest_service.settings import Settings
 from ingest_service.state import Stats
 from tests.helpers import DEVICES_CSV, SITES_CSV, rows
 
@@ -43,7 +43,7 @@ BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 DRIP, MANURE, STRAW = "farm/v1/drip-1/dev-1", "farm/v1/farm-1/dev-2", "farm/v1/straw-1/dev-3"
 UPLINK = "application/1/device/0011223344556677/event/up"
 CACHE_BOUND = 3 * 1024
-"""Three registered devices at ≤ 1 KB each (ingest_service/enrich.py, "Memory")."""
+"""Three registered devices at ≤ 1 KB each (ingest_service/pipeline/enrich.py, "Memory")."""
 
 
 @dataclass

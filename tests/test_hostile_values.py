@@ -18,12 +18,12 @@ import pytest
 
 from devstack.servers import Influxd
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
-from ingest_service.indicators import IndicatorEngine
+from ingest_service.indicators.engine import IndicatorEngine
+from ingest_service.influxql import InfluxQL, QueryError
 from ingest_service.model import Inbound
-from ingest_service.outputs.influx import InfluxQL, QueryError
-from ingest_service.pipeline import Pipeline
+from ingest_service.pipeline.batcher import Pipeline
 from ingest_service.service import IngestService
+from ingest_service.settings import Settings
 from tests.helpers import count, rows, write_registry
 
 NOW = datetime.now(UTC).replace(microsecond=0)

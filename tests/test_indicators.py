@@ -13,8 +13,7 @@ import pytest
 from devstack.servers import Influxd
 from farm_contract.indicators import IndicatorId, IndicatorValue
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
-from ingest_service.indicators import (
+from ingest_service.indicators.engine import (
     IndicatorEngine,
     IndicatorPublisher,
     Totals,
@@ -22,9 +21,11 @@ from ingest_service.indicators import (
     indicator_points,
     year_window,
 )
+from ingest_service.influxql import InfluxQL, QueryError, Series
 from ingest_service.model import FieldValue, Point
-from ingest_service.outputs.influx import InfluxQL, QueryError, Series, make_writer
+from ingest_service.outputs.influx import make_writer
 from ingest_service.outputs.lineprotocol import encode
+from ingest_service.settings import Settings
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 PC, YZ, YG = "平城区", "云州区", "阳高县"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from devstack.servers import Influxd
-from farm_contract.settings import Settings
 from ingest_service.outputs.influx import InfluxV1Writer
+from ingest_service.settings import Settings
 
 pytestmark = [pytest.mark.integration]
 

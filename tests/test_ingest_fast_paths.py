@@ -25,11 +25,11 @@ from farm_contract.payloads import (
     telemetry_fast,
 )
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
-from ingest_service.enrich import Enricher
 from ingest_service.model import Inbound, Point
 from ingest_service.outputs.lineprotocol import encode_point, series_key
-from ingest_service.parse import Rejected, parse_device_message
+from ingest_service.pipeline.enrich import Enricher
+from ingest_service.pipeline.parse import Rejected, parse_device_message
+from ingest_service.settings import Settings
 
 SITES = """site_id,name,county,site_type,lat,lon,large_scale,area_mu,water_quota_m3_per_mu
 drip-1,"滴灌 一,号",平城 区,drip,40.1,113.3,,120,300

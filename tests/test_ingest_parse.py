@@ -9,14 +9,14 @@ import pytest
 
 from farm_contract.payloads import telemetry_fast
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
 from farm_contract.topics import is_valid_id
-from ingest_service.chirpstack import parse_uplink
-from ingest_service.enrich import Enricher, point_time_ns
 from ingest_service.model import Inbound, Point
 from ingest_service.outputs.lineprotocol import encode_point
-from ingest_service.parse import Rejected, parse_device_message
-from ingest_service.pipeline import rejection_point
+from ingest_service.pipeline.batcher import rejection_point
+from ingest_service.pipeline.chirpstack import parse_uplink
+from ingest_service.pipeline.enrich import Enricher, point_time_ns
+from ingest_service.pipeline.parse import Rejected, parse_device_message
+from ingest_service.settings import Settings
 
 SITES = """site_id,name,county,site_type,lat,lon,large_scale,area_mu,water_quota_m3_per_mu
 drip-1,滴灌一号,平城区,drip,40.1,113.3,,120,300

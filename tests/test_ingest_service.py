@@ -10,8 +10,8 @@ import pytest
 from pydantic import SecretStr
 
 from devstack.servers import Influxd, Mosquitto
-from farm_contract.settings import Settings
 from ingest_service.service import IngestService
+from ingest_service.settings import Settings
 from tests.helpers import count, mosquitto_pub, rows, wait_for, write_registry
 from tests.influx_v2_shim import TOKEN, InfluxV2Shim
 
@@ -166,7 +166,7 @@ def test_metrics_count_what_happened(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from ingest_service.api import create_app
+    from ingest_service.api.app import create_app
 
     topic = "farm/v1/drip-1/dev-1/telemetry"
     mosquitto_pub(mosquitto.port, topic, "[]")
@@ -188,7 +188,7 @@ def test_registry_replaced_through_the_api_updates_site_points(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from ingest_service.api import create_app
+    from ingest_service.api.app import create_app
     from tests.helpers import DEVICES_CSV, SITES_CSV
 
     sites = lambda: {r["site_id"] for r in rows(  # noqa: E731

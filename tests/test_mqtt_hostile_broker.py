@@ -24,12 +24,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devstack.servers import LOOPBACK
-from farm_contract.settings import Settings
 from farm_contract.topics import TopicError, parse_chirpstack_topic, parse_device_topic
 from ingest_service.inputs import mqtt as mqtt_input
 from ingest_service.inputs import mqtt_wire as wire
 from ingest_service.inputs.mqtt import MqttInput
 from ingest_service.model import Inbound
+from ingest_service.settings import Settings
 from tests.helpers import wait_for
 
 TOPIC = "farm/v1/site-1/dev-1/telemetry"

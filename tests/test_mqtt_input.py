@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from devstack.servers import Mosquitto, free_port
-from farm_contract.settings import Settings
 from ingest_service.inputs import mqtt as mqtt_input
 from ingest_service.inputs import mqtt_wire as wire
 from ingest_service.inputs.mqtt import MqttInput
 from ingest_service.model import Inbound
+from ingest_service.settings import Settings
 from tests.helpers import mosquitto_pub, wait_for
 
 TOPIC = "farm/v1/site-1/dev-1/telemetry"

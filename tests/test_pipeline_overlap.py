@@ -8,10 +8,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
-from ingest_service.enrich import Enricher
 from ingest_service.model import Inbound
-from ingest_service.pipeline import Pipeline
+from ingest_service.pipeline.batcher import Pipeline
+from ingest_service.pipeline.enrich import Enricher
+from ingest_service.settings import Settings
 from ingest_service.state import Stats
 from tests.helpers import DEVICES_CSV, SITES_CSV, wait_for
 

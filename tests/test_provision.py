@@ -24,10 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from devstack.servers import LOOPBACK, Influxd, Mosquitto, find_binary
-from farm_contract.settings import Settings
-from ingest_service.api import create_app
+from ingest_service.api.app import create_app
 from ingest_service.provision import ProvisionError, make_device, with_device
 from ingest_service.service import IngestService
+from ingest_service.settings import Settings
 from tests.helpers import DEVICES_CSV, SITES_CSV, count, wait_for, write_registry
 
 pytestmark = pytest.mark.integration

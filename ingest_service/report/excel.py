@@ -27,7 +27,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from farm_contract.indicators import TARGETS, IndicatorId
 from farm_contract.payloads import EventType, ManureUse, StrawUse
-from ingest_service.report import (
+from ingest_service.report.build import (
     CITY_LABEL,
     INDICATOR_LABELS,
     Report,
@@ -35,7 +35,7 @@ from ingest_service.report import (
     ledger_csv,
     summary_csv,
 )
-from ingest_service.spreadsheet import excel_text
+from ingest_service.report.spreadsheet import excel_text
 
 TITLE_FONT = Font(size=15, bold=True, color="1F3864")
 HEADER_FONT = Font(bold=True, color="FFFFFF")

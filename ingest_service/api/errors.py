@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from farm_contract.indicators import IndicatorValue
-from ingest_service.outputs.influx import QueryError
+from ingest_service.influxql import QueryError
 
 MAX_DETAIL = 300
 RETRY_AFTER_S = 10

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from farm_contract.payloads import TelemetryRecord
 from farm_contract.topics import DEV_EUI_RE, MessageKind, TopicError, parse_chirpstack_topic
-from ingest_service.parse import Parsed, Rejected, decode, describe
+from ingest_service.pipeline.parse import Parsed, Rejected, decode, describe
 
 MAX_NESTING = 8
 """Deeper objects stay whole (and are refused as one reading)."""

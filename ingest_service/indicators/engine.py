@@ -18,8 +18,8 @@ Rules, decided here and documented in the API:
   averages rates), so it always agrees with the county rows.
 - ``compute(year, county=NAME)`` returns only that county's four rows (no city row).
 - With ``FARM_ROLLUPS`` (default on), complete months are read from their monthly
-  roll-ups (:mod:`ingest_service.rollups`) where valid, and raw events only for the
-  rest; both go through the same aggregates (:mod:`ingest_service.aggregates`).
+  roll-ups (:mod:`ingest_service.indicators.rollups`) where valid, and raw events only for the
+  rest; both go through the same aggregates (:mod:`ingest_service.indicators.aggregates`).
   Each county, type and crop's tonnes are rounded to the gram (6 decimals) before
   use, so the order in which InfluxDB or the roll-ups add them never shows.
 """
@@ -38,15 +38,15 @@ from farm_contract import schema
 from farm_contract.indicators import IndicatorId, IndicatorValue, Scope
 from farm_contract.payloads import EventType
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
-from ingest_service import aggregates
-from ingest_service.aggregates import Aggregates, MassKey, Querier, run
+from ingest_service.indicators import aggregates
+from ingest_service.indicators.aggregates import Aggregates, MassKey, Querier, run
+from ingest_service.indicators.months import Span, gaps
+from ingest_service.indicators.rollups import RollupMaintainer, RollupReader
+from ingest_service.influxql import QueryError, Series, quote_ident, quote_literal, time_literal
 from ingest_service.model import FieldValue, Point
-from ingest_service.months import Span, gaps
-from ingest_service.months import time_literal as time_literal  # api and report use it
-from ingest_service.outputs.influx import QueryError, Series, Writer, quote_ident, quote_literal
+from ingest_service.outputs.influx import Writer
 from ingest_service.outputs.lineprotocol import encode
-from ingest_service.rollups import RollupMaintainer, RollupReader
+from ingest_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class IndicatorEngine:
         """City then counties (sorted), four rows each; only ``county``'s rows if given.
 
         Raises :class:`UnknownCountyError` for a county without sites and
-        :class:`~ingest_service.outputs.influx.QueryError` when InfluxDB fails.
+        :class:`~ingest_service.influxql.QueryError` when InfluxDB fails.
         """
         registry = self._registry()
         known = registry.counties
@@ -282,7 +282,7 @@ class IndicatorPublisher:
 
     Runs in a daemon thread; an error is logged and retried after ``retry_s``
     (or the interval, if shorter), so a down InfluxDB never stops it. With a
-    :class:`~ingest_service.rollups.RollupMaintainer`, each cycle then brings the
+    :class:`~ingest_service.indicators.rollups.RollupMaintainer`, each cycle then brings the
     roll-ups up to date for the next one (in this thread, never the pipeline's); a
     roll-up failure is logged, and the indicators are computed from raw events
     wherever no valid roll-up exists.

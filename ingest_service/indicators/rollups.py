@@ -20,7 +20,7 @@ together:
 
 A month's roll-up is used only if its manifest exists, the month ended before
 "as of", and the month's ``late_event`` marks still number what the manifest
-recorded (:mod:`ingest_service.late_events`). Points of an older build (a group
+recorded (:mod:`ingest_service.indicators.late_events`). Points of an older build (a group
 that vanished) are ignored; a point of a newer build than the manifest means a
 rebuild is under way, and the month is read raw instead. Writes that bypass
 ingest leave no mark: the maintainer re-counts one month's raw events per cycle
@@ -40,13 +40,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from farm_contract import schema
-from farm_contract.settings import Settings
-from ingest_service import aggregates
-from ingest_service.aggregates import Aggregates, Querier, number, run
+from ingest_service.indicators import aggregates
+from ingest_service.indicators.aggregates import Aggregates, Querier, number, run
+from ingest_service.indicators.months import Month, Span, months_between
+from ingest_service.influxql import QueryError, quote_ident, quote_literal, time_literal
 from ingest_service.model import FieldValue, Point
-from ingest_service.months import Month, Span, months_between, time_literal
-from ingest_service.outputs.influx import QueryError, Writer, quote_ident, quote_literal
+from ingest_service.outputs.influx import Writer
 from ingest_service.outputs.lineprotocol import encode
+from ingest_service.settings import Settings
 
 log = logging.getLogger(__name__)
 

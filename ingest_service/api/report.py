@@ -2,8 +2,8 @@
 
 The same report as ``python -m ingest_service report``: indicators from the engine
 (the numbers of ``GET /api/v1/indicators``) and the ledgers beneath them. A read,
-under the read rule of :mod:`ingest_service.api_security`; InfluxDB failures are the
-503 of :mod:`ingest_service.api_errors`. The file name goes in ``Content-Disposition`` twice —
+under the read rule of :mod:`ingest_service.api.security`; InfluxDB failures are the
+503 of :mod:`ingest_service.api.errors`. The file name goes in ``Content-Disposition`` twice —
 an ASCII ``filename`` for old clients and an RFC 5987 ``filename*`` in UTF-8.
 """
 
@@ -17,10 +17,10 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ingest_service.api_errors import ensure_finite
-from ingest_service.indicators import IndicatorEngine
-from ingest_service.report import Report, build_report, ledger_csv, summary_csv
-from ingest_service.report_excel import workbook_bytes
+from ingest_service.api.errors import ensure_finite
+from ingest_service.indicators.engine import IndicatorEngine
+from ingest_service.report.build import Report, build_report, ledger_csv, summary_csv
+from ingest_service.report.excel import workbook_bytes
 from ingest_service.state import ServiceState
 
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"

@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from farm_contract.settings import Settings
+from ingest_service.settings import Settings
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 """Host header values of a loopback API, always trusted."""

@@ -1,7 +1,7 @@
 """Stage 3: check a parsed message against the registry and turn it into InfluxDB points.
 
 Whole-message problems (an unknown device, a device under the wrong site) raise
-:class:`~ingest_service.parse.Rejected`. A single bad reading or record is
+:class:`~ingest_service.pipeline.parse.Rejected`. A single bad reading or record is
 rejected on its own and the rest of the message is stored: a broken soil probe
 must not cost the flow meter's data.
 
@@ -34,7 +34,6 @@ from farm_contract.payloads import (
     parse_ts,
 )
 from farm_contract.registry import Device, Registry, Site
-from farm_contract.settings import Settings
 from farm_contract.topics import MessageKind, TopicError, parse_device_topic
 from ingest_service.model import (
     MAX_DETAIL_CHARS,
@@ -46,7 +45,8 @@ from ingest_service.model import (
     printable,
 )
 from ingest_service.outputs.lineprotocol import escape_tag, series_key
-from ingest_service.parse import Parsed, Rejected
+from ingest_service.pipeline.parse import Parsed, Rejected
+from ingest_service.settings import Settings
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -287,7 +287,7 @@ class Enricher:
 
         Topic and detail are cut (:data:`MAX_TOPIC_CHARS`, :data:`MAX_DETAIL_CHARS`) and
         their control characters escaped; the payload keeps its first 1 KiB (escaped
-        when it is turned into a point, :func:`~ingest_service.pipeline.rejection_point`).
+        when it is turned into a point, :func:`~ingest_service.pipeline.batcher.rejection_point`).
         """
         return Rejection(
             reason=reason,

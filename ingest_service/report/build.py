@@ -14,8 +14,8 @@ the same year window (calendar year in ``FARM_TIMEZONE``, as of its end or now):
 
 Masses are attributed by the event's ``county`` tag, exactly as the engine does,
 so each county's ledger adds up to its indicator's numerator and denominator.
-:mod:`ingest_service.report_excel` lays this out as a workbook; :func:`summary_csv`
-and :func:`ledger_csv` as CSV, text cells defused (:mod:`ingest_service.spreadsheet`).
+:mod:`ingest_service.report.excel` lays this out as a workbook; :func:`summary_csv`
+and :func:`ledger_csv` as CSV, text cells defused (:mod:`ingest_service.report.spreadsheet`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from farm_contract import schema
 from farm_contract.indicators import IndicatorId, IndicatorValue
 from farm_contract.payloads import EventType
 from farm_contract.registry import Registry
-from farm_contract.settings import Settings
-from ingest_service.aggregates import number, types_clause
-from ingest_service.indicators import IndicatorEngine, time_literal, year_window
-from ingest_service.outputs.influx import quote_ident
-from ingest_service.spreadsheet import csv_text
+from ingest_service.indicators.aggregates import number, types_clause
+from ingest_service.indicators.engine import IndicatorEngine, year_window
+from ingest_service.influxql import quote_ident, time_literal
+from ingest_service.report.spreadsheet import csv_text
+from ingest_service.settings import Settings
 
 INDICATOR_LABELS: dict[IndicatorId, tuple[str, str, str]] = {
     IndicatorId.MANURE_FACILITY_RATE: ("粪污处理设施装备配套率", "Manure facility rate", "farms"),

@@ -3,7 +3,7 @@
 A message is acknowledged to the broker after every point and rejection it
 produced is stored in InfluxDB, so a crash or an InfluxDB outage never loses
 one: the broker redelivers whatever was not acknowledged, and redeliveries land
-on the same points (see :func:`~ingest_service.enrich.point_time_ns`).
+on the same points (see :func:`~ingest_service.pipeline.enrich.point_time_ns`).
 
 Write failures are of two kinds. Transient ones (InfluxDB down, 5xx, timeouts)
 are retried with back-off for as long as it takes, holding the batch. A 4xx
@@ -45,13 +45,13 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from farm_contract import schema
-from farm_contract.settings import Settings
-from ingest_service.chirpstack import parse_uplink
-from ingest_service.enrich import Enricher
 from ingest_service.model import MAX_TOPIC_CHARS, Inbound, Point, Rejection, printable
 from ingest_service.outputs.influx import WriteError, Writer
 from ingest_service.outputs.lineprotocol import encode
-from ingest_service.parse import Parsed, Rejected, parse_device_message
+from ingest_service.pipeline.chirpstack import parse_uplink
+from ingest_service.pipeline.enrich import Enricher
+from ingest_service.pipeline.parse import Parsed, Rejected, parse_device_message
+from ingest_service.settings import Settings
 from ingest_service.state import BATCH_SECONDS_BUCKETS, Stats
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Outcome:
     """What one message turned into.
 
     ``line`` is the message's one point already in line protocol, when the
-    enricher's fast path took it (:meth:`~ingest_service.enrich.Enricher.telemetry_line`);
+    enricher's fast path took it (:meth:`~ingest_service.pipeline.enrich.Enricher.telemetry_line`);
     then ``points`` and ``rejections`` are empty.
     """
 

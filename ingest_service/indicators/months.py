@@ -11,15 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from ingest_service.outputs.influx import quote_literal
-
-
-def time_literal(moment: datetime) -> str:
-    """An InfluxQL RFC 3339 time literal in UTC."""
-    return quote_literal(moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+from ingest_service.influxql import time_literal
 
 
 @dataclass(frozen=True, order=True, slots=True)

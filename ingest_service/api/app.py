@@ -1,6 +1,6 @@
 """The HTTP API (contract §7): health, the plan's indicators, rejections, stats, registry.
 
-Who may call what is :mod:`ingest_service.api_security`: reads are open only on a
+Who may call what is :mod:`ingest_service.api.security`: reads are open only on a
 loopback API (with no token, or ``FARM_API_OPEN_READS``), anything that changes state
 needs ``Authorization: Bearer $FARM_API_TOKEN``, and requests must name a trusted
 host. No query answer becomes a 500: an InfluxDB failure is a 503, a bad parameter a
@@ -25,14 +25,14 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from farm_contract import CONTRACT_VERSION, schema
 from farm_contract.indicators import IndicatorValue
 from farm_contract.registry import Device, Registry, RegistryError, Site
-from ingest_service.api_errors import ensure_finite, influx_time, install_error_answers
-from ingest_service.api_report import report_router
-from ingest_service.api_security import BearerCheck, allowed_hosts
-from ingest_service.indicators import IndicatorEngine, UnknownCountyError, time_literal
+from ingest_service.api.errors import ensure_finite, influx_time, install_error_answers
+from ingest_service.api.report import report_router
+from ingest_service.api.security import BearerCheck, allowed_hosts
+from ingest_service.indicators.engine import IndicatorEngine, UnknownCountyError
+from ingest_service.influxql import quote_ident, quote_literal, time_literal
 from ingest_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ingest_service.metrics import metrics_registry, render
-from ingest_service.outputs.influx import quote_ident, quote_literal
-from ingest_service.spreadsheet import csv_text
+from ingest_service.report.spreadsheet import csv_text
 from ingest_service.state import ServiceState
 
 MIN_YEAR, MAX_YEAR = 2000, 2100
@@ -492,7 +492,7 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
             counties=registry.counties,
         )
 
-    from ingest_service.api_admin import admin_router  # here: it imports this module
+    from ingest_service.api.admin import admin_router  # here: it imports this module
 
     app.include_router(admin_router(state), dependencies=[writes])
     app.include_router(report_router(state, engine), dependencies=[reads])

@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterator
 from zoneinfo import ZoneInfo
 
 from farm_contract import schema
+from ingest_service.indicators.months import Month
 from ingest_service.model import Point
-from ingest_service.months import Month
 from ingest_service.outputs.influx import WriteError, Writer
 from ingest_service.outputs.lineprotocol import encode
 

@@ -17,8 +17,8 @@ from typing import Protocol
 
 from farm_contract import schema
 from farm_contract.payloads import EventType
-from ingest_service.months import Span
-from ingest_service.outputs.influx import QueryError, Series, quote_ident, quote_literal
+from ingest_service.indicators.months import Span
+from ingest_service.influxql import QueryError, Series, quote_ident, quote_literal
 
 MASS_TYPES = (
     EventType.FILM_APPLIED,
@@ -38,7 +38,7 @@ Latest = tuple[float, float]
 
 
 class Querier(Protocol):
-    """What the aggregates need from :class:`~ingest_service.outputs.influx.InfluxQL`."""
+    """What the aggregates need from :class:`~ingest_service.influxql.InfluxQL`."""
 
     def query(self, q: str) -> list[Series]: ...
 

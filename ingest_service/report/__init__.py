@@ -1,0 +1,1 @@
+"""The annual report: its numbers (build) and its Excel workbook."""
