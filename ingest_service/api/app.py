@@ -409,7 +409,7 @@ def create_app(state: ServiceState, engine: IndicatorEngine) -> FastAPI:
         dependencies=[reads],
     )
     def stats() -> dict[str, Any]:
-        return dict(state.stats.snapshot())
+        return state.stats.snapshot().as_json()
 
     @app.get(
         "/api/v1/registry/sites",
