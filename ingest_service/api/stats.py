@@ -27,4 +27,4 @@ def metrics(prometheus: PrometheusDep) -> Response:
 
 @router.get("/api/v1/stats", summary="Ingest counters since start", response_model=dict[str, Any])
 def stats(state: StateDep) -> dict[str, Any]:
-    return dict(state.stats.snapshot())
+    return state.stats.snapshot().as_json()
