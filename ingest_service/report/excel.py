@@ -141,7 +141,7 @@ def _fit_columns(sheet: Worksheet, columns: int, first_row: int = HEADER_ROW) ->
     for row in sheet.iter_rows(min_row=first_row, max_col=columns):
         for cell in row:
             if isinstance(cell, Cell) and cell.column is not None:
-                width = _cell_width(cell) * (1.25 if cell.font.b else 1.0) + 2
+                width = _cell_width(cell) * (1.35 if cell.font.b else 1.0) + 2
                 widest[cell.column - 1] = min(WIDEST, max(widest[cell.column - 1], width))
     _widths(sheet, widest)
 
