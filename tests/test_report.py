@@ -193,6 +193,8 @@ def test_cli_writes_the_same_workbook_numbers(
     rows = summary_rows(tmp_path / f"{stem}.xlsx")
     assert [(r["分子 Numerator"], r["分母 Denominator"]) for r in rows] == [
         pytest.approx((a["numerator"], a["denominator"]), rel=EXCEL, abs=0) for a in api_rows]
+    for name in (f"{stem}-summary.csv", f"{stem}-ledger.csv"):  # Excel on Windows needs it
+        assert (tmp_path / name).read_bytes().startswith("\ufeff".encode())
     summary = (tmp_path / f"{stem}-summary.csv").read_text(encoding="utf-8-sig")
     assert all(county in summary for county in year.counties)
 

@@ -47,7 +47,7 @@ from ingest_service.report.build import (
     ledger_csv,
     summary_csv,
 )
-from ingest_service.report.spreadsheet import excel_text, percent_format
+from ingest_service.report.spreadsheet import BOM, excel_text, percent_format
 
 TITLE_FONT = Font(size=15, bold=True, color="1F3864")
 HEADER_FONT = Font(bold=True, color="FFFFFF")
@@ -441,7 +441,7 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     xlsx = folder / f"{stem}.xlsx"
     xlsx.write_bytes(workbook_bytes(report))
     summary = folder / f"{stem}-summary.csv"
-    summary.write_text(summary_csv(report), encoding="utf-8-sig")
+    summary.write_text(BOM + summary_csv(report), encoding="utf-8")
     ledger = folder / f"{stem}-ledger.csv"
-    ledger.write_text(ledger_csv(report), encoding="utf-8-sig")
+    ledger.write_text(BOM + ledger_csv(report), encoding="utf-8")
     return [xlsx, summary, ledger]
