@@ -125,7 +125,7 @@ def test_indicators_match_the_scenario(
 
     # The same as CSV, Chinese county names intact.
     text = client.get("/api/v1/indicators", params={"year": year, "format": "csv"}).text
-    table = list(csv.DictReader(io.StringIO(text)))
+    table = list(csv.DictReader(io.StringIO(text.removeprefix("\ufeff"))))
     assert {r["county"] for r in table} == {"", *scenario_counties(scenario)}
     assert len(table) == len(expected)
 

@@ -80,7 +80,7 @@ def test_no_workbook_cell_is_a_formula_and_names_keep_their_text() -> None:
 
 
 def _rows(text: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(text)))
+    return list(csv.DictReader(io.StringIO(text.removeprefix("\ufeff"))))
 
 
 def test_every_csv_escapes_text_that_starts_a_formula() -> None:
