@@ -29,7 +29,8 @@ class IngestService:
         self.state = ServiceState(settings, RegistryHolder.from_settings(settings))
         # Every worker marks late events, so that roll-ups built by the publishing one
         # are never read stale (ingest_service/indicators/late_events.py).
-        self.writer = LateEventMarker(make_writer(settings), settings.tz, settings.mqtt_client_id)
+        self.writer = make_writer(settings)
+        self.late_marks = LateEventMarker(self.writer, settings.tz, settings.mqtt_client_id)
         self.query = InfluxQL(settings)
         self.enricher = Enricher(
             self.state.registry.get,
@@ -38,7 +39,9 @@ class IngestService:
             self.state.registry.refresh,
             self._last_reset,
         )
-        self.pipeline = Pipeline(settings, self.enricher, self.writer, self.state.stats)
+        self.pipeline = Pipeline(
+            settings, self.enricher, self.writer, self.state.stats, self.late_marks.stored
+        )
         self.input = MqttInput(
             settings,
             self.pipeline.submit_many,

@@ -79,7 +79,14 @@ class _Job:
 
     outcomes: list[Outcome]
     started: float
-    body: bytes | None
+    body: bytes
+
+
+StoredEvents = Callable[[list[int]], None]
+"""Told the times (ns) of the event points each write just stored, before their
+messages are acknowledged; a transient :class:`WriteError` from it retries the write
+(which is idempotent). The late-event marker is one
+(:class:`~ingest_service.indicators.late_events.LateEventMarker`)."""
 
 
 @dataclass(slots=True)
@@ -99,6 +106,11 @@ class Outcome:
     @property
     def point_count(self) -> int:
         return len(self.points) + (self.line is not None)
+
+    @property
+    def event_times_ns(self) -> list[int]:
+        """The times of the event points enrich made (the fast path makes none)."""
+        return [p.time_ns for p in self.points if p.measurement == schema.EVENT]
 
 
 def rejection_point(rejection: Rejection) -> Point:
@@ -141,9 +153,15 @@ class Pipeline:
     """Parse → enrich → write → ack, on one thread fed by the inputs."""
 
     def __init__(
-        self, settings: Settings, enricher: Enricher, writer: Writer, stats: Stats
+        self,
+        settings: Settings,
+        enricher: Enricher,
+        writer: Writer,
+        stats: Stats,
+        stored_events: StoredEvents | None = None,
     ) -> None:
         self._settings = settings
+        self._stored_events = stored_events
         self._prefix = settings.topic_prefix
         self._enricher = enricher
         self._writer = writer
@@ -212,6 +230,8 @@ class Pipeline:
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the batches in hand (if InfluxDB lets us) and stop; the rest stays queued."""
         self._stop.set()
+        with self._ready:
+            self._ready.notify()  # not left waiting for a first message or a full batch
         deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
@@ -316,12 +336,6 @@ class Pipeline:
             ]
         return result
 
-    def process(self, batch: list[Inbound]) -> None:
-        """Store a batch and acknowledge every message in it. Raises only if stopped."""
-        started = time.monotonic()
-        outcomes = [self.outcome(inbound) for inbound in batch]
-        self._finish(_Job(outcomes, started, None))
-
     def _finish(self, job: _Job) -> None:
         """Write a parsed batch, acknowledge its messages, count them."""
         outcomes = job.outcomes
@@ -344,6 +358,7 @@ class Pipeline:
         if not body:
             return
         inbounds = [item.inbound for item in outcomes]
+        events = [time_ns for item in outcomes for time_ns in item.event_times_ns]
 
         def abandoned() -> bool:
             return all(inbound.stale() for inbound in inbounds)
@@ -358,6 +373,8 @@ class Pipeline:
             ):
                 with attempt:
                     self._writer.write(body)
+                    if self._stored_events is not None and events:
+                        self._stored_events(events)
         except WriteError as exc:
             if exc.transient and not self._stop.is_set() and abandoned():
                 raise BatchAbandoned() from exc

@@ -25,7 +25,6 @@ from farm_contract import schema
 from farm_contract.catalog import CATALOG, Metric, SiteType, event_field_bound
 from farm_contract.payloads import (
     EVENT_NUMERIC_FIELDS,
-    EVENT_TAG_FIELDS,
     SEQ_MAX,
     EventRecord,
     EventType,
@@ -189,12 +188,8 @@ class Enricher:
         key = (device.device_id, site.site_id)
         target = self._targets.get(key)
         if target is None:
-            tags = {
-                "site_id": site.site_id,
-                "device_id": device.device_id,
-                "site_type": site.site_type.value,
-                "county": site.county,
-            }
+            values = (site.site_id, device.device_id, site.site_type.value, site.county)
+            tags = dict(zip(schema.TELEMETRY_TAGS, values, strict=True))
             target = _Target(tags, series_key(schema.TELEMETRY, tags))
             self._targets[key] = target
         return target
@@ -235,8 +230,9 @@ class Enricher:
         """The line of a plain, valid telemetry message of a registered device, or None.
 
         This is the common message (one record, every reading a float in range or a
-        boolean), taken from bytes to line protocol in one step. It gives exactly the
-        line :meth:`points` would give, and whenever the message is anything else — a
+        boolean), taken from bytes to line protocol in one step. The payload models
+        (:mod:`farm_contract.payloads`) and :meth:`points` stay the definition: this
+        gives exactly the line they would give, and whenever the message is anything else — a
         batch, an int reading, anything out of range, a timestamp ahead or too old, an
         unknown topic (including another prefix: the caller checks it) — it returns
         None and the caller takes the general path, which words the rejections.
@@ -262,7 +258,7 @@ class Enricher:
             return None
         if when > datetime.now(UTC) + self._future or when < self._earliest:
             return None
-        time_ns = (when - _EPOCH) // _MS * 1_000_000 + seq % SEQ_SLOTS
+        time_ns = point_time_ns(when, seq)
         known = route.fields
         parts = []
         for name, value in readings.items():
@@ -472,8 +468,8 @@ class Enricher:
             if too_big:
                 reject("out_of_range", f"seq {event.seq}: {too_big}")
                 continue
-            event_tags = {**tags, "type": event.type.value}
-            for name in EVENT_TAG_FIELDS:
+            event_tags = dict(tags)
+            for name in schema.EVENT_OWN_TAGS:
                 value = getattr(event, name)
                 if value is not None:
                     event_tags[name] = str(getattr(value, "value", value))
