@@ -47,6 +47,7 @@ class IngestService:
             self.pipeline.submit_many,
             self.pipeline.drop_stale,
             held=lambda: self.pipeline.pending,
+            held_bytes=lambda: self.pipeline.pending_bytes,
         )
         self.engine = IndicatorEngine(self.query, self.state.registry.get, settings)
         if publish_indicators is None:

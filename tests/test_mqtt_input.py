@@ -337,6 +337,37 @@ def test_reading_pauses_while_the_pipeline_holds_the_receive_maximum(
 
 
 @pytest.mark.integration
+def test_reading_pauses_while_the_pipeline_holds_max_held_bytes(
+    mosquitto: Mosquitto, started: list[MqttInput]
+) -> None:
+    """Big messages: the size bound pauses reading long before the receive maximum would.
+
+    64 KiB messages, a receive maximum of 10,000 and ``max_held_bytes`` of 1 MiB: the
+    input stops reading at 16 held messages, plus at most one read (≤ 1 MiB) on top.
+    """
+    collector = Collector()
+
+    def held_bytes() -> int:
+        return sum(len(p) for p in collector.payloads())
+
+    settings = Settings(mqtt_url=mosquitto.url, mqtt_client_id="t-bytes",
+                        receive_maximum=10_000, max_held_bytes=1024 * 1024)
+    receiver = MqttInput(settings, collector.deliver, collector.changed,
+                         held=lambda: len(collector.payloads()), held_bytes=held_bytes)
+    receiver.start()
+    assert receiver.wait_connected(10)
+    receiver.stop()
+    subprocess_publish_many(mosquitto.port, [b"%04d" % i + b"x" * 65536 for i in range(200)])
+    receiver = MqttInput(settings, collector.deliver, collector.changed,
+                         held=lambda: len(collector.payloads()), held_bytes=held_bytes)
+    started.append(receiver)
+    receiver.start()
+    wait_for(lambda: len(collector.payloads()) >= 16)  # positive control: it did read
+    time.sleep(2.0)
+    assert len(collector.payloads()) <= 16 + 17, len(collector.payloads())
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_broker_that_stops_answering_is_noticed_and_rejoined(
     mosquitto: Mosquitto, started: list[MqttInput], monkeypatch: pytest.MonkeyPatch

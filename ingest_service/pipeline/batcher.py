@@ -169,6 +169,7 @@ class Pipeline:
         self._queue: deque[Inbound] = deque()
         self._ready = threading.Condition()
         self._in_hand = 0
+        self._bytes = 0  # payload bytes of the queue and the batches in hand
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writer_thread: threading.Thread | None = None
@@ -184,6 +185,7 @@ class Pipeline:
         """
         with self._ready:
             self._queue.append(inbound)
+            self._bytes += len(inbound.payload)
             waiting = len(self._queue)
             self._stats.record_backlog(waiting + self._in_hand)
             if waiting == 1 or waiting == self._settings.batch_size:
@@ -193,9 +195,11 @@ class Pipeline:
         """Hand over the messages of one read from the socket (never blocks)."""
         if not inbounds:
             return
+        size_of = sum([len(inbound.payload) for inbound in inbounds])
         with self._ready:
             before = len(self._queue)
             self._queue.extend(inbounds)
+            self._bytes += size_of
             waiting = len(self._queue)
             self._stats.record_backlog(waiting + self._in_hand)
             size = self._settings.batch_size
@@ -207,6 +211,9 @@ class Pipeline:
         with self._ready:
             kept = [inbound for inbound in self._queue if not inbound.stale()]
             dropped = len(self._queue) - len(kept)
+            self._bytes -= sum(len(i.payload) for i in self._queue) - sum(
+                len(i.payload) for i in kept
+            )
             self._queue = deque(kept)
             self._stats.record_backlog(len(self._queue) + self._in_hand)
         if dropped:
@@ -217,6 +224,12 @@ class Pipeline:
         """Messages received and not yet acknowledged or dropped (queue and batch in hand)."""
         with self._ready:
             return len(self._queue) + self._in_hand
+
+    @property
+    def pending_bytes(self) -> int:
+        """Payload bytes of the pending messages: what the input's pause bounds by size."""
+        with self._ready:
+            return self._bytes
 
     def start(self) -> None:
         self._stop.clear()
@@ -258,9 +271,11 @@ class Pipeline:
             self._stats.record_backlog(len(self._queue) + self._in_hand)
         return batch
 
-    def _release(self, count: int) -> None:
+    def _release(self, inbounds: list[Inbound]) -> None:
+        size_of = sum([len(inbound.payload) for inbound in inbounds])
         with self._ready:
-            self._in_hand -= count
+            self._in_hand -= len(inbounds)
+            self._bytes -= size_of
             self._stats.record_backlog(len(self._queue) + self._in_hand)
 
     def _run(self) -> None:
@@ -275,7 +290,7 @@ class Pipeline:
                 job = _Job(outcomes, started, _encode_outcomes(outcomes))
             except Exception:  # a bug must not stop ingest; the batch is redelivered later
                 log.exception("batch of %d messages failed; left unacknowledged", len(batch))
-                self._release(len(batch))
+                self._release(batch)
                 continue
             self._writer_free.acquire()  # at most one batch written while the next is built
             self._jobs.put(job)
@@ -297,7 +312,7 @@ class Pipeline:
                     "batch of %d messages failed; left unacknowledged", len(job.outcomes)
                 )
             finally:
-                self._release(len(job.outcomes))
+                self._release([outcome.inbound for outcome in job.outcomes])
                 self._writer_free.release()
 
     def parse(self, inbound: Inbound) -> Parsed:
