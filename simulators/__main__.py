@@ -29,7 +29,13 @@ from types import FrameType
 
 from simulators.credentials import SECRET_ENV, write_users_file
 from simulators.expected import expected_indicators
-from simulators.fleet import build_registry, report_json, run_backfill, run_live
+from simulators.fleet import (
+    MAX_RECONNECTS,
+    build_registry,
+    report_json,
+    run_backfill,
+    run_live,
+)
 from simulators.scenario import Scenario, ScenarioError, load_scenario
 
 
@@ -74,6 +80,12 @@ def _run(args: argparse.Namespace) -> int:
         report = run_live(scenario, args.mqtt_url, args.prefix, args.duration, stop,
                           interval_s=args.interval_s, device_secret=secret)
     print(report_json(report))
+    if report.most_reconnects > MAX_RECONNECTS:
+        print(f"error: the broker disconnected the fleet's clients {report.reconnects} times "
+              f"(one device {report.most_reconnects} times): client ids connected elsewhere: "
+              "another process uses these devices' credentials (a running demo's fleet?); "
+              "the run is not complete", file=sys.stderr)
+        return 1
     return 0
 
 
