@@ -137,15 +137,16 @@ def with_spares(registry: Registry, spares: dict[str, tuple[str, str]]) -> Regis
     return registry
 
 
-def example_copy(example: Path, port: int, password: str) -> str:
-    """An edge example with the demo's broker port and the device's password."""
+def example_copy(example: Path, port: int, password: str, state_dir: Path) -> str:
+    """An edge example with the demo's broker port, the device's password and an outbox
+    folder under the demo's own."""
     text = example.read_text(encoding="utf-8")
     text, count = re.subn(r'^mqtt_url\s*=.*$',
                           f'mqtt_url = "mqtt://127.0.0.1:{port}"\npassword = "{password}"',
                           text, count=1, flags=re.MULTILINE)
     if not count:
         raise DemoError(f"{example}: no mqtt_url line")
-    text = re.sub(r'^state_dir\s*=.*$', f'state_dir = "run/demo/edge-state/{example.stem}"',
+    text = re.sub(r'^state_dir\s*=.*$', f'state_dir = "{state_dir}"',
                   text, count=1, flags=re.MULTILINE)
     return f"# Written by the demo from {example.relative_to(ROOT)}: its port and password.\n{text}"
 
@@ -220,7 +221,9 @@ def _run(args: argparse.Namespace, console: Console, stop: threading.Event) -> i
         )
         for name, example in EXAMPLES.items():
             device_id = spares[name][0]
-            (run_dir / name).write_text(example_copy(example, mosquitto.port, accounts[device_id]))
+            (run_dir / name).write_text(example_copy(
+                example, mosquitto.port, accounts[device_id],
+                run_dir / "edge-state" / example.stem))
         api_port = _port(8000)
         api = f"http://127.0.0.1:{api_port}"
         hand_device, hand_site = spares["hand"]
