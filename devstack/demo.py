@@ -297,7 +297,10 @@ def _run(args: argparse.Namespace, console: Console, stop: threading.Event) -> i
                 f"events, {report.bad_payloads} bad payloads and {report.duplicates} duplicates "
                 f"injected, in {report.elapsed_s:.0f} s"
             )
-            remaining = max(args.duration - (time.monotonic() - started), 5) if args.duration else 0
+            # The live fleet plays this year squeezed into its run: what is left of
+            # --duration, or LIVE_YEAR_S when the demo runs until Ctrl-C.
+            remaining = (max(args.duration - (time.monotonic() - started), 5) if args.duration
+                         else LIVE_YEAR_S)
             sim_log = (run_dir / "simulators.log").open("ab")
             sim_args = [
                 sys.executable, "-m", "simulators", "run", "--scenario", args.scenario,
@@ -308,7 +311,7 @@ def _run(args: argparse.Namespace, console: Console, stop: threading.Event) -> i
                 sim_args, stdout=sim_log, stderr=sim_log, start_new_session=True,
                 env={**os.environ, SECRET_ENV: device_secret}))
             console.print("Live fleet running for this year. Ctrl-C stops everything.")
-            notes = [LIVE_NOTE]
+            notes = [LIVE_NOTE.format(seconds=remaining)]
             with Live(console=console, refresh_per_second=2, transient=False) as live:
                 while not stop.is_set():
                     if args.duration and time.monotonic() - started >= args.duration:
@@ -335,9 +338,12 @@ def _run(args: argparse.Namespace, console: Console, stop: threading.Event) -> i
     return 0
 
 
+LIVE_YEAR_S = 600
+"""Seconds the live fleet takes for this year when the demo runs until Ctrl-C."""
+
 LIVE_NOTE = (
-    "This year (live) replays the same scenario as last year with its year squeezed into "
-    "the run: it fills in as the run goes and ends on last year's figures, by design."
+    "This year (live) replays last year's scenario with the whole year squeezed into "
+    "{seconds:.0f} s: it fills in as the run goes and ends on last year's figures, by design."
 )
 
 

@@ -70,6 +70,10 @@ def _run(args: argparse.Namespace) -> int:
         report = run_backfill(scenario, args.mqtt_url, args.prefix, args.year,
                               telemetry_interval_h=args.interval_h, device_secret=secret)
     else:
+        if args.duration <= 0:
+            # the year is squeezed into the run: there is no "for ever"
+            print("error: --duration: live runs need a number of seconds > 0", file=sys.stderr)
+            return 2
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -63,3 +63,20 @@ def test_example_copy_has_the_demo_port_and_password(name: str, tmp_path: Path) 
 
 def test_env_block_quotes_for_the_shell() -> None:
     assert env_block({"A": "x y", "B": "1"}) == "export A='x y'\nexport B=1\n"
+
+
+def test_a_live_run_needs_a_duration() -> None:
+    """``--duration 0`` used to end the live loop at once and dump the whole year's
+    events: the demo's "live" table (make demo without DURATION) was last year's at once."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "simulators", "run", "--scenario", "test-small",
+         "--mode", "live", "--duration", "0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2 and "--duration" in done.stderr
+    from devstack.demo import LIVE_NOTE, LIVE_YEAR_S
+
+    assert LIVE_YEAR_S > 0 and "600 s" in LIVE_NOTE.format(seconds=LIVE_YEAR_S)
