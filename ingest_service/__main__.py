@@ -143,6 +143,7 @@ def provision_device(args: argparse.Namespace) -> int:
             password=password,
             broker_pid=args.broker_pid,
             broker_pid_file=args.broker_pid_file,
+            rotate=args.rotate,
         )
     except RegistryError as exc:
         print("registry has problems:", *exc.problems, sep="\n  ", file=sys.stderr)
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="read the password from stdin instead of generating one",
     )
+    prov.add_argument("--rotate", action="store_true",
+                      help="the device exists: give it a new password (the old one stops working)")
     hup = prov.add_mutually_exclusive_group()
     hup.add_argument("--broker-pid", type=int, help="send this Mosquitto SIGHUP afterwards")
     hup.add_argument("--broker-pid-file", type=Path, help="... or the one in this pid file")
