@@ -208,11 +208,16 @@ def test_provision_device_api_call(stack: Stack) -> None:
     assert stack.service.state.registry.get().devices["new-3"].model == "probe"
     check_new_device_can_publish_only_as_itself(stack, "new-3", credentials["mqtt_password"])
     # A repeated request keeps the password the device is using (issue 14: it used to
-    # rotate it silently). The API will answer 409 once it maps AlreadyProvisioned.
+    # rotate it silently); asking with rotate gives a new one.
     again = client.post("/api/v1/devices", json=body, headers=auth)
-    assert again.status_code in (409, 422), again.text
+    assert again.status_code == 409, again.text
     assert "already provisioned" in again.json()["problems"][0]
     assert login_accepted(stack.broker, "new-3", credentials["mqtt_password"])
+    rotated = client.post("/api/v1/devices", json={**body, "rotate": True}, headers=auth)
+    assert rotated.status_code == 200, rotated.text
+    new_password = rotated.json()["mqtt_password"]
+    assert new_password != credentials["mqtt_password"]
+    assert login_accepted(stack.broker, "new-3", new_password)
     client.close()
 
 
