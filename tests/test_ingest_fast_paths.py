@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ from farm_contract.payloads import (
 from farm_contract.registry import Registry
 from ingest_service.model import Inbound, Point
 from ingest_service.outputs.lineprotocol import encode_point, series_key
+from ingest_service.pipeline import enrich
 from ingest_service.pipeline.enrich import Enricher
 from ingest_service.pipeline.parse import Rejected, parse_device_message
 from ingest_service.settings import Settings
@@ -44,6 +46,17 @@ dev-1,drip-1,,probe
 dev-2,farm-1,0011223344556677,lora
 """
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST_MS = (parse_ts(Settings().earliest_ts) - EPOCH) // timedelta(milliseconds=1)
+SKEW_MS = int(Settings().max_future_skew_s * 1000)
+
+
+def epoch_ms(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+EPOCH_SPAN_MS = epoch_ms(NOW) - EARLIEST_MS
+"""How far back an epoch-ms ``ts`` is drawn: a fixed range (draws must not follow the clock)."""
 
 
 def outcome(payload: bytes) -> tuple[str, Any]:
@@ -189,19 +202,36 @@ def valid_telemetry(draw: st.DrawFn, site_type: SiteType) -> dict[str, Any]:
     names = draw(st.lists(st.sampled_from(own), min_size=1, max_size=len(own), unique=True))
     ago_ms = draw(st.integers(0, 400 * 86_400_000))
     moment = datetime.now(UTC).replace(microsecond=0) - timedelta(milliseconds=ago_ms)
-    separator = draw(st.sampled_from("Tt "))
-    digits = draw(st.text("0123456789", max_size=6))
-    offset = draw(st.sampled_from(["Z", "z", "+08:00", "+00:00"]))
+    ts: str | int
+    if draw(st.integers(0, 2)) == 0:  # integer epoch milliseconds, as many devices send
+        back = draw(st.sampled_from([0, EPOCH_SPAN_MS]) | st.integers(0, EPOCH_SPAN_MS))
+        ts = max(EARLIEST_MS, epoch_ms(moment) - back)  # as far back as the earliest allowed
+    else:
+        separator = draw(st.sampled_from("Tt "))
+        digits = draw(st.text("0123456789", max_size=6))
+        offset = draw(st.sampled_from(["Z", "z", "+08:00", "+00:00"]))
+        ts = _ts(moment, separator, digits, offset)
+    event("ts: epoch ms" if type(ts) is int else "ts: RFC 3339")
     body = {
         "v": 1,
         "seq": draw(st.integers(0, SEQ_MAX)),
-        "ts": _ts(moment, separator, digits, offset),
+        "ts": ts,
         "readings": {name: draw(_reading(CATALOG[name])) for name in names},
     }
     if draw(st.integers(0, 4)) == 0:
         body["note"] = draw(st.text(max_size=5))  # extra fields are ignored by both paths
     order = draw(st.permutations(list(body)))
     return {key: body[key] for key in order}
+
+
+def epoch_edges() -> list[tuple[Any, str]]:
+    """Epoch-ms ``ts`` values just out of bounds or of the wrong type, and the general
+    path's reason. "Ahead" is 1 s past the allowed skew, so no test races the clock."""
+    now_ms = epoch_ms(datetime.now(UTC))
+    return [(0, "ts_too_old"), (-1, "ts_too_old"), (EARLIEST_MS - 1, "ts_too_old"),
+            (now_ms + SKEW_MS + 1000, "ts_in_future"), (2**53, "invalid_payload"),
+            (10**30, "invalid_payload"), (True, "invalid_payload"),
+            (float(now_ms), "invalid_payload"), (str(now_ms), "invalid_payload")]
 
 
 @dataclass
@@ -228,7 +258,8 @@ def mutant(draw: st.DrawFn, message: dict[str, Any], topic: str, site_type: Site
     flags = [name for name in readings if CATALOG[name].is_bool]
     other_site = next(name for name, metric in CATALOG.items()
                       if metric.site_types == {SiteType.STRAW})
-    kinds = ["unknown metric", "not for site", "future", "too old", "epoch ms", "batch",
+    kinds = ["unknown metric", "not for site", "future", "too old", "other ts form",
+             "epoch edge", "batch",
              "envelope", "nan", "unknown device", "wrong site", "other prefix"]
     kinds += ["int", "out of range", "bool for number"] if numeric else []
     kinds += ["number for bool"] if flags else []
@@ -262,17 +293,21 @@ def mutant(draw: st.DrawFn, message: dict[str, Any], topic: str, site_type: Site
         return Mutant(topic, changed(ts=ahead), ["ts_in_future"], None)
     if kind == "too old":
         return Mutant(topic, changed(ts="1999-12-31T23:59:59Z"), ["ts_too_old"], None)
-    if kind == "epoch ms":
-        ms = (parse_ts(message["ts"]) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
-            milliseconds=1)
-        return Mutant(topic, changed(ts=ms), [], message)
+    if kind == "other ts form":  # the same moment, as epoch ms or as RFC 3339 text
+        moment = parse_ts(message["ts"])
+        other = format_ts(moment) if type(message["ts"]) is int else epoch_ms(moment)
+        return Mutant(topic, changed(ts=other), [], message)
+    if kind == "epoch edge":
+        ts, reason = draw(st.sampled_from(epoch_edges()))
+        return Mutant(topic, changed(ts=ts), [reason], None)
     if kind == "batch":
         record = {key: message[key] for key in ("seq", "ts", "readings")}
         return Mutant(topic, json.dumps({"v": 1, "batch": [record]}).encode(), [], message)
     if kind == "envelope":
+        ts = message["ts"] if type(message["ts"]) is str else format_ts(parse_ts(message["ts"]))
         spoil = draw(st.sampled_from([{"v": True}, {"v": 1.0}, {"v": 2}, {"seq": -1},
                                       {"seq": SEQ_MAX + 1}, {"seq": 1.0}, {"readings": {}},
-                                      {"ts": message["ts"][:19]}, {"ts": "2026-W18-5T08:00:00Z"}]))
+                                      {"ts": ts[:19]}, {"ts": "2026-W18-5T08:00:00Z"}]))
         return Mutant(topic, changed(**spoil), ["invalid_payload"], None)
     if kind == "nan":
         name = draw(st.sampled_from(list(readings)))
@@ -318,6 +353,8 @@ def test_telemetry_line_is_the_general_paths_line() -> None:
         if line is not None:
             assert reasons == [] and line == stored
             reached["equal"] += 1
+            if type(json.loads(case.payload)["ts"]) is int:
+                reached["equal, epoch ms"] += 1
             event("fast line == general line")
             return
         assert spoiled, f"plain valid telemetry declined by the fast path: {case.payload!r}"
@@ -334,6 +371,39 @@ def test_telemetry_line_is_the_general_paths_line() -> None:
     total = reached["equal"] + reached["declined"]
     assert total == 800, reached
     assert reached["equal"] >= 0.8 * total, reached
+    assert reached["equal, epoch ms"] >= 0.15 * total, reached
+
+
+def test_epoch_ms_ts_is_declined_out_of_bounds_and_taken_up_to_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Epoch-ms edges: the general path's reason for each, and the fast path exactly at the
+    bounds (its clock pinned to the general path's ``now``)."""
+    registry = Registry.from_csv(SITES, DEVICES)
+    topic = FAST_TOPICS[SiteType.DRIP]
+
+    def body(ts: Any) -> bytes:
+        return json.dumps({"v": 1, "seq": 3, "ts": ts, "readings": {"flow_lpm": 1.5}}).encode()
+
+    for ts, reason in epoch_edges():
+        fast = Enricher(lambda: registry, Settings()).telemetry_line(topic, body(ts))
+        assert fast is None, ts
+        assert _general_line(Enricher(lambda: registry, Settings()), topic, body(ts)) == (
+            None, [reason]), ts
+
+    now = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    monkeypatch.setattr(enrich, "wall_clock_ns", lambda: epoch_ms(now) * 1_000_000 + 456_789)
+    latest = epoch_ms(now) + SKEW_MS  # the general path's bound, in whole milliseconds
+    for ts, stored in ((EARLIEST_MS, True), (latest, True), (latest + 1, False)):
+        line = Enricher(lambda: registry, Settings()).telemetry_line(topic, body(ts))
+        general = Enricher(lambda: registry, Settings())
+        inbound = Inbound(topic, body(ts), 1_000)
+        points, rejections = general.points(
+            parse_device_message(topic, body(ts), "farm"), inbound, now)
+        assert [r.reason for r in rejections] == ([] if stored else ["ts_in_future"]), ts
+        assert line == (encode_point(points[0]) if stored else None), ts
+        if stored:
+            assert line is not None and line.endswith(f" {ts * 1_000_000 + 3}")
 
 
 def test_common_telemetry_becomes_a_line_and_anything_doubtful_does_not() -> None:

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from time import time_ns as wall_clock_ns
 
 from farm_contract import schema
 from farm_contract.catalog import CATALOG, Metric, SiteType, event_field_bound
@@ -168,6 +169,9 @@ class Enricher:
         self._refresh = refresh
         self._future = timedelta(seconds=settings.max_future_skew_s)
         self._earliest = parse_ts(settings.earliest_ts)
+        self._future_ms = self._future // _MS
+        self._earliest_ms = -(-(self._earliest - _EPOCH) // _MS)
+        """The earliest whole millisecond not before ``earliest_ts`` (for epoch-ms ``ts``)."""
         self._counter_lookup = counter_lookup
         self._counters: dict[tuple[str, str], tuple[int, float]] = {}
         self._reset_lookup = reset_lookup
@@ -236,6 +240,9 @@ class Enricher:
         batch, an int reading, anything out of range, a timestamp ahead or too old, an
         unknown topic (including another prefix: the caller checks it) — it returns
         None and the caller takes the general path, which words the rejections.
+        ``ts`` may be RFC 3339 text or integer epoch milliseconds (not a bool or float);
+        an epoch is checked in whole milliseconds against the same bounds, rounded so
+        the fast path is never the more lenient one.
         """
         route = self._route(topic)
         if route is None:
@@ -250,15 +257,22 @@ class Enricher:
         v = data.get("v")
         if type(v) is not int or v != 1 or type(seq) is not int or not 0 <= seq <= SEQ_MAX:
             return None
-        if type(readings) is not dict or not readings or type(ts) is not str:
+        if type(readings) is not dict or not readings:
             return None
-        try:
-            when = parse_ts(ts)
-        except ValueError:
+        if type(ts) is int:
+            if ts < self._earliest_ms or ts > wall_clock_ns() // 1_000_000 + self._future_ms:
+                return None
+            time_ns = ts * 1_000_000 + seq % SEQ_SLOTS  # point_time_ns, in integers
+        elif type(ts) is str:
+            try:
+                when = parse_ts(ts)
+            except ValueError:
+                return None
+            if when > datetime.now(UTC) + self._future or when < self._earliest:
+                return None
+            time_ns = point_time_ns(when, seq)
+        else:
             return None
-        if when > datetime.now(UTC) + self._future or when < self._earliest:
-            return None
-        time_ns = point_time_ns(when, seq)
         known = route.fields
         parts = []
         for name, value in readings.items():
