@@ -24,6 +24,7 @@ from tests.helpers import mosquitto_pub, wait_for, write_registry
 
 def test_the_query_names_only_this_device() -> None:
     q = latest_query("dev-1", datetime(2026, 5, 1, tzinfo=UTC), 10)
+    assert "time >= " in q.telemetry and "time > 0" in latest_query("d", None, 1).events
     assert "\"device_id\" = 'dev-1'" in q.telemetry and "LIMIT 10" in q.telemetry
     assert "\"device_id\" = 'dev-1'" in q.events
     # a rejection's topic names the device as a whole level: dev-1 is not dev-10

@@ -12,7 +12,7 @@ contract's id pattern before it reaches a query, so it is safe in a regex.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
@@ -71,9 +71,13 @@ class LatestQuery:
     rejections: str
 
 
-def latest_query(device_id: str, since: datetime, limit: int) -> LatestQuery:
-    """InfluxQL for a device's newest readings, events and rejections since ``since``."""
-    window = f"time >= {time_literal(since)}"
+def latest_query(device_id: str, since: datetime | None, limit: int) -> LatestQuery:
+    """InfluxQL for a device's newest readings, events and rejections (since ``since``).
+
+    With no ``since`` there is no lower bound: a device that back-fills last month is
+    still seen. One device's series and a ``LIMIT`` keep that cheap.
+    """
+    window = f"time >= {time_literal(since)}" if since is not None else "time > 0"
     by_device = f"{quote_ident('device_id')} = {quote_literal(device_id)}"
     tail = f"ORDER BY time DESC LIMIT {limit}"
     topic = quote_ident("topic")
@@ -113,12 +117,11 @@ def device_latest(
     query: QueryDep,
     device_id: Annotated[str, Path(pattern=ID_PATTERN)],
     since: Annotated[
-        Since | None, Query(description="RFC 3339 with offset; default: 24 hours ago")
+        Since | None, Query(description="RFC 3339 with offset; default: no lower bound")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> DeviceLatest:
-    start = since if since is not None else datetime.now(UTC) - timedelta(hours=24)
-    q = latest_query(device_id, start, limit)
+    q = latest_query(device_id, since, limit)
     telemetry = _rows(query(q.telemetry))
     events = _rows(query(q.events))
     rejections = _rows(query(q.rejections))
