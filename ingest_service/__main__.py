@@ -34,6 +34,20 @@ def _settings() -> Settings:
         sys.exit("invalid settings:\n" + "\n".join(lines))
 
 
+def _api_port_free(settings: Settings) -> None:
+    """Refuse to start, naming the setting, when the API's port is taken (before any work)."""
+    import socket
+
+    try:
+        with socket.create_server((settings.api_host, settings.api_port)):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"cannot listen on {settings.api_host}:{settings.api_port} ({exc.strerror}): "
+            "set FARM_API_PORT (or FARM_API_HOST) to a free one"
+        ) from None
+
+
 def run(settings: Settings) -> int:
     import uvicorn
 
@@ -43,6 +57,7 @@ def run(settings: Settings) -> int:
 
     try:
         check_listen_allowed(settings)
+        _api_port_free(settings)
         service = IngestService(settings)
     except (ValueError, RegistryError) as exc:
         print(f"ingest_service: {exc}", file=sys.stderr)

@@ -63,3 +63,15 @@ def test_with_both_it_prints_the_figures(tmp_path: Path, influxd: Influxd) -> No
                       FARM_REGISTRY_DIR=str(write_registry(tmp_path / "registry")),
                       FARM_INFLUX_URL=influxd.url, FARM_INFLUX_API="v1")
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr, unknown.stderr
+
+
+def test_a_taken_api_port_names_the_setting(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = run_cli(FARM_API_PORT=str(port), FARM_API_HOST="127.0.0.1",
+                       FARM_REGISTRY_DIR=str(write_registry(tmp_path / "registry")),
+                       FARM_MQTT_URL=f"mqtt://127.0.0.1:{free_port()}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr and "FARM_API_PORT" in done.stderr
