@@ -44,7 +44,7 @@ from ingest_service.indicators.months import Span, gaps
 from ingest_service.indicators.rollups import RollupMaintainer, RollupReader
 from ingest_service.influxql import QueryError, Series, quote_ident, quote_literal, time_literal
 from ingest_service.model import FieldValue, Point
-from ingest_service.outputs.influx import Writer
+from ingest_service.outputs.influx import WriteError, Writer
 from ingest_service.outputs.lineprotocol import encode
 from ingest_service.settings import Settings
 
@@ -296,6 +296,8 @@ class IndicatorPublisher:
     retry_s: float = 5.0
     published: int = 0
     errors: int = 0
+    _failing: str | None = field(default=None, repr=False)
+    """The InfluxDB problem logged last: logged once in one line, not every retry."""
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -327,11 +329,23 @@ class IndicatorPublisher:
         while not self._stop.is_set():
             try:
                 self.publish_once()
+            except (QueryError, WriteError) as exc:  # InfluxDB's trouble: one line, once
+                self.errors += 1
+                problem = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                if problem != self._failing:
+                    log.warning("publishing indicators: %s; retrying every %gs",
+                                problem, min(self.retry_s, interval))
+                    self._failing = problem
+                self._stop.wait(min(self.retry_s, interval))
+                continue
             except Exception:
                 self.errors += 1
                 log.exception("publishing indicators failed; retrying")
                 self._stop.wait(min(self.retry_s, interval))
                 continue
+            if self._failing is not None:
+                log.warning("publishing indicators again (InfluxDB answers)")
+                self._failing = None
             self.maintain_rollups()  # after publishing, so a first build never delays it
             self._stop.wait(interval)
 
