@@ -6,8 +6,9 @@ import logging
 import threading
 
 from ingest_service.indicators.aggregates import run
-from ingest_service.indicators.engine import IndicatorEngine, IndicatorPublisher
+from ingest_service.indicators.engine import IndicatorEngine
 from ingest_service.indicators.late_events import LateEventMarker
+from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.indicators.rollups import RollupMaintainer
 from ingest_service.influxql import InfluxQL, QueryError, quote_ident, quote_literal
 from ingest_service.inputs.mqtt import MqttInput

@@ -20,7 +20,7 @@ from dashboards.panel_queries import panel_queries
 from devstack.servers import Influxd, Mosquitto
 from farm_contract import schema
 from ingest_service.api.app import create_app
-from ingest_service.indicators.engine import IndicatorPublisher
+from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
 from simulators.expected import expected_indicators

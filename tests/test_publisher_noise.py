@@ -14,7 +14,8 @@ import pytest
 
 from devstack.servers import free_port
 from farm_contract.registry import Registry
-from ingest_service.indicators.engine import IndicatorEngine, IndicatorPublisher
+from ingest_service.indicators.engine import IndicatorEngine
+from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.influxql import InfluxQL
 from ingest_service.outputs.influx import make_writer
 from ingest_service.settings import Settings

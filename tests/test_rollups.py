@@ -21,9 +21,10 @@ from devstack.servers import Influxd, Mosquitto
 from farm_contract.indicators import IndicatorValue
 from farm_contract.registry import Registry
 from ingest_service.indicators import aggregates
-from ingest_service.indicators.engine import IndicatorEngine, IndicatorPublisher
+from ingest_service.indicators.engine import IndicatorEngine
 from ingest_service.indicators.late_events import LateEventMarker, late_months
 from ingest_service.indicators.months import Month, Span, gaps
+from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.indicators.rollups import RollupMaintainer, RollupReader
 from ingest_service.influxql import InfluxQL, Series
 from ingest_service.model import FieldValue, Inbound, Point
