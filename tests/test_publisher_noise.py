@@ -30,14 +30,14 @@ def test_an_unreachable_influxdb_is_one_line_once(
     registry = Registry.from_dir(write_registry(tmp_path / "registry"))
     engine = IndicatorEngine(InfluxQL(settings), lambda: registry, settings)
     publisher = IndicatorPublisher(engine, make_writer(settings), settings, retry_s=0.05)
-    with caplog.at_level(logging.WARNING, logger="ingest_service.indicators.engine"):
+    with caplog.at_level(logging.WARNING, logger="ingest_service.indicators.publisher"):
         publisher.start()
         deadline = time.monotonic() + 10
         while publisher.errors < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
         publisher.stop()
     assert publisher.errors >= 5  # positive control: it did retry, and fail, again and again
-    records = [r for r in caplog.records if r.name == "ingest_service.indicators.engine"]
+    records = [r for r in caplog.records if r.name == "ingest_service.indicators.publisher"]
     assert len(records) == 1, [r.getMessage() for r in records]
     assert records[0].exc_info is None and "\n" not in records[0].getMessage()
     assert "unreachable" in records[0].getMessage()
