@@ -87,8 +87,9 @@ def with_device(registry: Registry, device: Device) -> Registry:
             problems.append(f"dev_eui {device.dev_eui} already used by {owner.device_id}")
     if problems:
         raise ProvisionError(problems)
-    devices = {**registry.devices, device.device_id: device}
-    return Registry(sites=dict(registry.sites), devices=devices)
+    kept = [row for row in registry.all_devices
+            if (row.device_id, row.valid_from) != (device.device_id, device.valid_from)]
+    return Registry.from_rows(registry.all_sites, [*kept, device], registry.as_of)
 
 
 def make_device(device_id: str, site_id: str, dev_eui: str | None, model: str) -> Device:

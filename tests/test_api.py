@@ -27,7 +27,8 @@ from ingest_service.state import RegistryHolder, ServiceState
 
 PC, YZ = "平城区", "云州区"
 FIELDS = ["indicator", "scope", "county", "year", "value", "numerator", "denominator",
-          "target", "met"]
+          "target", "met", "computed_at", "formula", "parameters", "source", "coverage", "flags",
+          "closed"]
 SITES_CSV = f"""site_id,name,county,site_type,lat,lon,large_scale,area_mu
 m1,一号牛场,{PC},manure,40.1,113.3,true,
 d1,滴灌一号,{PC},drip,40.1,113.3,,300
@@ -136,7 +137,7 @@ def test_indicators_json_has_exactly_the_contract_fields(client: TestClient) -> 
     assert len(rows) == 12
     assert all(list(row) == FIELDS for row in rows)
     film = {row["county"]: row for row in rows if row["indicator"] == "film_recovery_rate"}
-    assert film[None] == {
+    assert {key: film[None][key] for key in FIELDS[:9]} == {
         "indicator": "film_recovery_rate", "scope": "city", "county": None, "year": 2025,
         "value": pytest.approx(10 / 15), "numerator": 10.0, "denominator": 15.0,
         "target": 0.85, "met": False,
