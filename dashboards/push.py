@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from grafana_client.api import GrafanaApi
-from grafana_client.client import GrafanaClientError
+from grafana_client.client import GrafanaClientError, GrafanaException
 
 from dashboards.builders import DATASOURCE_UID, Json
 
@@ -149,9 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("a token is needed: --token or GRAFANA_TOKEN")
-    api = GrafanaApi.from_url(args.url, credential=args.token)
-    result = push(api, influx_url=args.influx_url, influx_token=args.influx_token,
-                  database=args.database, folder_uid=args.folder_uid, folder_title=args.folder)
+    api = GrafanaApi.from_url(args.url, credential=args.token, timeout=10.0)
+    try:
+        result = push(api, influx_url=args.influx_url, influx_token=args.influx_token,
+                      database=args.database, folder_uid=args.folder_uid,
+                      folder_title=args.folder)
+    except (GrafanaException, OSError) as exc:  # refused, unreachable: one line, no traceback
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        print(f"dashboards.push: Grafana at {args.url} did not accept the push: {reason}",
+              file=sys.stderr)
+        return 1
     for name in result.created:
         print(f"created {name}")
     for name in result.updated:

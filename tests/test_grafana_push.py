@@ -23,6 +23,7 @@ from grafana_client.client import GrafanaUnauthorizedError
 
 from dashboards import push
 from dashboards.builders import DATASOURCE_UID
+from devstack.servers import free_port
 
 TOKEN = "glsa_test_token"
 
@@ -177,3 +178,15 @@ def test_command_line(grafana: tuple[FakeGrafana, str], monkeypatch: pytest.Monk
     monkeypatch.delenv("GRAFANA_TOKEN")
     with pytest.raises(SystemExit):
         push.main(["--url", url])
+
+
+def test_command_line_fails_in_one_line(grafana: tuple[FakeGrafana, str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreachable Grafana or a refused token is one line on stderr and exit 1 (issue 14)."""
+    _, url = grafana
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    for target, token in ((unreachable, TOKEN), (url, "wrong")):
+        assert push.main(["--url", target, "--token", token]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"dashboards.push: Grafana at {target} did not accept the push:")
