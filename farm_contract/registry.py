@@ -301,12 +301,14 @@ def _facts(row: BaseModel | None, names: tuple[str, ...]) -> tuple[object, ...] 
     return None if row is None else tuple(getattr(row, name) for name in names)
 
 
-def _row_changes(rows: Sequence[Site] | Sequence[Device], names: tuple[str, ...]) -> list[str]:
+def _row_changes(rows: Sequence[Site | Device], names: tuple[str, ...]) -> list[str]:
     """An id's history in words: what it is from its first day, then what each row changes."""
     parts = []
     previous: Site | Device | None = None
-    for row in rows:
-        when = f"from {row.valid_from}" if row.valid_from else "always"
+    for index, row in enumerate(rows):
+        later = rows[index + 1].valid_from if index + 1 < len(rows) else None
+        when = (f"from {row.valid_from}" if row.valid_from
+                else f"before {later}" if later else "always")
         if previous is None:
             what = ", ".join(f"{name} {getattr(row, name)}" for name in names[:4]
                              if getattr(row, name) not in (None, ""))

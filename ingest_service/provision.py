@@ -167,7 +167,7 @@ def reload_broker(pid: int | None = None, pid_file: Path | None = None) -> bool:
 
 def provision(
     registry: Registry,
-    save: Callable[[Registry], None],
+    save: Callable[[Registry], object],
     passwd_file: Path,
     device: Device,
     *,
