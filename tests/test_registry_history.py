@@ -99,7 +99,8 @@ def test_history_problems(sites: str, devices: str, problem: str) -> None:
 def test_history_lines_say_what_changes_and_from_when() -> None:
     lines = registry().history_lines()
     assert lines == [
-        "site farm-1: before 2025-03-01: name 养殖一场, county 平城区, site_type manure, large_scale False; "
+        "site farm-1: before 2025-03-01: name 养殖一场, county 平城区, site_type manure, "
+        "large_scale False; "
         "from 2025-03-01: county 平城区 → 云州区, large_scale False → True",
         "site drip-2: from 2025-06-01: name 滴灌二号, county 天镇县, site_type drip, "
         "large_scale False",
