@@ -132,3 +132,18 @@ def test_check_registry_explains_the_history(tmp_path: Path,
     write_registry(folder)
     assert cli(["check-registry", str(folder)]) == 0
     assert "history: none (no valid_from: every row applies to all time)" in capsys.readouterr().out
+
+
+def test_provisioning_keeps_a_device_s_history() -> None:
+    from ingest_service.provision import make_device, with_device
+
+    registry = Registry.from_csv(
+        MORE_SITES.replace("water_quota_m3_per_mu\n", "water_quota_m3_per_mu,valid_from\n"),
+        "device_id,site_id,model,valid_from\ndev-2,farm-1,m,\ndev-2,farm-2,m,2025-06-01\n")
+    same = with_device(registry, make_device("dev-2", "farm-2", None, "m"))
+    assert same is registry  # a password rotation changes no row
+    moved = with_device(registry, make_device("dev-2", "farm-1", None, "m"))
+    assert [(d.site_id, d.valid_from) for d in moved.device_history["dev-2"]] == [
+        ("farm-1", None), ("farm-2", date(2025, 6, 1)), ("farm-1", moved.as_of)]
+    new = with_device(registry, make_device("dev-9", "farm-1", None, "m"))
+    assert [(d.site_id, d.valid_from) for d in new.device_history["dev-9"]] == [("farm-1", None)]
