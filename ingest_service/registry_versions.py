@@ -77,11 +77,16 @@ class RegistryArchive:
                 digest=digest, saved_at=now.isoformat(timespec="microseconds"), source=source,
                 sites=len(registry.site_history), devices=len(registry.device_history),
                 dated=registry.dated, who=who, reason=reason, valid_from=valid_from)
-            sites_csv, devices_csv = registry.csv_text(canonical=True)
-            if self.folder is None:
-                self._memory.append(VersionFiles(version, sites_csv, devices_csv))
-                return version
-            self._write(now, VersionFiles(version, sites_csv, devices_csv))
+            files = VersionFiles(version, *registry.csv_text(canonical=True))
+            if self.folder is not None:
+                try:
+                    self._write(now, files)
+                    return version
+                except OSError as exc:  # a read-only registry folder must not stop ingest
+                    log.warning("cannot keep registry versions in %s (%s): keeping them in "
+                                "memory from now on", self.folder, exc)
+                    self.folder = None
+            self._memory.append(files)
             return version
 
     def _write(self, now: datetime, files: VersionFiles) -> None:

@@ -147,3 +147,12 @@ def test_provisioning_keeps_a_device_s_history() -> None:
         ("farm-1", None), ("farm-2", date(2025, 6, 1)), ("farm-1", moved.as_of)]
     new = with_device(registry, make_device("dev-9", "farm-1", None, "m"))
     assert [(d.site_id, d.valid_from) for d in new.device_history["dev-9"]] == [("farm-1", None)]
+
+
+def test_a_read_only_registry_folder_keeps_versions_in_memory(tmp_path: Path) -> None:
+    folder = write_registry(tmp_path / "registry")
+    (folder / VERSIONS_DIR).write_text("not a folder")  # as unwritable as it gets for root
+    holder = holder_of(folder)
+    holder.replace(Registry.from_csv(MORE_SITES, DEVICES_CSV))
+    assert [v.source for v in holder.archive.versions()] == ["start", "upload"]
+    assert holder.archive.get(holder.get().digest()) is not None
