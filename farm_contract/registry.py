@@ -454,6 +454,28 @@ class Registry:
             self.__dict__["_timed"] = cached
         return cached
 
+    def corrections_to(self, old: Registry) -> list[str]:
+        """What this registry rewrites for all time compared with ``old``: undated rows
+        whose facts differ, and ids it no longer has (the warning an upload answers with)."""
+        lines = []
+        for kind, mine, theirs, names in (
+            ("site", self.site_history, old.site_history, _SITE_FACTS),
+            ("device", self.device_history, old.device_history, _DEVICE_FACTS),
+        ):
+            for key, rows in theirs.items():
+                if key not in mine:
+                    lines.append(f"{kind} {key} removed (for all time)")
+                    continue
+                before = next((row for row in rows if row.valid_from is None), None)
+                after = next((row for row in mine[key] if row.valid_from is None), None)
+                if before is None or after is None:
+                    continue
+                changed = [f"{name} {getattr(before, name)} → {getattr(after, name)}"
+                           for name in names if getattr(before, name) != getattr(after, name)]
+                if changed:
+                    lines.append(f"{kind} {key}: " + ", ".join(changed) + " (for all time)")
+        return lines
+
     def changed_from(self, update: Registry, day: date) -> Registry:
         """This registry with ``update``'s rows that differ taking effect on ``day``.
 

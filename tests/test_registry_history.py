@@ -203,3 +203,12 @@ def test_the_row_in_effect_is_the_latest_started(rows: list[tuple[date | None, s
     periods = reg.periods("s1")
     assert sum(1 for p in periods if (p.start is None or p.start <= day)
                and (p.end is None or day < p.end)) == (found is not None)
+
+
+def test_corrections_are_named() -> None:
+    old = registry()
+    fixed = Registry.from_csv(SITES.replace("farm-1,养殖一场,平城区", "farm-1,养殖一场,阳高县"),
+                              DEVICES.replace("dev-2,farm-1,,meter,\n", ""))
+    assert fixed.corrections_to(old) == [
+        "site farm-1: county 平城区 → 阳高县 (for all time)", "device dev-2 removed (for all time)"]
+    assert old.corrections_to(old) == []

@@ -162,6 +162,7 @@ def test_a_folder_edit_and_an_upload_are_seen_alike_by_api_and_report(
                                                      "devices_csv": DEVICES_CSV},
                            params={"author": "auditor", "reason": "typo"})
     assert response.status_code == 200, response.text
+    assert response.json()["corrections"] == ["site farm-1: county 云州区 → 平城区 (for all time)"]
     summary, manure = report_counts(client)
     assert api_counts(client)["平城区"] == summary["平城区"] == (1.0, 1.0)
     assert manure["平城区"] == (1, 1) and manure["云州区"] == (0, 2)
@@ -180,6 +181,7 @@ def test_an_upload_from_a_day_keeps_history_and_both_versions(
                            json={"sites_csv": moved, "devices_csv": DEVICES_CSV})
     assert response.status_code == 200, response.text
     body = response.json()
+    assert body["corrections"] == []  # a change from a day rewrites nothing before it
     versions = client.get("/api/v1/registry/versions").json()
     assert [(v["digest"], v["valid_from"]) for v in versions] == [
         (first, None), (body["digest"], MOVE.isoformat())]

@@ -118,18 +118,23 @@ class RegistryImported(BaseModel):
     """The version now in effect (``GET /api/v1/registry/versions/{digest}``)."""
     history: list[str]
     """The history read (as ``check-registry`` says it); empty for an undated registry."""
+    corrections: list[str]
+    """What the upload rewrote for all time (undated rows changed, ids removed): past
+    figures change with these. Empty for an upload from a day."""
 
 
 def _accept(state: ServiceState, sites_csv: str, devices_csv: str, valid_from: date | None,
-            who: str, reason: str | None) -> Registry:
-    """Parse, merge from ``valid_from`` if given, and make it the registry (one at a time)."""
+            who: str, reason: str | None) -> tuple[Registry, list[str]]:
+    """Parse, merge from ``valid_from`` if given, and make it the registry (one at a time);
+    also what it corrected for all time."""
     with _upload_lock:
         registry = Registry.from_csv(sites_csv, devices_csv)
+        old = state.registry.get()
         if valid_from is not None:
-            registry = state.registry.get().changed_from(registry, valid_from)
+            registry = old.changed_from(registry, valid_from)
         state.registry.replace(registry, who=who, reason=reason,
                                valid_from=valid_from.isoformat() if valid_from else None)
-        return registry
+        return registry, registry.corrections_to(old)
 
 
 _upload_lock = threading.Lock()
@@ -163,8 +168,8 @@ async def import_registry(
     client = request.client.host if request.client else "unknown"
     who = f"{author} (token holder at {client})" if author else f"token holder at {client}"
     try:
-        registry = await run_in_threadpool(_accept, state, sites_csv, devices_csv, valid_from,
-                                           who, reason)
+        registry, corrections = await run_in_threadpool(
+            _accept, state, sites_csv, devices_csv, valid_from, who, reason)
     except RegistryError as exc:
         return JSONResponse(
             RegistryProblems(
@@ -180,7 +185,7 @@ async def import_registry(
         ) from None
     return RegistryImported(
         sites=len(registry.sites), devices=len(registry.devices), counties=registry.counties,
-        digest=registry.digest(), history=registry.history_lines(),
+        digest=registry.digest(), history=registry.history_lines(), corrections=corrections,
     )
 
 
