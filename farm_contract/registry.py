@@ -291,6 +291,43 @@ def _history_of(rows: Iterable[Row], key: str) -> dict[str, tuple[Row, ...]]:
     return {name: _in_order(items) for name, items in grouped.items()}
 
 
+_SITE_FACTS = ("name", "county", "site_type", "large_scale", "lat", "lon", "area_mu",
+               "water_quota_m3_per_mu")
+_DEVICE_FACTS = ("site_id", "dev_eui", "model")
+
+
+def _facts(row: BaseModel | None, names: tuple[str, ...]) -> tuple[object, ...] | None:
+    """What a row says, its date aside (None for no row)."""
+    return None if row is None else tuple(getattr(row, name) for name in names)
+
+
+def _row_changes(rows: Sequence[Site | Device], names: tuple[str, ...]) -> list[str]:
+    """An id's history in words: what it is from its first day, then what each row changes."""
+    parts = []
+    previous: Site | Device | None = None
+    for index, row in enumerate(rows):
+        later = rows[index + 1].valid_from if index + 1 < len(rows) else None
+        when = (f"from {row.valid_from}" if row.valid_from
+                else f"before {later}" if later else "always")
+        if previous is None:
+            what = ", ".join(f"{name} {getattr(row, name)}" for name in names[:4]
+                             if getattr(row, name) not in (None, ""))
+            parts.append(f"{when}: {what}")
+        else:
+            changed = [f"{name} {getattr(previous, name)} → {getattr(row, name)}"
+                       for name in names if getattr(previous, name) != getattr(row, name)]
+            parts.append(f"{when}: " + (", ".join(changed) or "no change"))
+        previous = row
+    return parts
+
+
+def _first_day(rows: Sequence[_Dated]) -> date | None:
+    """The first day an id exists (None: always, or never for no rows)."""
+    if not rows or rows[0].valid_from is None:
+        return None
+    return rows[0].valid_from
+
+
 @dataclass
 class Registry:
     """Sites and devices in effect on one day (``as_of``, today by default), with the
@@ -377,36 +414,129 @@ class Registry:
         return [row for rows in self.device_history.values() for row in rows]
 
     def history_lines(self) -> list[str]:
-        """The history read, one line per id that has dated rows, for ``check-registry``."""
+        """The history read, for ``check-registry``: one line per id that has dated rows
+        (its first day, then each change with what changed), then any notes."""
         lines = []
-        for site_id in self.site_history:
-            periods = self.periods(site_id)
-            if len(periods) > 1 or periods[0].start is not None:
-                parts = [
-                    f"{p.site.county}/{p.site.site_type}"
-                    f"{'/large-scale' if p.site.large_scale else ''}"
-                    f" {_span(p.start, p.end)}" for p in periods]
-                lines.append(f"site {site_id}: " + "; ".join(parts))
-        for device_id, rows in self.device_history.items():
+        for site_id, rows in self.site_history.items():
             if len(rows) > 1 or rows[0].valid_from is not None:
-                parts = []
-                for index, row in enumerate(rows):
-                    end = rows[index + 1].valid_from if index + 1 < len(rows) else None
-                    parts.append(f"at {row.site_id} {_span(row.valid_from, end)}")
-                lines.append(f"device {device_id}: " + "; ".join(parts))
+                lines.append(f"site {site_id}: " + "; ".join(_row_changes(rows, _SITE_FACTS)))
+        for device_id, devices in self.device_history.items():
+            if len(devices) > 1 or devices[0].valid_from is not None:
+                lines.append(f"device {device_id}: "
+                             + "; ".join(_row_changes(devices, _DEVICE_FACTS)))
+        return lines + [f"note: {note}" for note in self.notes()]
+
+    def notes(self) -> list[str]:
+        """What is legal but probably not meant: a device row in effect on days its site
+        does not exist yet (ingest refuses the device's data of those days)."""
+        notes = []
+        for device_id, devices in self.device_history.items():
+            for index, device in enumerate(devices):
+                end = devices[index + 1].valid_from if index + 1 < len(devices) else None
+                first = _first_day(self.site_history.get(device.site_id, ()))
+                if first is not None and (device.valid_from is None or device.valid_from < first):
+                    span = _span(device.valid_from, min(end, first) if end else first)
+                    notes.append(f"device {device_id} is at site {device.site_id} {span}, "
+                                 f"before that site exists (from {first})")
+        return notes
+
+    def timed_devices(self) -> frozenset[str]:
+        """Devices whose site, county or site type depends on the day: a dated row of the
+        device or of a site it was ever at. Ingest checks these per message ``ts``; every
+        other device has one site for all time (the fast path). Computed once."""
+        cached: frozenset[str] | None = self.__dict__.get("_timed")
+        if cached is None:
+            dated_sites = {site_id for site_id, rows in self.site_history.items()
+                           if any(row.valid_from for row in rows)}
+            cached = frozenset(
+                device_id for device_id, rows in self.device_history.items()
+                if any(row.valid_from or row.site_id in dated_sites for row in rows))
+            self.__dict__["_timed"] = cached
+        return cached
+
+    def corrections_to(self, old: Registry) -> list[str]:
+        """What this registry rewrites for all time compared with ``old``: undated rows
+        whose facts differ, and ids it no longer has (the warning an upload answers with)."""
+        lines = []
+        for kind, mine, theirs, names in (
+            ("site", self.site_history, old.site_history, _SITE_FACTS),
+            ("device", self.device_history, old.device_history, _DEVICE_FACTS),
+        ):
+            for key, rows in theirs.items():
+                if key not in mine:
+                    lines.append(f"{kind} {key} removed (for all time)")
+                    continue
+                before = next((row for row in rows if row.valid_from is None), None)
+                after = next((row for row in mine[key] if row.valid_from is None), None)
+                if before is None or after is None:
+                    continue
+                changed = [f"{name} {getattr(before, name)} → {getattr(after, name)}"
+                           for name in names if getattr(before, name) != getattr(after, name)]
+                if changed:
+                    lines.append(f"{kind} {key}: " + ", ".join(changed) + " (for all time)")
         return lines
 
-    def csv_text(self) -> tuple[str, str]:
-        """``sites.csv`` and ``devices.csv`` as written by :meth:`write_dir`."""
+    def changed_from(self, update: Registry, day: date) -> Registry:
+        """This registry with ``update``'s rows that differ taking effect on ``day``.
+
+        ``update`` is the registry as it should be from ``day`` on (its rows undated). Each
+        of its rows that differs from this registry's row in effect on ``day`` (or is new)
+        is added with ``valid_from = day``; every older row is kept, so the days before
+        ``day`` keep their history; rows of this registry dated after ``day`` still apply
+        from their own day. A registry has no way to end an id, so an id of this registry
+        missing from ``update`` is an error (upload without a date to remove it for all
+        time). Raises :class:`RegistryError` listing every problem.
+        """
+        problems = []
+        dated = [f"{SITES_FILE}: site {s.site_id} has valid_from {s.valid_from}"
+                 for s in update.all_sites if s.valid_from is not None]
+        dated += [f"{DEVICES_FILE}: device {d.device_id} has valid_from {d.valid_from}"
+                  for d in update.all_devices if d.valid_from is not None]
+        problems += [f"{text}: rows of an upload from a date carry no date of their own"
+                     for text in dated]
+        on_day = self.at(day)
+        problems += [f"{SITES_FILE}: site {site_id} is missing: an upload from {day} must "
+                     "list every site (a site cannot end; upload without a date to remove it)"
+                     for site_id in on_day.sites if site_id not in update.site_history]
+        problems += [f"{DEVICES_FILE}: device {device_id} is missing: an upload from {day} "
+                     "must list every device (upload without a date to remove it)"
+                     for device_id in on_day.devices if device_id not in update.device_history]
+        if problems:
+            raise RegistryError(problems)
+        sites = list(self.all_sites)
+        for site in update.all_sites:
+            if _facts(on_day.sites.get(site.site_id), _SITE_FACTS) != _facts(site, _SITE_FACTS):
+                sites = [row for row in sites
+                         if (row.site_id, row.valid_from) != (site.site_id, day)]
+                sites.append(site.model_copy(update={"valid_from": day}))
+        devices = list(self.all_devices)
+        for device in update.all_devices:
+            old = on_day.devices.get(device.device_id)
+            if _facts(old, _DEVICE_FACTS) != _facts(device, _DEVICE_FACTS):
+                devices = [row for row in devices
+                           if (row.device_id, row.valid_from) != (device.device_id, day)]
+                devices.append(device.model_copy(update={"valid_from": day}))
+        text = Registry.from_rows(sites, devices, self.as_of).csv_text()
+        return Registry.from_csv(*text, as_of=self.as_of)  # every rule of an import again
+
+    def csv_text(self, canonical: bool = False) -> tuple[str, str]:
+        """``sites.csv`` and ``devices.csv`` as written by :meth:`write_dir` (ids in the
+        order read); ``canonical``: ids sorted, the text :meth:`digest` hashes."""
         dated = self.dated  # an undated registry is written as it was read: no valid_from
         site_columns = SITE_COLUMNS if dated else SITE_COLUMNS[:-1]
         device_columns = DEVICE_COLUMNS if dated else DEVICE_COLUMNS[:-1]
-        return (_csv_text(site_columns, [s.model_dump(mode="json") for s in self.all_sites]),
-                _csv_text(device_columns, [d.model_dump(mode="json") for d in self.all_devices]))
+        sites, devices = self.all_sites, self.all_devices
+        if canonical:
+            sites = sorted(sites, key=lambda s: s.site_id)  # stable: an id's rows stay in order
+            devices = sorted(devices, key=lambda d: d.device_id)
+        return (_csv_text(site_columns, [s.model_dump(mode="json") for s in sites]),
+                _csv_text(device_columns, [d.model_dump(mode="json") for d in devices]))
 
     def digest(self) -> str:
-        """SHA-256 of the whole history in canonical CSV: the registry version a figure used."""
-        sites_csv, devices_csv = self.csv_text()
+        """SHA-256 of the whole history in canonical CSV (``sites.csv``, a NUL, then
+        ``devices.csv``; ids sorted): the registry version a figure used. The order of
+        rows in the files, spacing, a BOM or extra columns do not change it; any value does."""
+        sites_csv, devices_csv = self.csv_text(canonical=True)
         return hashlib.sha256(f"{sites_csv}\0{devices_csv}".encode()).hexdigest()
 
     @classmethod

@@ -170,6 +170,15 @@ def check_registry(folder: Path) -> int:
         f"ok: {len(registry.sites)} sites, {len(registry.devices)} devices, "
         f"counties: {', '.join(registry.counties)}"
     )
+    history = registry.history_lines()
+    if registry.dated:
+        days = ", ".join(str(day) for day in registry.change_days())
+        print(f"history (as of {registry.as_of}; rows take effect on {days}):")
+    else:
+        print("history: none (no valid_from: every row applies to all time)")
+    for line in history:
+        print(f"  {line}")
+    print(f"digest: {registry.digest()}")
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from farm_contract.registry import Device, Registry, RegistryError
+from farm_contract.registry import Device, Registry, RegistryError, today
 
 PASSWORD_BYTES = 24
 """``secrets.token_urlsafe(24)``: 32 URL-safe characters, 192 bits."""
@@ -87,6 +87,13 @@ def with_device(registry: Registry, device: Device) -> Registry:
             problems.append(f"dev_eui {device.dev_eui} already used by {owner.device_id}")
     if problems:
         raise ProvisionError(problems)
+    current = registry.devices.get(device.device_id)
+    if current is not None and current.model_copy(update={"valid_from": None}) == device:
+        return registry  # the same device (a password rotation): its history stays as is
+    history = registry.device_history.get(device.device_id, ())
+    if any(row.valid_from for row in history) and device.valid_from is None:
+        # A device with a dated history changes from today on: its past stays (contract §5).
+        device = device.model_copy(update={"valid_from": today()})
     kept = [row for row in registry.all_devices
             if (row.device_id, row.valid_from) != (device.device_id, device.valid_from)]
     return Registry.from_rows(registry.all_sites, [*kept, device], registry.as_of)
@@ -167,7 +174,7 @@ def reload_broker(pid: int | None = None, pid_file: Path | None = None) -> bool:
 
 def provision(
     registry: Registry,
-    save: Callable[[Registry], None],
+    save: Callable[[Registry], object],
     passwd_file: Path,
     device: Device,
     *,

@@ -150,6 +150,7 @@ class IngestService:
         # Registry facts for Grafana's map and quota panels, now and whenever it changes.
         write_site_points(self.writer, self.state.registry.get())
         self.state.registry.on_change(lambda registry: write_site_points(self.writer, registry))
+        self.state.registry.watch()  # an edited registry folder is seen within seconds
         self.pipeline.start()
         self.input.start()
         if self.publisher is not None:
@@ -157,6 +158,7 @@ class IngestService:
 
     def stop(self) -> None:
         """Finish the batch in hand, acknowledge it, then disconnect."""
+        self.state.registry.stop()
         if self.publisher is not None:
             self.publisher.stop()
         self.pipeline.stop()

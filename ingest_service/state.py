@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from farm_contract.registry import DEVICES_FILE, SITES_FILE, Registry, RegistryError
+from farm_contract.registry import DEVICES_FILE, SITES_FILE, Registry, RegistryError, today
+from ingest_service.registry_versions import RegistryArchive, RegistryVersion
 from ingest_service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+REGISTRY_POLL_S = 2.0
+"""How often the running service looks at the registry folder's files (their stamp)."""
 
 
 BATCH_SECONDS_BUCKETS: tuple[float, ...] = (
@@ -148,15 +152,25 @@ class RegistryHolder:
     """The current registry; replaced whole on import so readers never see half of one.
 
     When it comes from a folder, :meth:`refresh` picks up edits made there by someone
-    else (``provision-device``, an operator's spreadsheet export) without a restart.
+    else (``provision-device``, an operator's spreadsheet export) without a restart;
+    :meth:`watch` runs it every ``poll_s`` seconds in a daemon thread, so the API, the
+    report and ingest see an edit within seconds. The same poll moves the registry to
+    the new day at midnight (Asia/Shanghai), when dated rows may take effect. Every
+    registry accepted is kept in :attr:`archive` (contract §5, "Versions").
     """
 
-    def __init__(self, registry: Registry, folder: Path | None = None) -> None:
+    def __init__(self, registry: Registry, folder: Path | None = None,
+                 poll_s: float = REGISTRY_POLL_S) -> None:
         self._registry = registry
         self.folder = folder
+        self.poll_s = poll_s
         self._lock = threading.Lock()
         self._stamp = self._files_stamp()
         self._listeners: list[Callable[[Registry], object]] = []
+        self.archive = RegistryArchive(folder)
+        self.archive.record(registry, "start")
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def on_change(self, listener: Callable[[Registry], object]) -> None:
         """Call ``listener`` with every registry that replaces the current one."""
@@ -169,7 +183,7 @@ class RegistryHolder:
             except Exception:
                 log.exception("registry listener failed")
 
-    def _files_stamp(self) -> tuple[tuple[int, int], ...]:
+    def _files_stamp(self) -> tuple[tuple[int, int, int], ...]:
         if self.folder is None:
             return ()
         stamp = []
@@ -178,11 +192,12 @@ class RegistryHolder:
                 info = (self.folder / name).stat()
             except OSError:
                 return ()
-            stamp.append((info.st_mtime_ns, info.st_size))
+            stamp.append((info.st_mtime_ns, info.st_size, info.st_ino))
         return tuple(stamp)
 
     def refresh(self) -> Registry:
         """Re-import the folder if its files changed; keep the current registry if invalid."""
+        self._roll_over()
         stamp = self._files_stamp()
         if self.folder is None or not stamp or stamp == self._stamp:
             return self._registry
@@ -191,13 +206,52 @@ class RegistryHolder:
                 return self._registry
             self._stamp = stamp
             try:
-                self._registry = Registry.from_dir(self.folder)
+                registry = Registry.from_dir(self.folder)
             except RegistryError as exc:
                 log.error("registry folder changed but is invalid; keeping the old one: %s", exc)
                 return self._registry
+            if registry.digest() == self._registry.digest():
+                return self._registry  # touched, not changed
+            self._registry = registry
+            self.archive.record(registry, "folder", reason=f"{self.folder} edited")
             log.info("registry re-imported from %s", self.folder)
-        self._changed(self._registry)
-        return self._registry
+        self._changed(registry)
+        return registry
+
+    def _roll_over(self) -> None:
+        """At a new day, the rows in effect may differ: look at the registry on today."""
+        current = self._registry
+        day = today()
+        if current.as_of is None or current.as_of == day:
+            return
+        with self._lock:
+            if self._registry is not current:
+                return
+            self._registry = current.at(day)
+        if any(current.as_of < change <= day for change in current.change_days()):
+            log.info("registry rows dated up to %s take effect", day)
+            self._changed(self._registry)
+
+    def watch(self) -> None:
+        """Poll the folder every ``poll_s`` seconds in a daemon thread until :meth:`stop`."""
+        if self._watcher is not None:
+            return
+        self._stop.clear()
+        self._watcher = threading.Thread(target=self._watch, name="registry-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.refresh()
+            except Exception:  # an unreadable folder must not end the watch
+                log.exception("registry watch failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=self.poll_s + 5)
+            self._watcher = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryHolder:
@@ -209,14 +263,20 @@ class RegistryHolder:
     def get(self) -> Registry:
         return self._registry
 
-    def replace(self, registry: Registry, persist: bool = True) -> None:
-        """Swap in a new registry, and write it to the registry folder so a restart keeps it."""
+    def replace(self, registry: Registry, persist: bool = True, *, source: str = "upload",
+                who: str | None = None, reason: str | None = None,
+                valid_from: str | None = None) -> RegistryVersion:
+        """Swap in a new registry, write it to the registry folder so a restart keeps it,
+        and keep it as a version (who, why)."""
         with self._lock:
             if persist and self.folder is not None:
                 registry.write_dir(self.folder)
                 self._stamp = self._files_stamp()
             self._registry = registry
+            version = self.archive.record(registry, source, who=who, reason=reason,
+                                          valid_from=valid_from)
         self._changed(registry)
+        return version
 
 
 @dataclass

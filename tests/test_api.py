@@ -323,7 +323,9 @@ def test_registry_import_needs_the_right_token(make_client: Factory) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     ok = client.post("/api/v1/registry", json=payload, headers=auth)
     assert ok.status_code == 200
-    assert ok.json() == {"sites": 1, "devices": 1, "counties": [YZ]}
+    assert ok.json() == {"sites": 1, "devices": 1, "counties": [YZ], "history": [],
+                         "digest": ok.json()["digest"], "corrections": ok.json()["corrections"]}
+    assert len(ok.json()["digest"]) == 64
     assert client.get("/api/v1/registry/sites").status_code == 401  # a token closes reads
     sites = client.get("/api/v1/registry/sites", headers=auth).json()
     assert [s["name"] for s in sites] == ["九号牛场"]

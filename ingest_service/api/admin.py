@@ -8,6 +8,7 @@ write check of :mod:`ingest_service.api.deps`.
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
@@ -73,7 +74,8 @@ def _provision(state: ServiceState, body: DeviceRequest) -> Provisioned:
     with _provision_lock:
         return provision(
             state.registry.get(),
-            state.registry.replace,
+            partial(state.registry.replace, source="provision", who="POST /api/v1/devices",
+                    reason=f"device {device.device_id} provisioned"),
             settings.broker_passwd_file,
             device,
             password=body.password,

@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from time import time_ns as wall_clock_ns
 
 from farm_contract import schema
@@ -33,7 +33,7 @@ from farm_contract.payloads import (
     decode_json,
     parse_ts,
 )
-from farm_contract.registry import Device, Registry, Site
+from farm_contract.registry import Device, Registry, Site, day_of
 from farm_contract.topics import MessageKind, TopicError, parse_device_topic
 from ingest_service.model import (
     MAX_DETAIL_CHARS,
@@ -178,7 +178,7 @@ class Enricher:
         self._resets: dict[tuple[str, str], int] = {}
         """The latest meter replacement (``counter_reset`` event) per counter, or -1."""
         self._clock = _Clock()
-        self._targets: dict[tuple[str, str], _Target] = {}
+        self._targets: dict[tuple[str, str, date | None], _Target] = {}
         self._targets_of: Registry | None = None
         self._prefix = settings.topic_prefix
         self._routes: dict[str, _Route] = {}
@@ -189,7 +189,7 @@ class Enricher:
         if registry is not self._targets_of:
             self._targets = {}
             self._targets_of = registry
-        key = (device.device_id, site.site_id)
+        key = (device.device_id, site.site_id, site.valid_from)
         target = self._targets.get(key)
         if target is None:
             values = (site.site_id, device.device_id, site.site_type.value, site.county)
@@ -218,7 +218,9 @@ class Enricher:
         if where is not None and where.kind is MessageKind.TELEMETRY:
             device = registry.devices.get(where.device_id)
             site = registry.sites.get(where.site_id)
-            if device is not None and site is not None and device.site_id == site.site_id:
+            timed = where.device_id in registry.timed_devices()  # checked per ts: general path
+            if (device is not None and site is not None and device.site_id == site.site_id
+                    and not timed):
                 target = self._target(registry, device, site)
                 route = _Route(device.device_id, target.series + " ", _FAST_FIELDS[site.site_type])
                 self._routes[topic] = route
@@ -317,7 +319,8 @@ class Enricher:
             device = registry.devices.get(parsed.device_id)
             if device is None:
                 raise Rejected("unknown_device", f"device {parsed.device_id} is not registered")
-            if device.site_id != parsed.site_id:
+            moved = device.device_id in registry.timed_devices()  # site checked per ts
+            if device.site_id != parsed.site_id and not moved:
                 raise Rejected(
                     "wrong_site",
                     f"device {device.device_id} belongs to site {device.site_id}, "
@@ -327,6 +330,30 @@ class Enricher:
         if site is None:
             raise Rejected("unknown_device", f"site {device.site_id} is not registered")
         return device, site
+
+    def _place(self, registry: Registry, device: Device, topic_site: str | None,
+               ts: datetime) -> tuple[Site, _Target] | Rejected:
+        """Where a timed device's record was measured: its site on the day of ``ts``.
+
+        The topic may name that site or the device's site today (data measured before a
+        move and sent after it, under either topic, contract §5); either way the record
+        is stored at the site of its own time, with that site's county and type then.
+        """
+        day = day_of(ts)
+        then = registry.device_on(device.device_id, day)
+        if then is None:
+            return Rejected("unknown_device",
+                            f"device {device.device_id} was not registered on {day}")
+        if topic_site is not None and topic_site not in (then.site_id, device.site_id):
+            return Rejected(
+                "wrong_site",
+                f"device {device.device_id} was at site {then.site_id} on {day} "
+                f"(now at {device.site_id}), not {topic_site}",
+            )
+        site = registry.site_on(then.site_id, day)
+        if site is None:
+            return Rejected("unknown_device", f"site {then.site_id} was not registered on {day}")
+        return site, self._target(registry, then, site)
 
     def _check_time(self, ts: datetime, now: datetime) -> tuple[str, str] | None:
         if ts > now + self._future:
@@ -405,8 +432,7 @@ class Enricher:
             device, site = self._identify(parsed, registry)
         now = now or datetime.now(UTC)
         target = self._target(registry, device, site)
-        tags = target.tags
-        allowed = _ALLOWED[site.site_type]
+        timed = device.device_id in registry.timed_devices()
         points: list[Point] = []
         rejections: list[Rejection] = []
         overflow: dict[str, int] = {}
@@ -425,6 +451,13 @@ class Enricher:
             if problem:
                 reject(problem[0], f"seq {record.seq}: {problem[1]}")
                 continue
+            if timed:
+                placed = self._place(registry, device, parsed.site_id, record.ts)
+                if isinstance(placed, Rejected):
+                    reject(placed.reason, f"seq {record.seq}: {placed.detail}")
+                    continue
+                site, target = placed
+            tags, allowed = target.tags, _ALLOWED[site.site_type]
             time_ns = point_time_ns(record.ts, record.seq)
             fields: dict[str, FieldValue] = {}
             for name, value in record.readings.items():
@@ -471,6 +504,12 @@ class Enricher:
             if problem:
                 reject(problem[0], f"seq {event.seq}: {problem[1]}")
                 continue
+            if timed:
+                placed = self._place(registry, device, parsed.site_id, event.ts)
+                if isinstance(placed, Rejected):
+                    reject(placed.reason, f"seq {event.seq}: {placed.detail}")
+                    continue
+                site, target = placed
             if event.site_type != site.site_type:
                 reject(
                     "event_not_for_site",
@@ -482,7 +521,7 @@ class Enricher:
             if too_big:
                 reject("out_of_range", f"seq {event.seq}: {too_big}")
                 continue
-            event_tags = dict(tags)
+            event_tags = dict(target.tags)
             for name in schema.EVENT_OWN_TAGS:
                 value = getattr(event, name)
                 if value is not None:
@@ -501,10 +540,15 @@ class Enricher:
         if parsed.status is not None:
             status = parsed.status
             problem = self._check_time(status.ts, now)
+            where = self._place(registry, device, parsed.site_id, status.ts) if timed else None
             if problem:
                 reject(*problem)
+            elif isinstance(where, Rejected):
+                reject(where.reason, where.detail)
             else:
-                status_tags = {key: tags[key] for key in schema.DEVICE_STATUS_TAGS}
+                if where is not None:
+                    site, target = where
+                status_tags = {key: target.tags[key] for key in schema.DEVICE_STATUS_TAGS}
                 points.append(
                     Point(
                         schema.DEVICE_STATUS,

@@ -12,8 +12,10 @@ the same year window (calendar year in ``FARM_TIMEZONE``, as of its end or now):
 - manure: tonnes treated and used per use, and the number of ledger entries
   (``manure_ledger_coverage``), for every manure site of the registry.
 
-Masses are attributed by the event's ``county`` tag, exactly as the engine does,
-so each county's ledger adds up to its indicator's numerator and denominator.
+Masses are attributed exactly as the engine does, so each county's ledger adds up
+to its indicator's numerator and denominator: film and straw by the event's
+``county`` tag, manure by the farm's county in the registry (the engine counts a
+farm's ledger by ``site_id``).
 :mod:`ingest_service.report.excel` lays this out as a workbook; :func:`summary_csv`
 and :func:`ledger_csv` as CSV, text cells defused and numbers rounded for display
 (:mod:`ingest_service.report.spreadsheet`).
@@ -48,6 +50,7 @@ INDICATOR_LABELS: dict[IndicatorId, tuple[str, str, str]] = {
 CITY_LABEL = "全市 City"
 LEDGER_TYPES = (EventType.FILM_APPLIED, EventType.FILM_RECOVERED, EventType.HARVEST,
                 EventType.STRAW_UTILIZED, EventType.MANURE_TREATED, EventType.MANURE_UTILIZED)
+MANURE_TYPES = (EventType.MANURE_TREATED, EventType.MANURE_UTILIZED)
 SUMMARY_COLUMNS = ("indicator", "indicator_zh", "scope", "county", "year", "value", "numerator",
                    "denominator", "target", "met")
 LEDGER_COLUMNS = ("county", "site_id", "site_name", "type", "item", "mass_t", "grain_t",
@@ -143,12 +146,17 @@ def _ledger(engine: IndicatorEngine, registry: Registry, settings: Settings, sta
     for series in engine.query(ledger_query(start, as_of)):
         tags = series.tags
         county, site_id = tags.get("county", ""), tags.get("site_id", "")
+        kind = EventType(tags.get("type", ""))
+        site = registry.sites.get(site_id)
+        if kind in MANURE_TYPES and site is not None:
+            # The engine counts a farm's ledger by its site_id in the registry, not by the
+            # event's county tag: so does the manure sheet (issue 12: a farm whose county
+            # changed showed "no ledger" under its new county while the summary counted it).
+            county = site.county
         if county not in known or not series.values:
             continue  # the engine reports only the registry's counties; so does the report
         row = series.rows()[0]
-        kind = EventType(tags.get("type", ""))
         crop = tags.get("crop") or ("other" if kind == EventType.HARVEST else "")
-        site = registry.sites.get(site_id)
         out.append(LedgerEntry(
             county=county, site_id=site_id, site_name=site.name if site else "",
             type=kind, item=tags.get("use") or crop,
