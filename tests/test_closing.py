@@ -285,6 +285,8 @@ def test_members_are_frozen_in_parts_and_verify(settings: Settings) -> None:
     parts = engine.query('SELECT count("json") FROM "year_frozen" GROUP BY "part"')
     document = book.document(2025, action.digest)
     assert len(parts) == -(-len(canonical_json(document).decode()) // PART_CHARS) > 2
+    stored = engine.query('SELECT "json" FROM "year_frozen"')[0].values
+    assert max(len(row[1].encode()) for row in stored) <= 64 * 1024  # InfluxDB 1.x's limit
     assert document["members"] == [m.model_dump(mode="json") for m in _members(2025)]
     assert [Member.model_validate(m) for m in document["members"]] == _members(2025)
     assert document["closed_at"] == action.at.isoformat()
@@ -295,6 +297,9 @@ def test_members_are_frozen_in_parts_and_verify(settings: Settings) -> None:
         for r in document["figures"]]
     with pytest.raises(YearStateError, match="closed already"):
         book.close(2025, engine, registry, settings, reason="", client="test")
+    with pytest.raises(YearStateError, match="needs a reason"):  # e.g. --reason "  "
+        book.reopen(2025, reason=" \n\t", client="test")
+    assert book.state(2025).closed and len(book.state(2025).history) == 1
 
 
 @pytest.mark.integration
