@@ -263,6 +263,30 @@ def test_close_add_a_late_event_and_reopen(make_client: Factory, settings: Setti
     assert _row(final["document"]["figures"], FILM)["numerator"] == 14.0
 
 
+@pytest.mark.integration
+def test_a_recomputation_that_fails_leaves_the_frozen_figures_standing(
+    settings: Settings, make_client: Factory,
+) -> None:
+    """Absurd masses written around ingest after the close: recomputing 2025 is refused
+    (503 while open), but the closed year still serves what was signed, and says it
+    cannot tell whether a recomputation differs."""
+    client = make_client(api_token=TOKEN)
+    assert client.post("/api/v1/years/2025/close", headers=AUTH).status_code == 201
+    make_writer(settings).write(encode([
+        _film("d1", PC, "film_applied", "2025-06-01T10:00:00+08:00", 7, 1e308),
+        _film("d2", YZ, "film_applied", "2025-06-01T10:00:00+08:00", 7, 1e308)]))
+    answer = client.get("/api/v1/indicators", params={"year": 2025}, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-farm-recomputed-differs"] == "unknown"
+    assert _row(answer.json(), FILM)["value"] == pytest.approx(10 / 15)
+    document = client.get("/api/v1/years/2025", headers=AUTH).json()["document"]
+    assert document["as_of"] == "2025-12-31T16:00:00+00:00"  # 2026-01-01 in Asia/Shanghai
+    assert client.post("/api/v1/years/2025/reopen", json={"reason": "bad data"},
+                       headers=AUTH).status_code == 201
+    refused = client.get("/api/v1/indicators", params={"year": 2025}, headers=AUTH)
+    assert refused.status_code == 503 and "absurd values" in refused.json()["detail"]
+
+
 # --- the frozen document -------------------------------------------------------------------
 
 

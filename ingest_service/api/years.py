@@ -10,6 +10,7 @@ frozen document and digest: ``sha256(canonical JSON of document) == digest``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
@@ -26,7 +27,7 @@ from ingest_service.indicators.closing import (
     engine_members,
 )
 from ingest_service.indicators.engine import IndicatorEngine
-from ingest_service.outputs.influx import make_writer
+from ingest_service.outputs.influx import Writer, make_writer
 from ingest_service.state import ServiceState
 
 router = APIRouter(tags=["indicators"])
@@ -55,11 +56,10 @@ def _client(request: Request) -> str:
     return f"api {request.client.host}" if request.client else "api"
 
 
-def _act(state: ServiceState, act: Any) -> YearAction:
+def _act(state: ServiceState, act: Callable[[Writer], YearAction]) -> YearAction:
     writer = make_writer(state.settings)
     try:
-        result: YearAction = act(writer)
-        return result
+        return act(writer)
     except YearStateError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     finally:
