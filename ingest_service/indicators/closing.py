@@ -35,7 +35,7 @@ from typing import Any, Literal
 from farm_contract import CONTRACT_VERSION, schema
 from farm_contract.indicators import IndicatorValue, Member
 from farm_contract.registry import DEVICES_FILE, SITES_FILE, Registry
-from ingest_service.indicators.engine import IndicatorEngine, UnknownCountyError
+from ingest_service.indicators.engine import IndicatorEngine, UnknownCountyError, year_window
 from ingest_service.influxql import QueryError, Series, quote_ident, quote_literal
 from ingest_service.model import Point
 from ingest_service.outputs.influx import Writer
@@ -157,14 +157,16 @@ class ClosedFigures:
     rows: list[IndicatorValue]
     closed_at: datetime
     digest: str
-    differs: bool
+    differs: bool | None
+    """None: the recomputation failed (InfluxDB refused it), so nobody knows."""
 
     @property
     def headers(self) -> dict[str, str]:
         """HTTP headers of an answer made of these rows (contract §7)."""
+        differs = {True: "true", False: "false", None: "unknown"}[self.differs]
         return {"X-Farm-Year-Closed": self.closed_at.isoformat(),
                 "X-Farm-Year-Digest": self.digest,
-                "X-Farm-Recomputed-Differs": "true" if self.differs else "false"}
+                "X-Farm-Recomputed-Differs": differs}
 
     @property
     def note(self) -> str:
@@ -173,6 +175,8 @@ class ClosedFigures:
         text = f"已关账 closed on {local}, digest {self.digest}"
         if self.differs:
             text += "；重新计算结果不同 a recomputation now differs (late data or a correction)"
+        elif self.differs is None:
+            text += "；无法重新计算 the recomputation failed"
         return text
 
 
@@ -303,6 +307,8 @@ class ClosedYears:
             fresh: list[IndicatorValue] | None = engine.compute(year, county)
         except UnknownCountyError:  # the county left the registry since
             fresh = None
+        except QueryError:  # e.g. absurd values written since: the frozen figures still stand
+            return ClosedFigures(rows, last.at, last.digest, None)
         compared = compare(frozen_rows(document, county), fresh)
         served = [row.model_copy(update={"flags": [*row.flags, RECOMPUTED_DIFFERS]})
                   if _key(row.model_dump(mode="json")) in compared.changed else row
@@ -329,6 +335,7 @@ class ClosedYears:
             document = {
                 "year": year,
                 "closed_at": at.isoformat(),
+                "as_of": year_window(year, settings.tz, at).as_of.astimezone(UTC).isoformat(),
                 "reason": reason,
                 "client": client,
                 "contract_version": CONTRACT_VERSION,
