@@ -14,6 +14,10 @@ ROLLUP = "rollup"
 """Monthly roll-ups of the indicators' event aggregates (contract §10)."""
 LATE_EVENT = "late_event"
 """Marks left by ingest when it stores events for a past month (contract §10)."""
+YEAR_CLOSE = "year_close"
+"""The append-only history of closing and reopening years (contract §8, §10)."""
+YEAR_FROZEN = "year_frozen"
+"""A closed year's frozen document, in parts (contract §10, "Closed years")."""
 
 TELEMETRY_TAGS = ("site_id", "device_id", "site_type", "county")
 """The tags of a device's points: its site, itself, the site's type and county."""

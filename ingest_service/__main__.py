@@ -3,7 +3,8 @@
 Subcommands: ``run`` (the default), ``indicators --year YYYY`` (print them once),
 ``check-registry DIR`` (validate a registry folder without starting anything),
 ``provision-device`` (a device's broker credentials and registry row, in one step),
-``report --year YYYY [--out DIR]`` (the annual report: Excel workbook and CSV).
+``report --year YYYY [--out DIR]`` (the annual report: Excel workbook and CSV),
+``close-year YYYY [--reason …]`` / ``reopen-year YYYY --reason …`` (freeze a year's figures).
 """
 
 from __future__ import annotations
@@ -160,6 +161,37 @@ def report(settings: Settings, year: int, out: Path) -> int:
     return 0
 
 
+def close_year(settings: Settings, year: int, reason: str, reopen: bool) -> int:
+    """Close (freeze) or reopen ``year``; print the recorded action as JSON."""
+    import getpass
+    import socket
+
+    from ingest_service.indicators.closing import ClosedYears, YearStateError, engine_members
+    from ingest_service.indicators.engine import IndicatorEngine
+    from ingest_service.influxql import InfluxQL, QueryError
+    from ingest_service.outputs.influx import WriteError, make_writer
+
+    command = "reopen-year" if reopen else "close-year"
+    registry = _figures_registry(settings, command)
+    _influx_answers(settings, command)
+    engine = IndicatorEngine(InfluxQL(settings), lambda: registry, settings)
+    writer = make_writer(settings)
+    closed = ClosedYears(engine.query, writer)
+    client = f"cli {getpass.getuser()}@{socket.gethostname()}"
+    try:
+        done = (closed.reopen(year, reason=reason, client=client) if reopen else
+                closed.close(year, engine, registry, settings, reason=reason, client=client,
+                             members=engine_members(engine)))
+    except YearStateError as exc:
+        sys.exit(f"{command}: {exc}")
+    except (QueryError, WriteError) as exc:
+        sys.exit(f"{command}: InfluxDB failed: {str(exc)[:300]}")
+    finally:
+        writer.close()
+    print(json.dumps(done.as_json(), ensure_ascii=False, indent=2))
+    return 0
+
+
 def check_registry(folder: Path) -> int:
     try:
         registry = Registry.from_dir(folder)
@@ -247,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="write the annual report: Excel workbook and CSV")
     rep.add_argument("--year", type=int, required=True)
     rep.add_argument("--out", type=Path, default=Path("."), help="folder (default: here)")
+    close = sub.add_parser("close-year", help="freeze a year's figures (reads serve them after)")
+    close.add_argument("year", type=int)
+    close.add_argument("--reason", default="", help="why (recorded)")
+    reopen = sub.add_parser("reopen-year", help="reopen a closed year (recorded)")
+    reopen.add_argument("year", type=int)
+    reopen.add_argument("--reason", required=True, help="why (required, recorded)")
     chk = sub.add_parser("check-registry", help="validate sites.csv and devices.csv in a folder")
     chk.add_argument("folder", type=Path)
     prov = sub.add_parser(
@@ -282,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(settings, args.year, args.out)
     if args.command == "indicators":
         return indicators(settings, args.year, args.county)
+    if args.command in ("close-year", "reopen-year"):
+        return close_year(settings, args.year, args.reason, args.command == "reopen-year")
     return run(settings)
 
 

@@ -26,6 +26,7 @@ from ingest_service.api import (
     rejections,
     report,
     stats,
+    years,
 )
 from ingest_service.api.errors import install_error_answers
 from ingest_service.api.security import allowed_hosts
@@ -52,7 +53,7 @@ _TAGS = [
     {"name": "devices", "description": "Did it arrive? A device's newest data and rejections."},
 ]
 
-_ROUTERS = (stats, health, indicators, rejections, devices, registry, admin, report)
+_ROUTERS = (stats, health, indicators, years, rejections, devices, registry, admin, report)
 """In the order the OpenAPI document lists them."""
 
 

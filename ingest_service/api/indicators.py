@@ -17,6 +17,7 @@ from farm_contract.indicators import IndicatorValue
 from ingest_service.api.deps import EngineDep, StateDep, reads
 from ingest_service.api.errors import ErrorMessage, ensure_finite
 from ingest_service.api.params import CSV_MEDIA_TYPE, MAX_YEAR, MIN_YEAR, year_or_current
+from ingest_service.indicators.closing import year_figures
 from ingest_service.indicators.engine import UnknownCountyError
 from ingest_service.report.spreadsheet import BOM, csv_text, rounded_indicator
 
@@ -87,6 +88,7 @@ def wants_csv(accept: str | None) -> bool:
 )
 def indicators(
     request: Request,
+    response: Response,
     state: StateDep,
     engine: EngineDep,
     year: Annotated[
@@ -105,7 +107,7 @@ def indicators(
 ) -> Any:
     year = year_or_current(year, state.settings.tz)
     try:
-        rows = engine.compute(year, county)
+        rows, closed_headers = year_figures(engine, year, county)  # frozen if closed
     except UnknownCountyError as exc:
         return JSONResponse(
             UnknownCounty(detail=str(exc), known_counties=exc.known).model_dump(),
@@ -116,10 +118,12 @@ def indicators(
         output_format is None and wants_csv(request.headers.get("accept"))
     )
     if not as_csv:
+        response.headers.update(closed_headers)
         return rows
     text = (BOM if bom else "") + indicators_csv(rows)
     return Response(
         text.encode("utf-8"),
         media_type=CSV_MEDIA_TYPE,
-        headers={"Content-Disposition": f'attachment; filename="indicators-{year}.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="indicators-{year}.csv"',
+                 **closed_headers},
     )

@@ -33,6 +33,7 @@ from farm_contract.indicators import IndicatorId, IndicatorValue
 from farm_contract.payloads import EventType
 from farm_contract.registry import Registry
 from ingest_service.indicators.aggregates import number, types_clause
+from ingest_service.indicators.closing import ClosedYears
 from ingest_service.indicators.engine import IndicatorEngine, year_window
 from ingest_service.influxql import quote_ident, time_literal
 from ingest_service.report.spreadsheet import csv_text, round_mass, rounded_indicator
@@ -92,6 +93,8 @@ class Report:
     manure_sites: dict[str, list[tuple[str, str, bool]]] = field(default_factory=dict)
     """County → its manure sites as (site_id, name, large_scale), so a farm with no
     ledger entry still appears in the manure sheet."""
+    closed: str = ""
+    """For a closed year, "closed on …, digest …" (its indicators are the frozen ones)."""
 
     def entries(self, *types: EventType) -> list[LedgerEntry]:
         return [e for e in self.ledger if e.type in types]
@@ -124,7 +127,8 @@ def build_report(
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     current = registry()
-    indicators = engine.compute(year, now=moment)
+    frozen = ClosedYears(engine.query).figures(engine, year)  # a closed year's, as frozen
+    indicators = frozen.rows if frozen is not None else engine.compute(year, now=moment)
     window = year_window(year, settings.tz, moment)
     ledger: list[LedgerEntry] = []
     if not window.empty:
@@ -135,7 +139,8 @@ def build_report(
         for county in current.counties
     }
     return Report(year=year, as_of=window.as_of, generated=moment, counties=current.counties,
-                  indicators=indicators, ledger=ledger, manure_sites=manure_sites)
+                  indicators=indicators, ledger=ledger, manure_sites=manure_sites,
+                  closed=frozen.note if frozen is not None else "")
 
 
 def _ledger(engine: IndicatorEngine, registry: Registry, settings: Settings, start: datetime,

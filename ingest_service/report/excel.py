@@ -114,6 +114,9 @@ def _title(sheet: Worksheet, report: Report, title: str) -> int:
     sheet["A2"] = (f"{report.year} 年度 · 截至 as of {_local(report.as_of)} · "
                    f"生成 generated {_local(report.generated)}")
     sheet["A2"].font = Font(italic=True, color="595959")
+    if report.closed:  # a closed year: the frozen figures, and says so
+        sheet["A3"] = report.closed
+        sheet["A3"].font = Font(bold=True, color="C00000")
     return HEADER_ROW
 
 
