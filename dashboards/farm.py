@@ -10,9 +10,9 @@ InfluxQL reduces before it reads any data (``'all' = 'all'`` is true).
 The ``year`` variable lists the ``period`` tag values of ``indicator`` (every year the
 service published, newest first, starting on the newest); ``county`` lists the counties
 of that year's published rows, so it follows the registry the figures were computed with.
-Indicator panels read the latest published row of ``$year`` as of the end of the time
-range (:func:`latest_published`): a figure that became n/a shows empty, never an older
-value and never 0.
+Indicator panels read the latest published row of ``$year`` (:func:`latest_published`),
+whatever the time range: a figure that became n/a shows empty, never an older value
+and never 0.
 
 The ``site`` variable lists the sites of the chosen county (from the ``site``
 measurement, the registry facts ingest writes) and has an "All" option whose
@@ -90,18 +90,21 @@ def scope_variables() -> list[Json]:
 def latest_published(
     measurement: str, columns: Mapping[str, str], where: str, group: Sequence[str] = (),
 ) -> str:
-    """The latest published row of each series as of the end of the range (``${__to}``).
+    """The latest published row of each series: the figure as the service last computed it.
 
     ``columns`` maps a field to its name in the result. An inner query takes each
     series' latest point with :data:`ALWAYS_PRESENT`, so a field left out of that point
     (n/a) comes back null instead of an older point's value, as ``last()`` would give.
+    No time bound: ``where`` picks the year (``$year``), and a viewer who sets the time
+    range to that year (to read its events) must still see its figures, which were
+    published later.
     """
     grouped = f" GROUP BY {', '.join(ident(g) for g in group)}" if group else ""
     inner_fields = list(columns)
     if ALWAYS_PRESENT not in inner_fields:
         inner_fields.append(ALWAYS_PRESENT)
     inner = (f"SELECT {', '.join(ident(f) for f in inner_fields)} FROM {ident(measurement)}"
-             f" WHERE {where} AND time <= ${{__to}}ms{grouped} ORDER BY time DESC LIMIT 1")
+             f" WHERE {where}{grouped} ORDER BY time DESC LIMIT 1")
     outer = ", ".join(ident(f) if f == name else f"{ident(f)} AS {ident(name)}"
                       for f, name in columns.items())
     return f"SELECT {outer} FROM ({inner}){grouped} ORDER BY time DESC"

@@ -89,9 +89,11 @@ def test_panels_use_the_datasource_and_raw_influxql(name: str) -> None:
             assert target["query"].startswith("SELECT ")
             query = target["query"]
             # Bounded in time: the range, or "as of its end" for latest states; the
-            # registry facts of the site measurement are timeless.
+            # registry facts of the site measurement are timeless; published figures
+            # are bounded by their year.
             assert ("$timeFilter" in query or "time <= ${__to}ms" in query
-                    or f'FROM "{SITE_MEASUREMENT}"' in query), (panel["title"], query)
+                    or f'FROM "{SITE_MEASUREMENT}"' in query
+                    or "\"period\" = '$year'" in query), (panel["title"], query)
     for variable in board["templating"]["list"]:
         if variable["type"] == "query":
             assert variable["datasource"]["uid"] == "farm-influx"
