@@ -31,6 +31,7 @@ from ingest_service.indicators.publisher import (
     INDICATOR_MEMBER,
     IndicatorPublisher,
     YearSchedule,
+    indicator_points,
 )
 from ingest_service.influxql import InfluxQL, quote_literal, time_literal
 from ingest_service.model import FieldValue, Point
@@ -235,8 +236,10 @@ def gauge_values(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     out = {}
     for title, result in results.items():
         if board.get(title, {}).get("type") == "gauge":
-            (row,) = rows_of(result)
-            out[board[title]["description"].split(":")[0]] = row["value"]
+            rows = rows_of(result)
+            assert len(rows) <= 1, (title, rows)
+            # no row and a null value both show the gauge's noValue (无数据 n/a)
+            out[board[title]["description"].split(":")[0]] = rows[0]["value"] if rows else None
     return out
 
 
@@ -370,6 +373,18 @@ def test_a_figure_that_became_na_shows_empty_not_its_old_value(server: Influxd) 
         assert "d2" not in {r["site_id"] for r in rows_of(members["Members / 构成站点"])}
 
 
+def test_the_county_list_is_the_chosen_years_published_counties(server: Influxd) -> None:
+    """A county the registry had in 2020 but no longer has is not offered for 2026."""
+    settings, engine = setup(server)
+    publisher(settings, engine).publish_once(now=NOW)
+    old = [IndicatorValue.of(IndicatorId.FILM_RECOVERY_RATE, "county", "旧县", 2020, 1, 2)]
+    make_writer(settings).write(encode(indicator_points(old, 10**18)))
+    board = BOARDS["straw.json"]
+    for year, counties in ((2020, ["旧县"]), (2026, [ALL, PC, YG])):
+        query = dict(variable_queries(board, {"year": str(year)}))["county"]
+        assert sorted(tag_values(server, query)) == sorted(counties), year
+
+
 # --- which years a cycle computes ---------------------------------------------------------
 
 
@@ -395,8 +410,10 @@ def test_late_events_and_the_periodic_refresh_update_a_past_year(server: Influxd
     # A write that bypasses ingest leaves no mark: the periodic refresh finds it.
     writer.write(encode([event("d1", "film_recovered", "2025-11-01T02:00:00Z", mass_t=1.0)]))
     engine.computed.clear()
-    pub.publish_once(now=NOW + timedelta(minutes=3))  # the 4th cycle: refresh_every=3
+    written = pub.publish_once(now=NOW + timedelta(minutes=3))  # 4th cycle: refresh_every=3
     assert engine.computed == [2026, 2025, 2024]
+    # 2026's 12 rows, 2025's 12 rows and its 2 members (d1 changed); 2024 is unchanged
+    assert written == 12 + 12 + 2
     gauges = gauge_values(panels_of(server, "city-overview.json",
                                     {"county": PC, "year": "2025"}, 2025))
     assert gauges[FILM] == pytest.approx(0.9)
