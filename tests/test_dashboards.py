@@ -186,6 +186,22 @@ def test_city_overview_content() -> None:
     assert county["current"]["value"] == schema.CITY_COUNTY_TAG
 
 
+def test_no_panel_turns_na_into_zero_or_an_older_figure() -> None:
+    """n/a (no ``value`` field) must stay empty: no fill but fill(none), and a published
+    figure is read as its latest point, never with last() (an older point's value)."""
+    for name, board in committed().items():
+        for panel in iter_panels(board["panels"]):
+            for target in panel["targets"]:
+                query = target["query"]
+                assert set(re.findall(r"fill\((\w+)\)", query)) <= {"none"}, (name, query)
+                if f'FROM "{schema.INDICATOR}"' in query and panel["type"] != "timeseries":
+                    assert "last(" not in query, (name, panel["title"], query)
+                    assert "ORDER BY time DESC LIMIT 1" in query, (name, panel["title"])
+                    assert "\"period\" = '$year'" in query, (name, panel["title"])
+            if panel["type"] == "gauge":
+                assert panel["fieldConfig"]["defaults"]["noValue"] == "无数据 n/a"
+
+
 def test_datasource_provisioning() -> None:
     data = yaml.safe_load((PROVISIONING / "datasources" / "influxdb.yaml").read_text())
     assert data["apiVersion"] == 1
