@@ -141,7 +141,7 @@ def test_city_gauges_and_county_table_show_the_apis_numbers(year: SimulatedYear)
                 continue
             indicator = panel["description"].split(":")[0]
             expected = api[(indicator, county)]["value"]
-            (value,) = [row["last"] for row in _rows(by_ref["A"])]
+            (value,) = [row["value"] for row in _rows(by_ref["A"])]
             assert value == pytest.approx(expected), (county, indicator)
     ranking = results_of(year, "city-overview.json", {"county": "all"})[
         "County ranking, worst first / 区县排名（由低到高）"]["A"]
@@ -151,6 +151,8 @@ def test_city_gauges_and_county_table_show_the_apis_numbers(year: SimulatedYear)
         expected = api[(row["indicator"], row["county"])]
         assert (row["numerator"], row["denominator"]) == pytest.approx(
             (expected["numerator"], expected["denominator"]))
+        assert row["value"] == (None if expected["value"] is None
+                                else pytest.approx(expected["value"]))
 
 
 def test_map_shows_every_registry_site_where_it_is(year: SimulatedYear) -> None:
