@@ -21,6 +21,10 @@ GRID_WIDTH = 24
 DASHBOARD_TAG = "farm"
 """Every farm dashboard carries it; the dashboard links list the others by it."""
 
+TIMEZONE = "Asia/Shanghai"
+"""Datong's zone: every dashboard's time zone (an IANA name Grafana accepts besides
+``browser`` and ``utc``), so "this year" and day buckets are Datong's for every viewer."""
+
 ALL = "$__all"
 """Grafana's stored value of a variable's "All" option."""
 
@@ -140,11 +144,26 @@ def _reduce_last(values: bool = False) -> Json:
     return {"calcs": ["lastNotNull"], "fields": "", "values": values}
 
 
-def gauge(title: str, box: Box, query: str, target_value: float, description: str = "") -> Json:
-    """A 0–1 ratio as a gauge, green from ``target_value`` on."""
+NO_DATA = "无数据 n/a"
+"""What a panel shows where a figure is n/a (denominator 0): never 0, never "not met"."""
+
+
+def data_link(title: str, url: str) -> Json:
+    """A link on a panel's values (click a gauge or a cell), e.g. to a drill-down."""
+    return {"targetBlank": False, "title": title, "url": url}
+
+
+def gauge(
+    title: str, box: Box, query: str, target_value: float, description: str = "",
+    links: Sequence[Json] = (),
+) -> Json:
+    """A 0–1 ratio as a gauge, green from ``target_value`` on; null shows :data:`NO_DATA`."""
+    defaults = {**ratio_defaults(target_value), "noValue": NO_DATA}
+    if links:
+        defaults["links"] = list(links)
     return panel(
         "gauge", title, box, [target(query)], description=description,
-        defaults=ratio_defaults(target_value),
+        defaults=defaults,
         options={
             "minVizHeight": 75,
             "minVizWidth": 75,
@@ -390,11 +409,14 @@ def geomap(
 
 def query_variable(
     name: str, label: str, query: str, default: str, *, include_all: bool = False,
+    sort: int = 1,
 ) -> Json:
     """A single-valued template variable filled by an InfluxQL query when the dashboard loads.
 
     With ``include_all`` it gets an "All" option whose value is the regex ``.*``
-    (so ``=~ /^$name$/`` matches everything) and starts on it.
+    (so ``=~ /^$name$/`` matches everything) and starts on it. ``sort`` is Grafana's
+    option order (1 alphabetical, 4 numerical descending); a ``default`` that is not
+    among the options makes Grafana start on the first one.
     """
     current = ({"selected": True, "text": "All", "value": ALL} if include_all
                else {"selected": True, "text": default, "value": default})
@@ -411,12 +433,27 @@ def query_variable(
         "refresh": 1,
         "regex": "",
         "skipUrlSync": False,
-        "sort": 1,
+        "sort": sort,
         "type": "query",
     }
     if include_all:
         out["allValue"] = ".*"
     return out
+
+
+def custom_variable(name: str, label: str, values: Sequence[str], default: str) -> Json:
+    """A single-valued variable with a fixed list of values (e.g. the indicator ids)."""
+    return {
+        "current": {"selected": True, "text": default, "value": default},
+        "includeAll": False,
+        "label": label,
+        "multi": False,
+        "name": name,
+        "options": [{"selected": v == default, "text": v, "value": v} for v in values],
+        "query": ",".join(values),
+        "skipUrlSync": False,
+        "type": "custom",
+    }
 
 
 def dashboard_links() -> list[Json]:
@@ -458,6 +495,7 @@ def dashboard(
         "annotations": {"list": list(annotations)},
         "description": description,
         "editable": True,
+        "fiscalYearStartMonth": 0,
         "graphTooltip": 1,
         "id": None,
         "links": dashboard_links(),
@@ -468,7 +506,7 @@ def dashboard(
         "templating": {"list": list(variables)},
         "time": {"from": time_from, "to": "now"},
         "timepicker": {},
-        "timezone": "browser",
+        "timezone": TIMEZONE,
         "title": title,
         "uid": uid,
         "version": 1,

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from dashboards.builders import (
     GRID_WIDTH,
+    NO_DATA,
     Box,
     Json,
     barchart,
     bool_mappings,
     colored_cells,
     dashboard,
+    data_link,
+    field_override,
     gauge,
     geomap,
     ident,
@@ -29,7 +32,15 @@ from dashboards.builders import (
     target,
     timeseries,
 )
-from dashboards.farm import COUNTY, DATONG, county_filter, county_variable
+from dashboards.farm import (
+    COUNTY,
+    DATONG,
+    county_filter,
+    latest_published,
+    scope_variables,
+    year_filter,
+)
+from dashboards.members import members_url
 from farm_contract import schema
 from farm_contract.indicators import TARGETS, IndicatorId
 from farm_contract.schema import SITE as SITE_MEASUREMENT
@@ -43,10 +54,10 @@ INDICATOR_NAMES: dict[IndicatorId, str] = {
 
 
 def indicator_filter(indicator: IndicatorId) -> str:
-    """WHERE clause of one indicator for the scope chosen by $county (``all`` = the city)."""
+    """WHERE clause of one indicator for ``$county`` (``all`` = the city) and ``$year``."""
     return (
         f"{ident('indicator')} = {literal(indicator.value)}"
-        f" AND {ident('county')} =~ /^${COUNTY}$/"
+        f" AND {ident('county')} =~ /^${COUNTY}$/ AND {year_filter()}"
     )
 
 
@@ -54,58 +65,64 @@ def _gauges(indicators: list[IndicatorId]) -> list[Json]:
     width = GRID_WIDTH // len(indicators)
     out = []
     for i, indicator in enumerate(indicators):
-        query = (
-            f"SELECT last({ident('value')}) FROM {ident(schema.INDICATOR)}"
-            f" WHERE {indicator_filter(indicator)} AND $timeFilter"
-        )
+        query = latest_published(schema.INDICATOR, {"value": "value"},
+                                 indicator_filter(indicator))
         out.append(gauge(
             INDICATOR_NAMES[indicator], Box(i * width, 0, width, 7), query, TARGETS[indicator],
             description=(
-                f"{indicator.value}: latest value in the time range for the scope chosen "
-                f"above ({schema.CITY_COUNTY_TAG} = the whole city). "
-                f"Target {TARGETS[indicator]:g}; red more than 10 points below it."
+                f"{indicator.value}: the figure of $year for the scope chosen above "
+                f"({schema.CITY_COUNTY_TAG} = the whole city), as last published by the end "
+                f"of the time range. Target {TARGETS[indicator]:g}; red more than 10 points "
+                f"below it; {NO_DATA} where nothing counts (denominator 0). Click for the "
+                "sites behind it."
             ),
+            links=[data_link("Members / 构成明细", members_url(indicator.value))],
         ))
     return out
 
 
+def _county_rows(columns: dict[str, str]) -> str:
+    """Every county's latest published row of ``$year``, one per indicator."""
+    return latest_published(
+        schema.INDICATOR, columns,
+        f"{ident('scope')} = {literal('county')} AND {year_filter()}",
+        ("indicator", "county"),
+    )
+
+
 def _by_county() -> list[Json]:
     """The counties side by side: a bar chart and a sorted table with numerators."""
-    bars_query = (
-        f"SELECT last({ident('value')}) AS {ident('value')} FROM {ident(schema.INDICATOR)}"
-        f" WHERE {ident('scope')} = {literal('county')} AND $timeFilter"
-        f" GROUP BY {ident('county')}, {ident('indicator')}"
-    )
     bars = barchart(
-        "Indicators by county / 各区县指标对比", Box(0, 7, 12, 10), [table_target(bars_query)],
+        "Indicators by county / 各区县指标对比", Box(0, 7, 12, 10),
+        [table_target(_county_rows({"value": "value"}))],
         x_field="county",
-        description="Latest value of every indicator in each county (targets 98 %, 100 %, "
-                    "85 %, 90 %).",
+        description="Every indicator of $year in each county (targets 98 %, 100 %, 85 %, "
+                    "90 %); no bar where the figure is n/a.",
         defaults={"decimals": 1, "max": 1, "min": 0, "unit": "percentunit"},
         transformations=[matrix("county", "indicator", "value"),
                          organize(rename={"county\\indicator": "county"})],
     )
-    table_query = (
-        f"SELECT last({ident('value')}) AS {ident('value')},"
-        f" last({ident('numerator')}) AS {ident('numerator')},"
-        f" last({ident('denominator')}) AS {ident('denominator')},"
-        f" last({ident('target')}) AS {ident('target')}"
-        f" FROM {ident(schema.INDICATOR)}"
-        f" WHERE {ident('scope')} = {literal('county')} AND $timeFilter"
-        f" GROUP BY {ident('indicator')}, {ident('county')}"
-    )
+    table_query = _county_rows({"value": "value", "numerator": "numerator",
+                                "denominator": "denominator", "target": "target", "met": "met"})
+    link = members_url("${__data.fields.indicator}", "${__data.fields.county}")
     ranked = table(
         "County ranking, worst first / 区县排名（由低到高）", Box(12, 7, 12, 10),
         [target(table_query)],
-        description="Every county's latest value with its numerator and denominator "
+        description="Every county's figure of $year with its numerator and denominator "
                     "(tonnes or farms), sorted by value so the counties furthest from "
-                    "target come first. Red below target − 10 points, orange below target.",
+                    "target come first. Red below target − 10 points, orange below target; "
+                    f"n/a (denominator 0) is {NO_DATA}, not 0 and not “not met”. Click a row "
+                    "for its sites.",
         rename={"indicator": "Indicator / 指标", "county": "County / 区县",
                 "value": "Value / 数值", "numerator": "Numerator / 分子",
-                "denominator": "Denominator / 分母", "target": "Target / 目标"},
-        defaults={"decimals": 1, "thresholds": thresholds_by_value()},
+                "denominator": "Denominator / 分母", "target": "Target / 目标",
+                "met": "Met / 达标"},
+        defaults={"decimals": 1, "thresholds": thresholds_by_value(), "noValue": NO_DATA,
+                  "links": [data_link("Members / 构成明细", link)]},
         overrides=[colored_cells("value", "percentunit", 1),
-                   colored_cells("target", "percentunit", 0)],
+                   colored_cells("target", "percentunit", 0),
+                   field_override("met", mappings=bool_mappings(
+                       "met / 达标", "not met / 未达标", NO_DATA))],
         sort=("Value / 数值", False),
     )
     return [bars, ranked]
@@ -125,13 +142,15 @@ def _trends(indicators: list[IndicatorId], top: int) -> list[Json]:
             f"SELECT last({ident('value')}) FROM {ident(schema.INDICATOR)}"
             f" WHERE {indicator_filter(indicator)} AND $timeFilter"
             f" GROUP BY time($__interval) fill(none)"
-        )
+        )  # fill(none): an n/a stretch is a gap, never 0
         out.append(timeseries(
             f"{INDICATOR_NAMES[indicator]} (trend / 趋势)",
             Box((i % 2) * 12, top + (i // 2) * 8, 12, 8),
             [target(query, alias=indicator.value)],
             target_line=TARGETS[indicator], ratio=True,
-            description=f"{indicator.value} over time; the dashed line is the target.",
+            description=f"{indicator.value} of $year as published over the time range (how "
+                        "the year's figure moved); the dashed line is the target; gaps "
+                        "are n/a.",
         ))
     return out
 
@@ -186,7 +205,7 @@ def city_overview() -> Json:
     panels.append(site_map(Box(0, 33, 16, 12)))
     panels.append(site_status_table(Box(16, 33, 8, 12)))
     return dashboard(
-        "farm-city-overview", "City overview / 城市总览", panels, variables=[county_variable()],
+        "farm-city-overview", "City overview / 城市总览", panels, variables=scope_variables(),
         description="Datong's green-agriculture indicators against the plan's targets, per "
                     "county, over time, and every site on a map.",
         tags=("farm", "indicators"), time_from="now/y",

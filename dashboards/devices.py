@@ -23,7 +23,7 @@ from dashboards.builders import (
     target,
     timeseries,
 )
-from dashboards.farm import county_variable, scope_filter, site_variable
+from dashboards.farm import scope_filter, scope_variables, site_variable
 from farm_contract import schema
 
 ONLINE = bool_mappings("online / 在线", "offline / 离线", "no status / 无状态")
@@ -115,7 +115,7 @@ def devices() -> Json:
     ]
     return dashboard(
         "farm-devices", "Devices / 设备运行", panels,
-        variables=[county_variable(), site_variable(None)],
+        variables=[*scope_variables(), site_variable(None)],
         description="Last seen, online/offline, battery, signal and rejected messages.",
         tags=("farm", "devices"), time_from="now-7d",
     )

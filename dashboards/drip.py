@@ -26,7 +26,7 @@ from dashboards.builders import (
     target,
     timeseries,
 )
-from dashboards.farm import county_filter, county_variable, scope_filter, site_filter, site_variable
+from dashboards.farm import county_filter, scope_filter, scope_variables, site_filter, site_variable
 from farm_contract import schema
 from farm_contract.schema import SITE as SITE_MEASUREMENT
 
@@ -128,7 +128,7 @@ def drip_irrigation() -> Json:
     ]
     return dashboard(
         "farm-drip", "Drip irrigation / 膜下滴灌", panels,
-        variables=[county_variable(), site_variable(DRIP, "Drip site / 滴灌站点")],
+        variables=[*scope_variables(), site_variable(DRIP, "Drip site / 滴灌站点")],
         description="Soil moisture, flow, pressure, water against quota and fertigation of "
                     "the drip-irrigation fields.",
         tags=("farm", "drip"), time_from="now-30d",

@@ -8,7 +8,7 @@ generated JSON is committed: Grafana's file provider reads dashboards/json/,
 and ``python -m dashboards.push`` sends the same files to an existing Grafana.
 Every query is raw InfluxQL against the datasource ``farm-influx`` and reads the
 InfluxDB schema of contract §9. The panel builders live in builders.py, one
-module per dashboard (city.py, drip.py, manure.py, straw.py, devices.py).
+module per dashboard (city.py, drip.py, manure.py, straw.py, devices.py, members.py).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from dashboards.city import INDICATOR_NAMES, city_overview
 from dashboards.devices import devices
 from dashboards.drip import drip_irrigation
 from dashboards.manure import livestock_manure
+from dashboards.members import indicator_members
 from dashboards.straw import straw
 
 OUT_DIR = Path(__file__).resolve().parent / "json"
@@ -52,6 +53,7 @@ DASHBOARDS: dict[str, Callable[[], Json]] = {
     "livestock-manure.json": livestock_manure,
     "straw.json": straw,
     "devices.json": devices,
+    "indicator-members.json": indicator_members,
 }
 
 __all__ = [

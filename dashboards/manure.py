@@ -24,7 +24,7 @@ from dashboards.builders import (
     target,
     timeseries,
 )
-from dashboards.farm import county_variable, scope_filter, site_variable
+from dashboards.farm import scope_filter, scope_variables, site_variable
 from farm_contract import schema
 
 MANURE = "manure"
@@ -131,7 +131,7 @@ def livestock_manure() -> Json:
     return dashboard(
         "farm-manure", "Livestock manure / 畜禽粪污", [
             *lagoon_panels(), *facility_panels(), *ledger_panels()],
-        variables=[county_variable(), site_variable(MANURE, "Farm / 养殖场")],
+        variables=[*scope_variables(), site_variable(MANURE, "Farm / 养殖场")],
         description="Lagoon levels with overflow warnings, facility status and open faults, "
                     "and the manure ledger of the livestock farms.",
         tags=("farm", "manure"), time_from="now-30d",

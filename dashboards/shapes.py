@@ -7,10 +7,12 @@ committed dashboard JSON itself — panel type, ``resultFormat``, the query's
 ``GROUP BY`` tags and selected columns, the fields transformations refer to —
 so a panel edited into something that cannot draw fails without a hand-kept list.
 
-- gauge: exactly one series whose last value is a number within the panel's min/max;
+- gauge: exactly one series whose last value is a number within the panel's min/max
+  (or null, shown as the panel's ``noValue``, where the caller expects n/a);
 - timeseries: every series has rows at real times (``GROUP BY time``) and numbers;
 - table-like (table, bargauge, barchart, piechart, geomap): every series carries the
-  grouped tags (they become columns) and the selected columns, not all empty;
+  grouped tags (they become columns) and the selected columns; a column may be null in
+  some series (an n/a figure) but not in all of them;
 - geomap: the rows with ``lat``/``lon`` hold coordinates;
 - transformations: a join field, matrix row/column/value fields, filter fields and
   calculation operands exist in the data they act on; joined queries share keys.
@@ -109,7 +111,8 @@ def group_by(query: str) -> tuple[tuple[str, ...], bool]:
     start = query.upper().rfind(" GROUP BY ")
     if start < 0 or query.count("(", start) != query.count(")", start):
         return (), False  # the only GROUP BY is inside a subquery
-    clause = re.split(r"\s+fill\(", query[start + len(" GROUP BY "):], flags=re.IGNORECASE)[0]
+    clause = re.split(r"\s+(?:fill\(|ORDER\s+BY\s|LIMIT\s|SLIMIT\s|OFFSET\s)",
+                      query[start + len(" GROUP BY "):], flags=re.IGNORECASE)[0]
     tags, timed = [], False
     for part in _split_top(clause):
         if part.lower().startswith("time("):
@@ -149,14 +152,20 @@ def _rows(series: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def check(
     expected: Expectation, result: Mapping[str, Any], panel: Mapping[str, Any] | None = None,
+    *, allow_null: bool = False,
 ) -> list[str]:
-    """Problems with one query's InfluxDB result (``results[0]``); empty when it fits."""
+    """Problems with one query's InfluxDB result (``results[0]``); empty when it fits.
+
+    A column may be null in some series (an n/a figure), not in all of them, unless
+    ``allow_null`` (the caller expects n/a there, e.g. a county without straw sites).
+    """
     if "error" in result:
         return [f"InfluxDB error: {result['error']}"]
     series: Sequence[Mapping[str, Any]] = result.get("series") or []
     if not series:
         return ["no data"]
     problems: list[str] = []
+    present: set[str] = set()
     for one in series:
         tags = one.get("tags") or {}
         label = f"series {tags}" if tags else "series"
@@ -172,18 +181,22 @@ def check(
                 problems.append(f"{label}: column {column.name!r} missing")
                 continue
             values = [row[column.name] for row in rows if row[column.name] is not None]
-            if not values:
-                problems.append(f"{label}: column {column.name!r} is all null")
-            elif column.numeric and not all(_is_number(v) for v in values):
+            if values:
+                present.add(column.name)
+            if column.numeric and not all(_is_number(v) for v in values):
                 problems.append(f"{label}: column {column.name!r} is not numeric")
         if expected.timed and not all(_real_time(r["time"]) for r in rows):
             problems.append(f"{label}: grouped by time but rows lack real times")
-    problems += _check_panel_type(expected, series, panel or {})
+    if not allow_null:
+        problems += [f"column {c.name!r} is null in every series" for c in expected.columns
+                     if c.name not in present and all(c.name in one["columns"] for one in series)]
+    problems += _check_panel_type(expected, series, panel or {}, allow_null)
     return problems
 
 
 def _check_panel_type(
     expected: Expectation, series: Sequence[Mapping[str, Any]], panel: Mapping[str, Any],
+    allow_null: bool,
 ) -> list[str]:
     kind = expected.panel_type
     if kind == "gauge":
@@ -192,6 +205,10 @@ def _check_panel_type(
         last = series[0]["values"][-1][-1]
         defaults = (panel.get("fieldConfig") or {}).get("defaults") or {}
         low, high = defaults.get("min", float("-inf")), defaults.get("max", float("inf"))
+        if last is None and defaults.get("noValue") and not allow_null:
+            return ["gauge shows its noValue (null): pass allow_null where n/a is expected"]
+        if last is None and defaults.get("noValue"):
+            return []
         if not _is_number(last) or not low <= last <= high:
             return [f"gauge's last value {last!r} is not a number in [{low}, {high}]"]
     if kind == "timeseries":

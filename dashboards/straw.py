@@ -24,7 +24,14 @@ from dashboards.builders import (
     target,
     timeseries,
 )
-from dashboards.farm import county_filter, county_variable, scope_filter, site_variable
+from dashboards.farm import (
+    county_filter,
+    latest_published,
+    scope_filter,
+    scope_variables,
+    site_variable,
+    year_filter,
+)
 from farm_contract import schema
 from farm_contract.indicators import IndicatorId
 
@@ -68,13 +75,12 @@ def utilisation_panels() -> list[Json]:
 
 def harvest_panels() -> list[Json]:
     indicator = IndicatorId.STRAW_UTILIZATION_RATE.value
-    per_county = (
-        f"SELECT last({ident('denominator')}) AS {ident('produced_t')},"
-        f" last({ident('numerator')}) AS {ident('utilized_t')}"
-        f" FROM {ident(schema.INDICATOR)}"
-        f" WHERE {ident('indicator')} = {literal(indicator)}"
-        f" AND {ident('scope')} = {literal('county')} AND {county_filter()} AND $timeFilter"
-        f" GROUP BY {ident('county')}"
+    per_county = latest_published(
+        schema.INDICATOR, {"denominator": "produced_t", "numerator": "utilized_t"},
+        f"{ident('indicator')} = {literal(indicator)}"
+        f" AND {ident('scope')} = {literal('county')} AND {county_filter()}"
+        f" AND {year_filter()}",
+        ("county",),
     )
     per_site = (
         f"SELECT sum({ident('grain_t')}) AS {ident('grain_t')},"
@@ -87,8 +93,8 @@ def harvest_panels() -> list[Json]:
                  [table_target(per_county)], x_field="county",
                  description="The straw_utilization_rate indicator's denominator (grain "
                              "harvested × straw-to-grain ratio of the crop) and numerator "
-                             "(tonnes used), latest values in the range: the numbers the "
-                             "city report uses.",
+                             "(tonnes used) for $year, as last published by the end of the "
+                             "range: the numbers the city report uses.",
                  defaults={"decimals": 1, "unit": "t"}),
         table("Harvest and use per site / 各站点收获与利用", Box(12, 9, 12, 9),
               [table_target(per_site)],
@@ -132,7 +138,7 @@ def straw() -> Json:
     return dashboard(
         "farm-straw", "Straw / 秸秆综合利用",
         [*utilisation_panels(), *harvest_panels(), burning_panel()],
-        variables=[county_variable(), site_variable(STRAW, "Straw site / 秸秆站点")],
+        variables=[*scope_variables(), site_variable(STRAW, "Straw site / 秸秆站点")],
         annotations=[annotation("Straw burning / 秸秆焚烧", burning, "red", "site_id")],
         description="Straw used by the five uses, produced vs used, and burning incidents.",
         tags=("farm", "straw"), time_from="now/y",

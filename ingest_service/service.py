@@ -57,7 +57,8 @@ class IngestService:
             RollupMaintainer(self.query, self.writer, settings) if settings.rollups else None
         )
         self.publisher = (
-            IndicatorPublisher(self.engine, self.writer, settings, rollups=rollups)
+            IndicatorPublisher(self.engine, self.writer, settings, rollups=rollups,
+                               registry=self.state.registry.get)
             if publish_indicators
             else None
         )

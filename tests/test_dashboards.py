@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -32,14 +33,21 @@ from dashboards.panel_queries import (
 )
 from devstack.servers import Influxd
 from farm_contract import schema
-from farm_contract.indicators import TARGETS, IndicatorId
+from farm_contract.indicators import TARGETS, IndicatorId, IndicatorValue, Member
 from farm_contract.schema import SITE as SITE_MEASUREMENT
+from ingest_service.indicators.publisher import indicator_points, member_points
+from ingest_service.outputs.lineprotocol import encode
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_DIR = ROOT / "dashboards" / "json"
 PROVISIONING = ROOT / "dashboards" / "provisioning"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 START = datetime(2026, 5, 1, tzinfo=UTC)
 END = START + timedelta(hours=1)
+
+
+COUNTY_QUERY = 'SHOW TAG VALUES FROM "indicator" WITH KEY = "county" WHERE "period" = \'$year\''
+"""The counties of the chosen year's published rows (the registry they were computed with)."""
 
 
 def committed() -> dict[str, dict[str, Any]]:
@@ -81,11 +89,15 @@ def test_panels_use_the_datasource_and_raw_influxql(name: str) -> None:
             assert target["query"].startswith("SELECT ")
             query = target["query"]
             # Bounded in time: the range, or "as of its end" for latest states; the
-            # registry facts of the site measurement are timeless.
+            # registry facts of the site measurement are timeless; published figures
+            # are bounded by their year.
             assert ("$timeFilter" in query or "time <= ${__to}ms" in query
-                    or f'FROM "{SITE_MEASUREMENT}"' in query), (panel["title"], query)
+                    or f'FROM "{SITE_MEASUREMENT}"' in query
+                    or "\"period\" = '$year'" in query), (panel["title"], query)
     for variable in board["templating"]["list"]:
-        assert variable["datasource"]["uid"] == "farm-influx"
+        if variable["type"] == "query":
+            assert variable["datasource"]["uid"] == "farm-influx"
+    assert board["timezone"] == "Asia/Shanghai", "Datong's year and days, not the viewer's"
 
 
 @pytest.mark.parametrize("name", sorted(committed()))
@@ -101,9 +113,12 @@ def test_every_dashboard_is_bilingual_linked_and_filtered(name: str) -> None:
     assert link["includeVars"] and link["keepTime"]
     assert "farm" in board["tags"]
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    assert variables["county"]["query"] == 'SHOW TAG VALUES FROM "indicator" WITH KEY = "county"'
+    assert list(variables)[:2] == ["year", "county"], "county follows the chosen year"
+    assert variables["year"]["query"] == 'SHOW TAG VALUES FROM "indicator" WITH KEY = "period"'
+    assert variables["year"]["sort"] == 4, "newest year first"
+    assert variables["county"]["query"] == COUNTY_QUERY
     assert variables["county"]["current"]["value"] == schema.CITY_COUNTY_TAG
-    if name != "city-overview.json":
+    if name not in ("city-overview.json", "indicator-members.json"):
         site = variables["site"]
         assert site["includeAll"] and site["allValue"] == ".*"
         assert site["current"]["value"] == "$__all"
@@ -165,10 +180,26 @@ def test_city_overview_content() -> None:
     assert f'FROM "{SITE_MEASUREMENT}"' in geomap["targets"][0]["query"]
     assert geomap["transformations"][0] == {"id": "joinByField",
                                             "options": {"byField": "site_id", "mode": "outer"}}
-    (county,) = board["templating"]["list"]
-    assert county["name"] == "county"
-    assert county["query"] == 'SHOW TAG VALUES FROM "indicator" WITH KEY = "county"'
+    year, county = board["templating"]["list"]
+    assert (year["name"], county["name"]) == ("year", "county")
+    assert county["query"] == COUNTY_QUERY
     assert county["current"]["value"] == schema.CITY_COUNTY_TAG
+
+
+def test_no_panel_turns_na_into_zero_or_an_older_figure() -> None:
+    """n/a (no ``value`` field) must stay empty: no fill but fill(none), and a published
+    figure is read as its latest point, never with last() (an older point's value)."""
+    for name, board in committed().items():
+        for panel in iter_panels(board["panels"]):
+            for target in panel["targets"]:
+                query = target["query"]
+                assert set(re.findall(r"fill\((\w+)\)", query)) <= {"none"}, (name, query)
+                if f'FROM "{schema.INDICATOR}"' in query and panel["type"] != "timeseries":
+                    assert "last(" not in query, (name, panel["title"], query)
+                    assert "ORDER BY time DESC LIMIT 1" in query, (name, panel["title"])
+                    assert "\"period\" = '$year'" in query, (name, panel["title"])
+            if panel["type"] == "gauge":
+                assert panel["fieldConfig"]["defaults"]["noValue"] == "无数据 n/a"
 
 
 def test_datasource_provisioning() -> None:
@@ -328,7 +359,24 @@ def test_shapes_finds_what_a_panel_cannot_draw() -> None:
                                          "resultFormat": "table"})
     untagged = {"series": [{"name": "e", "columns": ["time", "t"], "values": [[0, None]]}]}
     assert shapes.check(grouped, untagged, table) == [
-        "series: grouped tags ['use'] missing", "series: column 't' is all null"]
+        "series: grouped tags ['use'] missing", "column 't' is null in every series"]
+    # One n/a series among others is what a panel shows as empty; n/a everywhere is not,
+    # unless the caller expects it.
+    one_na = {"series": [{"name": "e", "tags": {"use": u}, "columns": ["time", "t"],
+                          "values": [[0, v]]} for u, v in (("a", None), ("b", 1.0))]}
+    assert shapes.check(grouped, one_na, table) == []
+    all_na = {"series": one_na["series"][:1]}
+    assert shapes.check(grouped, all_na, table) == ["column 't' is null in every series"]
+    assert shapes.check(grouped, all_na, table, allow_null=True) == []
+    na_gauge = {**gauge, "fieldConfig": {"defaults": {"min": 0, "max": 1, "noValue": "n/a"}}}
+    null = {"series": [{"name": "i", "columns": ["time", "last"], "values": [[1, None]]}]}
+    assert any("noValue" in p for p in shapes.check(expected, null, na_gauge))
+    assert shapes.check(expected, null, na_gauge, allow_null=True) == []
+    assert "not a number" in shapes.check(expected, null, gauge, allow_null=True)[0]
+    ordered = ('SELECT "v" FROM (SELECT "v", "d" FROM "i" WHERE time <= 1ms GROUP BY "c" '
+               'ORDER BY time DESC LIMIT 1) GROUP BY "c", "k" ORDER BY time DESC LIMIT 1')
+    assert shapes.group_by(ordered) == (("c", "k"), False)
+    assert shapes.selected_columns(ordered) == (shapes.Column("v", False),)
     join = {"transformations": [{"id": "joinByField", "options": {"byField": "site_id"}}]}
     a = {"series": [{"name": "a", "tags": {"site_id": "s1"}, "columns": ["time", "x"],
                      "values": [[0, 1]]}]}
@@ -358,18 +406,31 @@ def event(site: str, site_type: str, kind: str, fields: str, ts: int, **tags: st
             f"county={COUNTY},type={kind}{extra} {fields},seq={ts % 1000}i {ts}")
 
 
+def year_of(time_ms: int) -> int:
+    return datetime.fromtimestamp(time_ms / 1000, SHANGHAI).year
+
+
+def indicator_lines(time_ms: int, year: int) -> list[str]:
+    """``indicator`` and ``indicator_member`` points as the publisher writes them."""
+    rows, members = [], []
+    for indicator in IndicatorId:
+        for county in (None, COUNTY):
+            rows.append(IndicatorValue.of(indicator, "city" if county is None else "county",
+                                          county, year, 9, 10))
+        members.append(Member(indicator=indicator, year=year, county=COUNTY, site_id="farm-1",
+                              name="养殖场", numerator=9, denominator=10, status="equipped"))
+    time_ns = time_ms * 1_000_000
+    body = encode(indicator_points(rows, time_ns) + member_points(year, members, (), time_ns))
+    return [line[: -len(str(time_ns))] + str(time_ms)
+            for line in body.decode().splitlines()]  # this body is written in ms
+
+
 def contract_points(now_ms: int) -> str:
     """A few points of each measurement the dashboards read, as the ingest service writes them."""
     lines = [SITE_POINTS.format(t0=now_ms - 7_200_000).strip()]
     for step, minutes_ago in enumerate((30, 10)):
         ts = now_ms - minutes_ago * 60_000
-        for indicator in IndicatorId:
-            for scope, county in (("city", schema.CITY_COUNTY_TAG), ("county", COUNTY)):
-                lines.append(
-                    f"{schema.INDICATOR},indicator={indicator.value},scope={scope},county={county}"
-                    f" value=0.9,numerator=9,denominator=10,target={TARGETS[indicator]},year=2026i"
-                    f" {ts}"
-                )
+        lines += indicator_lines(ts, year_of(now_ms))
         lines += [
             f"{schema.TELEMETRY},site_id=drip-1,device_id=dev-1,site_type=drip,county={COUNTY}"
             f" soil_moisture_vwc=0.31,flow_lpm=12.5,pressure_kpa=180.0,volume_m3={100.0 + step},"
@@ -411,18 +472,22 @@ def test_every_panel_query_returns_data_of_its_shape(influxd: Influxd) -> None:
     )
     assert response.status_code == 204, response.text
     start, end = now_ms - 3 * 86_400_000, now_ms + 60_000
+    year = str(year_of(now_ms))
     for name, board in committed().items():
         panels = {p["title"]: p for p in iter_panels(board["panels"])}
-        for variable, query in variable_queries(board):
+        for variable, query in variable_queries(board, {"year": year}):
             result: Any = influxd.query(query)["results"]
             values = {row[1] for row in result[0]["series"][0]["values"]}
             if variable == "county":
                 assert {schema.CITY_COUNTY_TAG, COUNTY} <= values
+            elif variable == "year":
+                assert values == {year}
             else:
                 assert values <= {"drip-1", "farm-1", "straw-1"} and values, (name, values)
         for county in (schema.CITY_COUNTY_TAG, COUNTY):
             results: dict[str, dict[str, Any]] = {}
-            for title, ref, query in panel_queries(board, {"county": county}, start, end):
+            for title, ref, query in panel_queries(
+                    board, {"county": county, "year": year}, start, end):
                 result = influxd.query(query)["results"][0]
                 results.setdefault(title, {})[ref] = result
                 target = next(t for t in panels[title]["targets"] if t["refId"] == ref)

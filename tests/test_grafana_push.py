@@ -126,7 +126,7 @@ def grafana() -> Iterator[tuple[FakeGrafana, str]]:
 def test_push_creates_then_updates_without_duplicates(grafana: tuple[FakeGrafana, str]) -> None:
     state, url = grafana
     boards = push.load_dashboards()
-    assert len(boards) == 5
+    assert len(boards) == 6, "every dashboard of dashboards/json, the drill-down included"
     api = GrafanaApi.from_url(url, credential=TOKEN)
     first = push.push(api, influx_url="http://influx:8086", influx_token="secret")
     assert first.created == [f"datasource {DATASOURCE_UID}", "folder farm",
@@ -174,7 +174,7 @@ def test_command_line(grafana: tuple[FakeGrafana, str], monkeypatch: pytest.Monk
                       "--folder", "Farm / 农业"]) == 0
     out = capsys.readouterr().out
     assert "created dashboard farm-city-overview" in out
-    assert len(state.dashboards) == 5
+    assert len(state.dashboards) == 6
     monkeypatch.delenv("GRAFANA_TOKEN")
     with pytest.raises(SystemExit):
         push.main(["--url", url])

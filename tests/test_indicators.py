@@ -332,11 +332,14 @@ def test_indicator_points_shape() -> None:
     rows = Totals(film_applied_t=2, film_recovered_t=1).values(2025, None)
     rows += Totals().values(2025, PC)
     points = indicator_points(rows, 123)
-    assert points[2].tags == {"indicator": "film_recovery_rate", "scope": "city", "county": "all"}
+    assert points[2].tags == {"indicator": "film_recovery_rate", "scope": "city", "county": "all",
+                              "period": "2025"}
     assert points[2].fields == {
-        "value": 0.5, "numerator": 1.0, "denominator": 2.0, "target": 0.85, "year": 2025,
+        "value": 0.5, "met": False, "numerator": 1.0, "denominator": 2.0, "target": 0.85,
+        "year": 2025,
     }
     assert "value" not in points[6].fields and points[6].tags["county"] == PC
+    assert "met" not in points[6].fields, "n/a is not 'not met'"
     assert all(p.measurement == "indicator" and p.time_ns == 123 for p in points)
 
 
