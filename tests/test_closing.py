@@ -38,6 +38,7 @@ from ingest_service.indicators.closing import (
     compare,
 )
 from ingest_service.indicators.engine import IndicatorEngine
+from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.influxql import InfluxQL
 from ingest_service.model import Point
 from ingest_service.outputs.influx import make_writer
@@ -419,3 +420,23 @@ def test_close_year_on_the_command_line(
     no_registry = _cli("close-year", "2025", FARM_INFLUX_URL=settings.influx_url)
     assert no_registry.returncode != 0 and "set FARM_REGISTRY_DIR" in no_registry.stderr
     assert no_registry.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.integration
+def test_grafana_points_of_a_closed_year_are_the_frozen_figures(settings: Settings) -> None:
+    """Issue 12: the API, the report and the Grafana ``indicator`` points agree for a closed
+    year, also after a late event: the publisher writes what was signed."""
+    engine = _engine(settings)
+    writer = make_writer(settings)
+    book = ClosedYears(engine.query, writer)
+    book.close(2025, engine, Registry.from_csv(SITES_CSV, DEVICES_CSV), settings,
+               reason="signed", client="test")
+    writer.write(encode([LATE]))
+    assert _row([r.model_dump(mode="json") for r in engine.compute(2025)], FILM)[
+        "numerator"] == 14.0  # positive control: a recomputation sees the late event
+    publisher = IndicatorPublisher(engine, writer, settings, years=lambda: [2025])
+    publisher.publish_once(now=datetime(2026, 3, 1, tzinfo=UTC))
+    published = engine.query(
+        'SELECT last("numerator") AS numerator FROM "indicator" '
+        f"WHERE \"indicator\" = '{FILM}' AND \"scope\" = 'city'")
+    assert published[0].values[0][1] == 10.0  # the frozen figure, not 14

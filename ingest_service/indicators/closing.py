@@ -273,6 +273,14 @@ class ClosedYears:
             return None
         return frozen_rows(self.document(year, state.last.digest))
 
+    def frozen_members(self, year: int) -> list[Member] | None:
+        """The frozen members of a closed year, or None if it is open."""
+        state = self.state(year)
+        if not state.closed or state.last is None:
+            return None
+        document = self.document(year, state.last.digest)
+        return [Member.model_validate(item) for item in document.get("members", [])]
+
     def figures(
         self, engine: IndicatorEngine, year: int, county: str | None = None,
     ) -> ClosedFigures | None:

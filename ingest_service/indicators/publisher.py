@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from farm_contract import schema
 from farm_contract.indicators import IndicatorValue, Member
 from farm_contract.registry import Registry
+from ingest_service.indicators.closing import ClosedYears
 from ingest_service.indicators.engine import IndicatorEngine
 from ingest_service.indicators.rollups import RollupMaintainer
 from ingest_service.influxql import QueryError, Series, quote_ident, quote_literal
@@ -300,8 +301,10 @@ class IndicatorPublisher:
         time_ns = int(moment.timestamp() * 1_000_000) * 1000
         members_of = _members_method(self.engine)
         written = 0
+        closed = ClosedYears(self.engine.query)
         for year in self.due_years(moment):
-            rows = self.engine.compute(year, now=moment)
+            frozen = closed.frozen(year)  # a closed year publishes what was signed
+            rows = frozen if frozen is not None else self.engine.compute(year, now=moment)
             points: list[Point] = []
             figures = _figures(rows)
             if year == current or self.years is not None or self._written.get(year) != figures:
@@ -309,7 +312,9 @@ class IndicatorPublisher:
             member_figures: tuple[tuple[object, ...], ...] | None = None
             members: list[Member] = []
             if members_of is not None:
-                members = _call_members(members_of, year, moment)
+                signed = closed.frozen_members(year) if frozen is not None else None
+                members = (signed if signed is not None
+                           else _call_members(members_of, year, moment))
                 member_figures = _member_figures(members)
                 if self._members.get(year) != member_figures:
                     points += self._member_points(year, members, time_ns)
