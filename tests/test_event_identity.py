@@ -30,7 +30,7 @@ from ingest_service.pipeline.event_identity import (
 from ingest_service.pipeline.parse import Rejected
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
-from tests.helpers import count, mosquitto_pub, rows, wait_behind_marker, wait_for, write_registry
+from tests.helpers import count, mosquitto_pub, rows, wait_behind_marker, write_registry
 
 EVENTS = "farm/v1/drip-1/dev-1/event"
 TELEMETRY = "farm/v1/drip-1/dev-1/telemetry"
