@@ -80,12 +80,16 @@ def main() -> None:
                 registry_dir=write_registry(root / "registry", fleet(args.devices)),
                 batch_interval_s=0.05,
             )
-            for label in ("plain time rule", "by identity, new", "by identity, resent"):
+            runs = ("plain time rule", "by identity, new", "by identity, resent",
+                    "share group (ask each)")
+            for label in runs:
                 if label != "by identity, resent":
                     influxd.query("DROP DATABASE farm")
                     influxd.query("CREATE DATABASE farm")
                     query = InfluxQL(settings)
-                    index = EventIndex(InfluxEventLookup(query))
+                    lookup = InfluxEventLookup(query)
+                    index = EventIndex(lookup, load_device=lookup.device,
+                                       trust_memory=label != "share group (ask each)")
                 seconds = run(settings, batch, None if label == "plain time rule" else index)
                 print(f"{label:22} {len(batch) / seconds:8.0f} events/s "
                       f"({seconds * 1e6 / len(batch):.0f} µs/event, {index.lookups} look-ups)")

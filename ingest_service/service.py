@@ -36,8 +36,9 @@ class IngestService:
         self.query = InfluxQL(settings)
         # Events are placed by (device, seq); with a share group another worker may
         # store a version meanwhile, so every event asks InfluxDB (docs/contract.md §10).
+        lookup = InfluxEventLookup(self.query)
         self.events = EventIndex(
-            InfluxEventLookup(self.query), trust_memory=settings.mqtt_share_group is None
+            lookup, load_device=lookup.device, trust_memory=settings.mqtt_share_group is None
         )
         self.enricher = Enricher(
             self.state.registry.get,

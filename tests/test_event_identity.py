@@ -93,15 +93,21 @@ def _ago(days: float) -> datetime:
     return (datetime.now(UTC) - timedelta(days=days)).replace(microsecond=0)
 
 
-@pytest.fixture
-def ingest(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd) -> Iterator[Ingest]:
+@pytest.fixture(params=[None, "workers"], ids=["alone", "share-group"])
+def ingest(
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd
+) -> Iterator[Ingest]:
+    """Alone, a worker loads a device's events once and trusts its memory; in a share
+    group it asks InfluxDB for every event (the other look-up path)."""
     settings = Settings(
         mqtt_url=mosquitto.url, influx_url=influxd.url, influx_api="v1",
         registry_dir=write_registry(tmp_path / "registry"), mqtt_client_id="ingest-identity",
-        batch_interval_s=0.05,
+        batch_interval_s=0.05, mqtt_share_group=request.param,
     )
     running = Ingest(settings, mosquitto, influxd)
     yield running
+    assert running.service.events.unchecked == 0
+    assert running.service.events.lookups > 0
     running.service.stop()
 
 

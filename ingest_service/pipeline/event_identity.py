@@ -86,6 +86,8 @@ class Found:
 
 EventLookup = Callable[[str, int, int], Found]
 """(device_id, seq, slot_ns) → :class:`Found`; raises :class:`QueryError` on trouble."""
+DeviceLoad = Callable[[str], dict[int, StoredVersion]]
+"""device_id → every stored event of the device by ``seq``; :class:`QueryError` on trouble."""
 
 
 def _own(tags: dict[str, str]) -> tuple[str, ...]:
@@ -158,6 +160,28 @@ class InfluxEventLookup:
                 taken.add(time_ns)
         return Found(stored, frozenset(taken))
 
+    def device(self, device_id: str) -> dict[int, StoredVersion]:
+        """Every stored event of the device (:data:`DeviceLoad`): one request, then memory."""
+        q = (
+            f"SELECT * FROM {quote_ident(schema.EVENT)} "
+            f"WHERE {quote_ident('device_id')} = {quote_literal(device_id)} GROUP BY *"
+        )
+        try:
+            series = self._query.query(q, epoch="ns")
+        except QueryError as exc:
+            if "database not found" in str(exc):
+                return {}
+            raise
+        found: dict[int, StoredVersion] = {}
+        for tags, row in _series_rows(series):
+            seq, time_ns = row.get("seq"), int(row["time"])  # type: ignore[call-overload]
+            if type(seq) is not int:
+                continue
+            known = found.get(seq)
+            if known is None or time_ns < known.time_ns:  # the original: the earliest
+                found[seq] = StoredVersion(time_ns, tags, _stored_fields(row))
+        return found
+
 
 def _cost(device_id: str, version: StoredVersion) -> int:
     """About what one entry takes: its strings (~100 bytes a tag or field) and the rest."""
@@ -186,10 +210,14 @@ class EventIndex:
         self,
         lookup: EventLookup,
         *,
+        load_device: DeviceLoad | None = None,
         trust_memory: bool = True,
         max_bytes: int = INDEX_BYTES,
     ) -> None:
         self._lookup = lookup
+        self._load_device = load_device
+        self._complete: set[str] = set()
+        """Devices whose every stored event is in memory: a miss there means "not stored"."""
         self._trust_memory = trust_memory
         self.max_bytes = max_bytes
         self.size = 0
@@ -198,6 +226,8 @@ class EventIndex:
         self._lock = threading.Lock()
         self._clock = _RisingClock()
         self.lookups = 0
+        self.emptied = 0
+        """How many times the index was emptied to stay within ``max_bytes``."""
         self.unchecked = 0
         """Events placed without InfluxDB's answer (it failed): stored by the plain rule."""
 
@@ -214,10 +244,41 @@ class EventIndex:
         if self.size + cost > self.max_bytes:
             self._by_seq.clear()
             self._by_time.clear()
+            self._complete.clear()
             self.size = 0
+            self.emptied += 1
         self._by_seq[key] = version
         self._by_time[(device_id, version.time_ns)] = seq
         self.size += cost
+
+    def _complete_device(self, device_id: str) -> bool:
+        """Whether all the device's events are in memory, loading them on first sight.
+
+        One request per device instead of one per event (a back-fill of a year's events
+        would otherwise ask InfluxDB for each). A device too big for a quarter of the
+        index, or an InfluxDB failure, leaves the per-event look-up to answer.
+        """
+        if device_id in self._complete:
+            return True
+        if self._load_device is None or not self._trust_memory:
+            return False
+        self.lookups += 1
+        try:
+            stored = self._load_device(device_id)
+        except QueryError as exc:
+            log.warning("cannot read the events of %s from InfluxDB: %s", device_id, exc)
+            return False
+        if sum(_cost(device_id, v) for v in stored.values()) > self.max_bytes // 4:
+            return False
+        emptied = self.emptied
+        for seq, version in stored.items():
+            mine = self._by_seq.get((device_id, seq))
+            if mine is None or version.received_ms >= mine.received_ms:
+                self._remember(device_id, seq, version)
+        if self.emptied != emptied:  # emptied to make room meanwhile: part of it is gone
+            return False
+        self._complete.add(device_id)
+        return True
 
     def _found(self, device_id: str, seq: int, slot_ns: int) -> Found | None:
         self.lookups += 1
@@ -249,7 +310,9 @@ class EventIndex:
             key = (device_id, seq)
             stored = self._by_seq.get(key)
             found = None
-            if stored is None or not self._trust_memory:
+            if stored is None and self._complete_device(device_id):
+                stored = self._by_seq.get(key)  # all of the device is in memory now
+            elif stored is None or not self._trust_memory:
                 found = self._found(device_id, seq, slot_ns)
                 theirs = found.stored if found is not None else None
                 if theirs is not None and (
