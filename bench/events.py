@@ -1,7 +1,8 @@
 """Events per second through the pipeline, with and without event identity (issue 12).
 
 ``python -m bench.events [--events N] [--devices D]``: a real InfluxDB on a free
-loopback port; the same events (film events of drip devices, distinct seqs) go through
+loopback port (the database created by ingest's writer: 52-week shards); the same
+events (film events of drip devices, distinct seqs) go through
 the production pipeline (parse → enrich → write → ack, :class:`Pipeline` with its two
 threads), first placed by the plain time rule, then by identity
 (:class:`~ingest_service.pipeline.event_identity.EventIndex`: one InfluxDB look-up per
@@ -84,8 +85,7 @@ def main() -> None:
                     "share group (ask each)")
             for label in runs:
                 if label != "by identity, resent":
-                    influxd.query("DROP DATABASE farm")
-                    influxd.query("CREATE DATABASE farm")
+                    influxd.query("DROP DATABASE farm")  # the writer creates it, as ingest does
                     query = InfluxQL(settings)
                     lookup = InfluxEventLookup(query)
                     index = EventIndex(lookup, load_device=lookup.device,

@@ -137,17 +137,24 @@ class InfluxEventLookup:
     def __call__(self, device_id: str, seq: int, slot_ns: int) -> Found:
         event = quote_ident(schema.EVENT)
         device = f"{quote_ident('device_id')} = {quote_literal(device_id)}"
+        by_seq = f"SELECT * FROM {event} WHERE {device} AND {quote_ident('seq')} = {int(seq)} "
         q = (
-            f"SELECT * FROM {event} WHERE {device} AND {quote_ident('seq')} = {int(seq)} "
-            "GROUP BY *; "
-            f"SELECT * FROM {event} WHERE {device} "
+            f"{by_seq} GROUP BY *; SELECT * FROM {event} WHERE {device} "
             f"AND time >= {int(slot_ns)} AND time < {int(slot_ns) + _MS} GROUP BY *"
         )
         try:
             series = self._query.query(q, epoch="ns")
         except QueryError as exc:
-            if "database not found" in str(exc):  # nothing written yet
-                return Found(None, frozenset())
+            if "not executed" not in str(exc):
+                raise
+            # InfluxDB 1.x answers a missing database to two statements with only this
+            # "not executed"; one statement names the problem.
+            try:
+                self._query.query(by_seq + "LIMIT 1", epoch="ns")
+            except QueryError as again:
+                if "database not found" in str(again):  # nothing written yet
+                    return Found(None, frozenset())
+                raise
             raise
         stored: StoredVersion | None = None
         taken: set[int] = set()
