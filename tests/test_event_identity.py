@@ -182,7 +182,9 @@ def test_a_correction_counts_and_keeps_its_trail(ingest: Ingest) -> None:
     # each version was received, then replaced when its successor arrived
     assert first["received_at"] <= first["replaced_at"] <= second["received_at"]
     assert second["received_at"] <= second["replaced_at"] <= history["current"][0]["received_at"]
-    assert client.get("/api/v1/devices/dev-1/events/10").status_code == 404
+    nothing = client.get("/api/v1/devices/dev-1/events/10")
+    assert nothing.status_code == 200
+    assert nothing.json()["current"] == nothing.json()["versions"] == []
 
     # the same values once more: idempotent, no new version, nothing added
     ingest.send(9, when + timedelta(hours=2), "film_recovered", mass_t=6.5)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, Path, Query
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from farm_contract import schema
@@ -175,8 +175,8 @@ class EventHistory(BaseModel):
     device_id: str
     seq: int
     current: list[EventVersion] = Field(
-        description="the stored event that counts (one; several only for events stored "
-        "before ingest placed events by identity)"
+        description="the stored event that counts: one; none when nothing is stored; several "
+        "only for events stored before ingest placed events by identity"
     )
     versions: list[EventVersion] = Field(description="earlier versions, oldest first")
 
@@ -202,10 +202,7 @@ def _received(row: dict[str, Any]) -> datetime | None:
     "/api/v1/devices/{device_id}/events/{seq}",
     summary="One event by device and seq: the version that counts and the ones it replaced",
     response_model=EventHistory,
-    responses={
-        404: {"model": ErrorMessage, "description": "no such event stored"},
-        503: {"model": ErrorMessage, "description": "InfluxDB failed"},
-    },
+    responses={503: {"model": ErrorMessage, "description": "InfluxDB failed"}},
 )
 def event_history(
     query: QueryDep,
@@ -215,10 +212,6 @@ def event_history(
     current_q, versions_q = event_history_query(device_id, seq)
     current = sorted(_rows_with_tags(query(current_q)), key=lambda row: row["time"])
     versions = sorted(_rows_with_tags(query(versions_q)), key=lambda row: row["time"])
-    if not current and not versions:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"no event with seq {seq} of device {device_id} is stored"
-        )
     event_ms = current[0]["time"] if current else None
     return EventHistory(
         device_id=device_id,
