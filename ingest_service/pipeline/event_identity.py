@@ -18,11 +18,14 @@ this (device, seq):
   the device reused a ``seq`` (a restart that lost its counter): rejected ``seq_reused``;
   the stored event is untouched.
 
-What is stored is learnt from InfluxDB on a miss (:class:`InfluxEventLookup`, one
-round trip) and kept in a small index, bounded in bytes like the input's topic cache
+What is stored is learnt from InfluxDB (:class:`InfluxEventLookup`) and kept in an
+index bounded in bytes like the input's topic cache
 (:class:`~ingest_service.inputs.mqtt_wire.TopicCache`): when full it is emptied and
-refilled from InfluxDB. The index also remembers what this process placed but has not
-written yet, so two events in one batch cannot take the same slot either.
+refilled from InfluxDB. A worker alone reads a device's events once, on its first event
+(one request), and answers from memory after; in a share group every event asks
+InfluxDB (one request of two statements), since another worker may have stored a
+version. The index also remembers what this process placed but has not written yet, so
+two events in one batch cannot take the same slot either.
 """
 
 from __future__ import annotations
