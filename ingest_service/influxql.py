@@ -116,10 +116,13 @@ class InfluxQL:
             base_url=settings.influx_url, headers=headers, auth=auth, timeout=timeout_s
         )
 
-    def query(self, q: str) -> list[Series]:
-        """Run one InfluxQL statement (or several; their series are concatenated)."""
+    def query(self, q: str, epoch: str = "ms") -> list[Series]:
+        """Run one InfluxQL statement (or several; their series are concatenated).
+
+        Times come as integers in ``epoch`` units (``ms``; ``ns`` to tell points apart).
+        """
         try:
-            response = self._http.post("/query", data={"db": self.database, "q": q, "epoch": "ms"})
+            response = self._http.post("/query", data={"db": self.database, "q": q, "epoch": epoch})
         except httpx.HTTPError as exc:
             raise QueryError(f"InfluxDB unreachable: {exc}") from None
         if response.status_code >= 300:

@@ -15,6 +15,7 @@ from ingest_service.inputs.mqtt import MqttInput
 from ingest_service.outputs.influx import make_writer
 from ingest_service.pipeline.batcher import Pipeline
 from ingest_service.pipeline.enrich import Enricher
+from ingest_service.pipeline.event_identity import EventIndex, InfluxEventLookup
 from ingest_service.settings import Settings
 from ingest_service.site_points import write_site_points
 from ingest_service.state import RegistryHolder, ServiceState
@@ -33,12 +34,19 @@ class IngestService:
         self.writer = make_writer(settings)
         self.late_marks = LateEventMarker(self.writer, settings.tz, settings.mqtt_client_id)
         self.query = InfluxQL(settings)
+        # Events are placed by (device, seq); with a share group another worker may
+        # store a version meanwhile, so every event asks InfluxDB (docs/contract.md §10).
+        lookup = InfluxEventLookup(self.query)
+        self.events = EventIndex(
+            lookup, load_device=lookup.device, trust_memory=settings.mqtt_share_group is None
+        )
         self.enricher = Enricher(
             self.state.registry.get,
             settings,
             self._last_counter,
             self.state.registry.refresh,
             self._last_reset,
+            events=self.events,
         )
         self.pipeline = Pipeline(
             settings, self.enricher, self.writer, self.state.stats, self.late_marks.stored

@@ -105,7 +105,7 @@ def _get_routes(client: TestClient) -> list[str]:
     return sorted(path for path, ops in spec["paths"].items() if "get" in ops)
 
 
-PATH_VALUES = {"{device_id}": "d1-dev", "{year}": "2025"}
+PATH_VALUES = {"{device_id}": "d1-dev", "{year}": "2025", "{seq}": "1"}
 """A real value for each path parameter, so a templated route is called, not refused (422)."""
 
 
@@ -254,7 +254,8 @@ def test_a_stopped_influxdb_is_503_with_a_one_line_message(
     assert client.get("/api/v1/indicators", params={"year": "2025"}).status_code == 200
     server.stop()
     queried = ["/api/v1/indicators", "/api/v1/rejections", "/api/v1/report",
-               "/api/v1/devices/d1-dev/latest", "/api/v1/years", "/api/v1/years/2025"]
+               "/api/v1/devices/d1-dev/latest", "/api/v1/years", "/api/v1/years/2025",
+               "/api/v1/devices/d1-dev/events/1"]
     for path in queried:
         for fmt in ({}, {"format": "csv"}):
             response = client.get(path, params={**_params(path), **fmt})

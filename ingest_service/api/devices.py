@@ -1,4 +1,5 @@
 """``GET /api/v1/devices/{device_id}/latest``: did it arrive? A device's newest data.
+``GET /api/v1/devices/{device_id}/events/{seq}``: one event, as it counts, and its history.
 
 The question after a first ``mosquitto_pub`` or a new sensor in the field: what of
 this device is stored, and what was refused and why. Readings and events come from
@@ -19,16 +20,20 @@ from fastapi import APIRouter, Path, Query
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from farm_contract import schema
+from farm_contract.payloads import SEQ_MAX
 from farm_contract.topics import ID_PATTERN
 from ingest_service.api.deps import QueryDep, StateDep, reads
 from ingest_service.api.errors import ErrorMessage, influx_time
 from ingest_service.influxql import Series, quote_ident, quote_literal, time_literal
+from ingest_service.pipeline.event_identity import EVENT_VERSION, RECEIVED_FIELD
 
 router = APIRouter(tags=["devices"], dependencies=[reads])
 
 Since = Annotated[AwareDatetime, AfterValidator(influx_time)]
 
-_NOT_VALUES = frozenset({"time", "seq", *schema.TELEMETRY_TAGS, *schema.EVENT_OWN_TAGS})
+_NOT_VALUES = frozenset(
+    {"time", "seq", RECEIVED_FIELD, *schema.TELEMETRY_TAGS, *schema.EVENT_OWN_TAGS}
+)
 
 
 class StoredReading(BaseModel):
@@ -155,3 +160,87 @@ def device_latest(
             for row in rejections
         ],
     )
+
+
+class EventVersion(BaseModel):
+    ts: datetime = Field(description="the event's stored time (the original's, for every version)")
+    type: str | None
+    tags: dict[str, str] = Field(description="use, crop, facility or metric, where present")
+    fields: dict[str, Any] = Field(description="mass_t, grain_t, area_mu, … of this version")
+    received_at: datetime | None = Field(description="when ingest received this version")
+    replaced_at: datetime | None = Field(description="when a correction replaced it; null: current")
+
+
+class EventHistory(BaseModel):
+    device_id: str
+    seq: int
+    current: list[EventVersion] = Field(
+        description="the stored event that counts: one; none when nothing is stored; several "
+        "only for events stored before ingest placed events by identity"
+    )
+    versions: list[EventVersion] = Field(description="earlier versions, oldest first")
+
+
+def event_history_query(device_id: str, seq: int) -> tuple[str, str]:
+    """InfluxQL for one event's stored point(s) and its replaced versions."""
+    where = (
+        f"WHERE {quote_ident('device_id')} = {quote_literal(device_id)} "
+        f"AND {quote_ident('seq')} = {int(seq)}"
+    )
+    return (
+        f"SELECT * FROM {quote_ident(schema.EVENT)} {where} GROUP BY *",
+        f"SELECT * FROM {quote_ident(EVENT_VERSION)} {where} GROUP BY *",
+    )
+
+
+def _received(row: dict[str, Any]) -> datetime | None:
+    value = row.get(RECEIVED_FIELD)
+    return _when(value) if isinstance(value, int) and value > 0 else None
+
+
+@router.get(
+    "/api/v1/devices/{device_id}/events/{seq}",
+    summary="One event by device and seq: the version that counts and the ones it replaced",
+    response_model=EventHistory,
+    responses={503: {"model": ErrorMessage, "description": "InfluxDB failed"}},
+)
+def event_history(
+    query: QueryDep,
+    device_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    seq: Annotated[int, Path(ge=0, le=SEQ_MAX)],
+) -> EventHistory:
+    current_q, versions_q = event_history_query(device_id, seq)
+    current = sorted(_rows_with_tags(query(current_q)), key=lambda row: row["time"])
+    versions = sorted(_rows_with_tags(query(versions_q)), key=lambda row: row["time"])
+    event_ms = current[0]["time"] if current else None
+    return EventHistory(
+        device_id=device_id,
+        seq=seq,
+        current=[
+            EventVersion(
+                ts=_when(row["time"]), type=row.get("type"),
+                tags={k: row[k] for k in schema.EVENT_OWN_TAGS if k != "type" and row.get(k)},
+                fields=_values(row), received_at=_received(row), replaced_at=None,
+            )
+            for row in current
+        ],
+        versions=[
+            EventVersion(
+                ts=_when(row["event_ns"] // 1_000_000 if "event_ns" in row else event_ms or 0),
+                type=row.get("type"),
+                tags={k: current[0][k] for k in schema.EVENT_OWN_TAGS
+                      if k != "type" and current and current[0].get(k)},
+                fields={k: v for k, v in _values(row).items() if k != "event_ns"},
+                received_at=_received(row), replaced_at=_when(row["time"]),
+            )
+            for row in versions
+        ],
+    )
+
+
+def _rows_with_tags(series: list[Series]) -> list[dict[str, Any]]:
+    return [row for one in series for row in one.rows()]
+
+
+def _values(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in _NOT_VALUES and v is not None and v != ""}

@@ -45,6 +45,7 @@ from ingest_service.model import (
     printable,
 )
 from ingest_service.outputs.lineprotocol import escape_tag, series_key
+from ingest_service.pipeline.event_identity import EventIndex
 from ingest_service.pipeline.parse import Parsed, Rejected
 from ingest_service.settings import Settings
 
@@ -164,8 +165,11 @@ class Enricher:
         counter_lookup: CounterLookup | None = None,
         refresh: Callable[[], Registry] | None = None,
         reset_lookup: ResetLookup | None = None,
+        events: EventIndex | None = None,
     ) -> None:
         self._registry = registry
+        self._events = events
+        """Event identity by (device, seq) (:mod:`.event_identity`); None: the plain time rule."""
         self._refresh = refresh
         self._future = timedelta(seconds=settings.max_future_skew_s)
         self._earliest = parse_ts(settings.earliest_ts)
@@ -533,7 +537,19 @@ class Enricher:
             }
             fields["seq"] = event.seq
             time_ns = point_time_ns(event.ts, event.seq)
-            points.append(Point(schema.EVENT, event_tags, fields, time_ns))
+            if self._events is None:
+                points.append(Point(schema.EVENT, event_tags, fields, time_ns))
+            else:
+                try:
+                    stored = self._events.place(
+                        device.device_id, event.seq, time_ns, event_tags, fields,
+                        inbound.received_ns,
+                    )
+                except Rejected as refused:
+                    reject(refused.reason, refused.detail)
+                    continue
+                points.extend(stored)
+                time_ns = stored[-1].time_ns
             if event.type is EventType.COUNTER_RESET and event.metric is not None:
                 self._note_reset(device.device_id, event.metric, time_ns)
 
