@@ -73,9 +73,9 @@ def dry_sites(box: Box) -> Json:
                for r, ref in zip(COUNTY_RESOLUTIONS, "AB", strict=True)]
     return scaled(timeseries(
         "Dry sites / 缺水站点数", box, targets, unit="short", bars=True, stacked=True,
-        description="With every site chosen: per county, the most sites at once whose mean "
-                    f"soil moisture was below {BELOW['soil_moisture_vwc']:.2f} in an hour "
-                    "(ranges up to 60 days) or a day (longer). Empty when one site is chosen."))
+        description="Per county (whatever site is chosen): the most sites at once whose "
+                    f"mean soil moisture was below {BELOW['soil_moisture_vwc']:.2f} in an hour "
+                    "(ranges up to 60 days) or a day (longer)."))
 
 
 def water_vs_quota(box: Box) -> Json:
