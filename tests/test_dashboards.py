@@ -31,13 +31,13 @@ from dashboards.panel_queries import (
     variable_queries,
 )
 from devstack.servers import Influxd
+from farm_contract import schema
+from farm_contract.indicators import TARGETS, IndicatorId
+from farm_contract.schema import SITE as SITE_MEASUREMENT
 from ingest_service.influxql import InfluxQL
 from ingest_service.outputs.influx import make_writer
 from ingest_service.settings import Settings
 from ingest_service.telemetry.rollups import TelemetryRollups
-from farm_contract import schema
-from farm_contract.indicators import TARGETS, IndicatorId
-from farm_contract.schema import SITE as SITE_MEASUREMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_DIR = ROOT / "dashboards" / "json"
