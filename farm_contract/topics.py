@@ -77,7 +77,11 @@ def ingest_filters(prefix: str, chirpstack: bool = True) -> list[str]:
 
 
 def device_acl_patterns(prefix: str) -> list[str]:
-    """Mosquitto ACL patterns: a device may write exactly its own (``%u``) contract topics."""
+    """Mosquitto ACL patterns: a device may write exactly its own (``%u``) contract topics.
+
+    ``broker/acl`` is the file the broker reads; tests/test_broker_config.py checks
+    that its patterns are these, so the ACL cannot drift from the topics above.
+    """
     return [f"{prefix}/v1/+/%u/{kind.value}" for kind in MessageKind]
 
 

@@ -48,7 +48,7 @@ def run(settings: Settings) -> int:
         print(f"ingest_service: {exc}", file=sys.stderr)
         return 2
     app = create_app(service.state, service.engine)
-    # Everything loaded so far (FastAPI, pydantic, paho, the registry: some 100 MiB of
+    # Everything loaded so far (FastAPI, pydantic, the registry: some 100 MiB of
     # objects) lives as long as the process. Out of the collector's sight, the full
     # collections that ingest's per-message garbage triggers no longer walk it:
     # ~30 % less CPU per message in the pipeline (docs/performance.md).

@@ -1,13 +1,13 @@
 """``GET /metrics``: the service's counters in Prometheus text format.
 
-The pipeline keeps plain counters in :class:`~ingest_service.state.Stats`; a
-collector reads them at scrape time, so the hot path never touches
+The pipeline records what happened in :class:`~ingest_service.state.Stats`; a
+collector reads a snapshot of it at scrape time, so the hot path never touches
 prometheus_client and each service instance has its own registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -30,43 +30,39 @@ class StatsCollector(Collector):
         self._state = state
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._state.stats
-        with stats._lock:
-            received = stats.received
-            stored_messages = stats.stored_messages
-            stored_points = stats.stored_points
-            rejected = dict(stats.rejected)
-            batches = stats.batches
-            write_errors = stats.write_errors
-            batch_seconds = stats.last_batch_seconds
-            batch_seconds_sum = stats.batch_seconds_sum
-            per_bucket = list(stats.batch_seconds_buckets)
-            backlog = stats.backlog
+        stats = self._state.stats.snapshot()
         yield CounterMetricFamily(
-            "farm_messages_received", "MQTT messages taken in by the pipeline", value=received
+            "farm_messages_received", "MQTT messages taken in by the pipeline",
+            value=stats.received,
         )
         yield CounterMetricFamily(
-            "farm_messages_stored", "Messages with at least one point stored", value=stored_messages
+            "farm_messages_stored", "Messages with at least one point stored",
+            value=stats.stored_messages,
         )
         yield CounterMetricFamily(
-            "farm_points_stored", "Points written to InfluxDB", value=stored_points
+            "farm_points_stored", "Points written to InfluxDB", value=stats.stored_points
         )
         family = CounterMetricFamily(
             "farm_rejections", "Rejected messages, readings or records", labels=["reason"]
         )
-        for reason, count in sorted(rejected.items()):
+        for reason, count in sorted(stats.rejected.items()):
             family.add_metric([reason], count)
         yield family
-        yield CounterMetricFamily("farm_batches", "Batches written and acknowledged", value=batches)
-        yield batch_histogram(per_bucket, batch_seconds_sum)
+        yield CounterMetricFamily(
+            "farm_batches", "Batches written and acknowledged", value=stats.batches
+        )
+        yield batch_histogram(stats.batch_seconds_buckets, stats.batch_seconds_sum)
         yield GaugeMetricFamily(
-            "farm_last_batch_seconds", "Time the last batch took, parse to ack", value=batch_seconds
+            "farm_last_batch_seconds", "Time the last batch took, parse to ack",
+            value=stats.last_batch_seconds,
         )
         yield CounterMetricFamily(
-            "farm_influx_write_errors", "Failed InfluxDB writes (each retried)", value=write_errors
+            "farm_influx_write_errors", "Failed InfluxDB writes (each retried)",
+            value=stats.write_errors,
         )
         yield GaugeMetricFamily(
-            "farm_backlog_messages", "Messages received and waiting for the pipeline", value=backlog
+            "farm_backlog_messages", "Messages received and waiting for the pipeline",
+            value=stats.backlog,
         )
         yield GaugeMetricFamily(
             "farm_mqtt_connected", "1 while connected to the broker",
@@ -85,7 +81,7 @@ class StatsCollector(Collector):
         yield events
 
 
-def batch_histogram(per_bucket: list[int], total_seconds: float) -> HistogramMetricFamily:
+def batch_histogram(per_bucket: Sequence[int], total_seconds: float) -> HistogramMetricFamily:
     """``farm_batch_seconds``: how long batches take from parse to ack, as a histogram.
 
     Its ``_sum`` and ``_count`` replace the former counter of the same name; the buckets

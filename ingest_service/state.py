@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from farm_contract.registry import DEVICES_FILE, SITES_FILE, Registry, RegistryError
 from ingest_service.settings import Settings
@@ -21,41 +23,125 @@ BATCH_SECONDS_BUCKETS: tuple[float, ...] = (
 """Upper bounds of the batch-latency histogram (parse to ack), in seconds."""
 
 
-def _buckets() -> list[int]:
-    return [0] * (len(BATCH_SECONDS_BUCKETS) + 1)
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """The counters at one instant, for readers (``/metrics``, ``/api/v1/stats``, tests)."""
 
-
-@dataclass
-class Stats:
-    """Counters since start. Updated by the pipeline thread, read by the API."""
-
-    received: int = 0
-    stored_messages: int = 0
-    stored_points: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    batches: int = 0
-    write_errors: int = 0
-    last_batch_seconds: float = 0.0
-    batch_seconds_sum: float = 0.0
-    batch_seconds_buckets: list[int] = field(default_factory=_buckets)
+    received: int
+    stored_messages: int
+    stored_points: int
+    rejected: Mapping[str, int]
+    """Rejected messages, readings or records by reason (a read-only copy)."""
+    batches: int
+    write_errors: int
+    last_batch_seconds: float
+    batch_seconds_sum: float
+    batch_seconds_buckets: tuple[int, ...]
     """Batches per latency bucket (not cumulative; the last one is above every bound)."""
-    backlog: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    backlog: int
 
-    def snapshot(self) -> dict[str, object]:
+    def as_json(self) -> dict[str, object]:
+        """The body of ``GET /api/v1/stats`` (contract §7)."""
+        return {
+            "received": self.received,
+            "stored_messages": self.stored_messages,
+            "stored_points": self.stored_points,
+            "rejected": dict(self.rejected),
+            "rejected_total": sum(self.rejected.values()),
+            "batches": self.batches,
+            "write_errors": self.write_errors,
+            "last_batch_seconds": self.last_batch_seconds,
+            "batch_seconds_sum": self.batch_seconds_sum,
+            "backlog": self.backlog,
+        }
+
+
+class Stats:
+    """Counters since start: the pipeline says what happened, readers take a snapshot.
+
+    One lock acquisition per batch (:meth:`record_batch`), as the hot path can afford;
+    the backlog is a gauge written whole, so it takes none.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._received = 0
+        self._stored_messages = 0
+        self._stored_points = 0
+        self._rejected: Counter[str] = Counter()
+        self._batches = 0
+        self._write_errors = 0
+        self._last_batch_seconds = 0.0
+        self._batch_seconds_sum = 0.0
+        self._batch_seconds_buckets = [0] * (len(BATCH_SECONDS_BUCKETS) + 1)
+        self._backlog = 0
+
+    def record_batch(
+        self,
+        *,
+        received: int,
+        stored_messages: int,
+        stored_points: int,
+        rejected: Iterable[str],
+        seconds: float,
+    ) -> None:
+        """A batch was written and acknowledged: ``rejected`` holds one reason per rejection."""
+        bucket = bisect.bisect_left(BATCH_SECONDS_BUCKETS, seconds)
         with self._lock:
-            return {
-                "received": self.received,
-                "stored_messages": self.stored_messages,
-                "stored_points": self.stored_points,
-                "rejected": dict(self.rejected),
-                "rejected_total": sum(self.rejected.values()),
-                "batches": self.batches,
-                "write_errors": self.write_errors,
-                "last_batch_seconds": self.last_batch_seconds,
-                "batch_seconds_sum": self.batch_seconds_sum,
-                "backlog": self.backlog,
-            }
+            self._received += received
+            self._stored_messages += stored_messages
+            self._stored_points += stored_points
+            self._rejected.update(rejected)
+            self._batches += 1
+            self._last_batch_seconds = seconds
+            self._batch_seconds_sum += seconds
+            self._batch_seconds_buckets[bucket] += 1
+
+    def record_write_error(self) -> None:
+        """An InfluxDB write failed (it is retried)."""
+        with self._lock:
+            self._write_errors += 1
+
+    def record_backlog(self, messages: int) -> None:
+        """Messages received and not yet acknowledged (queued or in the batch in hand)."""
+        self._backlog = messages
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._lock:
+            return StatsSnapshot(
+                received=self._received,
+                stored_messages=self._stored_messages,
+                stored_points=self._stored_points,
+                rejected=MappingProxyType(dict(self._rejected)),
+                batches=self._batches,
+                write_errors=self._write_errors,
+                last_batch_seconds=self._last_batch_seconds,
+                batch_seconds_sum=self._batch_seconds_sum,
+                batch_seconds_buckets=tuple(self._batch_seconds_buckets),
+                backlog=self._backlog,
+            )
+
+    # Single counters, for a reader that waits on one (tests, benchmarks).
+
+    @property
+    def received(self) -> int:
+        return self._received
+
+    @property
+    def stored_messages(self) -> int:
+        return self._stored_messages
+
+    @property
+    def stored_points(self) -> int:
+        return self._stored_points
+
+    @property
+    def write_errors(self) -> int:
+        return self._write_errors
+
+    @property
+    def rejected(self) -> Mapping[str, int]:
+        return self.snapshot().rejected
 
 
 class RegistryHolder:

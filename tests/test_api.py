@@ -13,8 +13,10 @@ from pydantic import SecretStr
 
 from devstack.servers import Influxd, free_port
 from farm_contract.registry import Registry
-from ingest_service.api.app import create_app, parse_multipart, wants_csv
+from ingest_service.api.app import create_app
+from ingest_service.api.indicators import wants_csv
 from ingest_service.api.security import UnsafeListenError, check_listen_allowed, is_loopback
+from ingest_service.api.upload import parse_multipart
 from ingest_service.indicators.engine import IndicatorEngine
 from ingest_service.influxql import InfluxQL
 from ingest_service.model import Point

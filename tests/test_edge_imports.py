@@ -23,7 +23,8 @@ def test_edge_does_not_load_the_ingest_settings() -> None:
 
 def test_the_settings_still_offer_the_url_parser() -> None:
     """``ingest_service.settings`` keeps the names it had: the move broke no importer."""
-    from farm_contract import mqtt_url, settings
+    from farm_contract import mqtt_url
+    from ingest_service import settings
 
     assert settings.parse_mqtt_url is mqtt_url.parse_mqtt_url
     assert settings.MqttEndpoint is mqtt_url.MqttEndpoint

@@ -89,12 +89,19 @@ def test_write_dir_round_trips(tmp_path: Path) -> None:
     assert Registry.from_dir(tmp_path) == registry
 
 
-def test_ingest_does_not_import_pandas_or_influxdb_client() -> None:
+def test_ingest_does_not_import_influxdb_client_unless_asked() -> None:
+    """The v2 client (~30 MiB) loads only with ``FARM_INFLUX_API=v2`` (docs/performance.md).
+
+    pandas went from the dependencies (tests/test_dependencies.py), so only the
+    client, installed and importable, is left to check here.
+    """
+    import importlib.util
     import subprocess
 
+    assert importlib.util.find_spec("influxdb_client") is not None, "the check would be vacuous"
     code = (
         "import sys, ingest_service.service, farm_contract.registry, ingest_service.api.app;"
-        "print(sorted(m for m in ('pandas', 'influxdb_client') if m in sys.modules))"
+        "print('influxdb_client' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "False"

@@ -15,7 +15,7 @@ from openpyxl import load_workbook
 
 from farm_contract.indicators import IndicatorId, IndicatorValue
 from farm_contract.payloads import EventType
-from ingest_service.api.app import indicators_csv
+from ingest_service.api.indicators import indicators_csv
 from ingest_service.report.build import LedgerEntry, Report, ledger_csv, summary_csv
 from ingest_service.report.excel import SHEETS, workbook_bytes
 from ingest_service.report.spreadsheet import FORMULA_STARTS, csv_cell, defuse

@@ -1,9 +1,8 @@
 """Admin endpoints of the HTTP API: ``POST /api/v1/devices`` provisions a device.
 
-A router of its own, included by :func:`ingest_service.api.app.create_app`, so the
-API module stays the readers' and this one holds what hands out credentials.
-Every call needs ``Authorization: Bearer $FARM_API_TOKEN``: ``create_app`` includes
-the router with the write check of :mod:`ingest_service.api.security`.
+A router of its own, so what hands out credentials sits apart from the readers.
+Every call needs ``Authorization: Bearer $FARM_API_TOKEN``: the router carries the
+write check of :mod:`ingest_service.api.deps`.
 """
 
 from __future__ import annotations
@@ -16,8 +15,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from farm_contract.topics import ID_PATTERN
+from ingest_service.api.deps import StateDep, writes
 from ingest_service.provision import Provisioned, ProvisionError, make_device, provision
 from ingest_service.state import ServiceState
+
+router = APIRouter(tags=["registry"], dependencies=[writes])
+_provision_lock = threading.Lock()
+"""One read-modify-write of the registry and the broker's password file at a time."""
 
 
 class DeviceRequest(BaseModel):
@@ -46,69 +50,61 @@ class ProvisionProblems(BaseModel):
     problems: list[str]
 
 
-def admin_router(state: ServiceState) -> APIRouter:
-    """The admin routes over the running service's state."""
-    router = APIRouter(tags=["registry"])
-    lock = threading.Lock()  # one read-modify-write of the registry at a time
-
-    def run(body: DeviceRequest) -> Provisioned:
-        settings = state.settings
-        if settings.broker_passwd_file is None:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                "provisioning is not configured: set FARM_BROKER_PASSWD_FILE "
-                "(and FARM_BROKER_PID_FILE so the broker reloads it)",
-            )
-        device = make_device(body.device_id, body.site_id, body.dev_eui, body.model)
-        with lock:
-            return provision(
-                state.registry.get(),
-                state.registry.replace,
-                settings.broker_passwd_file,
-                device,
-                password=body.password,
-                broker_pid_file=settings.broker_pid_file,
-            )
-
-    @router.post(
-        "/api/v1/devices",
-        summary="Provision a device: broker credentials and registry row (token needed)",
-        description=(
-            "Adds the device to the registry (or updates it) and sets its MQTT password "
-            "in the broker's password file, then signals the broker to reload. The "
-            "password is returned once and never stored in clear."
-        ),
-        response_model=DeviceCredentials,
-        status_code=status.HTTP_201_CREATED,
-        responses={
-            200: {"model": DeviceCredentials, "description": "an existing device was updated"},
-            422: {"model": ProvisionProblems, "description": "the device does not fit"},
-        },
-    )
-    async def provision_device(body: DeviceRequest) -> JSONResponse:
-        try:
-            done = await run_in_threadpool(run, body)
-        except ProvisionError as exc:
-            return JSONResponse(
-                ProvisionProblems(
-                    detail="device not provisioned", problems=exc.problems
-                ).model_dump(),
-                status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-            )
-        credentials = DeviceCredentials(
-            device_id=done.device.device_id,
-            site_id=done.device.site_id,
-            dev_eui=done.device.dev_eui,
-            model=done.device.model,
-            mqtt_username=done.device.device_id,
-            mqtt_password=done.password,
-            created=done.created,
-            broker_reloaded=done.broker_reloaded,
+def _provision(state: ServiceState, body: DeviceRequest) -> Provisioned:
+    settings = state.settings
+    if settings.broker_passwd_file is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "provisioning is not configured: set FARM_BROKER_PASSWD_FILE "
+            "(and FARM_BROKER_PID_FILE so the broker reloads it)",
         )
+    device = make_device(body.device_id, body.site_id, body.dev_eui, body.model)
+    with _provision_lock:
+        return provision(
+            state.registry.get(),
+            state.registry.replace,
+            settings.broker_passwd_file,
+            device,
+            password=body.password,
+            broker_pid_file=settings.broker_pid_file,
+        )
+
+
+@router.post(
+    "/api/v1/devices",
+    summary="Provision a device: broker credentials and registry row (token needed)",
+    description=(
+        "Adds the device to the registry (or updates it) and sets its MQTT password "
+        "in the broker's password file, then signals the broker to reload. The "
+        "password is returned once and never stored in clear."
+    ),
+    response_model=DeviceCredentials,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": DeviceCredentials, "description": "an existing device was updated"},
+        422: {"model": ProvisionProblems, "description": "the device does not fit"},
+    },
+)
+async def provision_device(state: StateDep, body: DeviceRequest) -> JSONResponse:
+    try:
+        done = await run_in_threadpool(_provision, state, body)
+    except ProvisionError as exc:
         return JSONResponse(
-            credentials.model_dump(),
-            status_code=status.HTTP_201_CREATED if done.created else status.HTTP_200_OK,
-            headers={"Cache-Control": "no-store"},
+            ProvisionProblems(detail="device not provisioned", problems=exc.problems).model_dump(),
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
-
-    return router
+    credentials = DeviceCredentials(
+        device_id=done.device.device_id,
+        site_id=done.device.site_id,
+        dev_eui=done.device.dev_eui,
+        model=done.device.model,
+        mqtt_username=done.device.device_id,
+        mqtt_password=done.password,
+        created=done.created,
+        broker_reloaded=done.broker_reloaded,
+    )
+    return JSONResponse(
+        credentials.model_dump(),
+        status_code=status.HTTP_201_CREATED if done.created else status.HTTP_200_OK,
+        headers={"Cache-Control": "no-store"},
+    )

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from farm_contract.indicators import IndicatorValue
 from ingest_service.influxql import QueryError
@@ -23,6 +24,10 @@ RETRY_AFTER_S = 10
 EARLIEST_TIME = datetime(1677, 9, 22, tzinfo=UTC)
 LATEST_TIME = datetime(2262, 4, 11, tzinfo=UTC)
 """InfluxDB's times are int64 nanoseconds since 1970: about 1677-09-21 to 2262-04-11."""
+
+
+class ErrorMessage(BaseModel):  # every error answer's body, for the OpenAPI document
+    detail: str
 
 
 class UnreportableAnswer(Exception):

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ingest_service.settings import Settings
@@ -106,18 +106,20 @@ _bearer = HTTPBearer(
 class BearerCheck:
     """The API's one bearer-token dependency; ``reads=True`` lets reads pass where open.
 
-    Settings are read per request (through ``settings``), so a changed token applies
-    at once; the token is compared in constant time.
+    Settings are read per request (``settings`` of the request), so a changed token
+    applies at once; the token is compared in constant time.
     """
 
-    def __init__(self, settings: Callable[[], Settings], *, reads: bool) -> None:
+    def __init__(self, settings: Callable[[Request], Settings], *, reads: bool) -> None:
         self._settings = settings
         self._reads = reads
 
     def __call__(
-        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        settings = self._settings()
+        settings = self._settings(request)
         if self._reads and reads_open(settings):
             return
         token = configured_token(settings)

@@ -179,7 +179,6 @@ class MqttInput:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
-        self._connection: Connection | None = None
         self._topics = wire.TopicCache()
         self._events: dict[str, int] = {}
 
@@ -256,7 +255,6 @@ class MqttInput:
             except ConnectFailed:
                 return  # stopped while waiting to reconnect
             connection = Connection(sock, self._wake)
-            self._connection = connection
             self._changed()
             log.info("connected to MQTT broker (session present: %s)", connack.session_present)
             since = time.monotonic()
@@ -290,7 +288,6 @@ class MqttInput:
             finally:
                 self._connected.clear()
                 connection.close()
-                self._connection = None
                 self._changed()
             if self._stop.is_set():
                 return

@@ -26,7 +26,6 @@ connection stops retrying for the same reason.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import queue
 import threading
@@ -52,7 +51,7 @@ from ingest_service.pipeline.chirpstack import parse_uplink
 from ingest_service.pipeline.enrich import Enricher
 from ingest_service.pipeline.parse import Parsed, Rejected, parse_device_message
 from ingest_service.settings import Settings
-from ingest_service.state import BATCH_SECONDS_BUCKETS, Stats
+from ingest_service.state import Stats
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ class Pipeline:
         with self._ready:
             self._queue.append(inbound)
             waiting = len(self._queue)
-            self._stats.backlog = waiting + self._in_hand
+            self._stats.record_backlog(waiting + self._in_hand)
             if waiting == 1 or waiting == self._settings.batch_size:
                 self._ready.notify()
 
@@ -180,7 +179,7 @@ class Pipeline:
             before = len(self._queue)
             self._queue.extend(inbounds)
             waiting = len(self._queue)
-            self._stats.backlog = waiting + self._in_hand
+            self._stats.record_backlog(waiting + self._in_hand)
             size = self._settings.batch_size
             if before == 0 or before < size <= waiting:
                 self._ready.notify()
@@ -191,7 +190,7 @@ class Pipeline:
             kept = [inbound for inbound in self._queue if not inbound.stale()]
             dropped = len(self._queue) - len(kept)
             self._queue = deque(kept)
-            self._stats.backlog = len(self._queue) + self._in_hand
+            self._stats.record_backlog(len(self._queue) + self._in_hand)
         if dropped:
             log.info("dropped %d queued messages of a lost connection (redelivered)", dropped)
 
@@ -236,13 +235,13 @@ class Pipeline:
                 self._ready.wait(timeout=remaining)
             batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
             self._in_hand += len(batch)
-            self._stats.backlog = len(self._queue) + self._in_hand
+            self._stats.record_backlog(len(self._queue) + self._in_hand)
         return batch
 
     def _release(self, count: int) -> None:
         with self._ready:
             self._in_hand -= count
-            self._stats.backlog = len(self._queue) + self._in_hand
+            self._stats.record_backlog(len(self._queue) + self._in_hand)
 
     def _run(self) -> None:
         """Collect and parse batches; hand each to the writer once it is free."""
@@ -330,20 +329,14 @@ class Pipeline:
         for item in outcomes:
             item.inbound.ack()
         seconds = time.monotonic() - job.started
-        with self._stats._lock:
-            self._stats.received += len(outcomes)
-            self._stats.batches += 1
-            self._stats.last_batch_seconds = seconds
-            self._stats.batch_seconds_sum += seconds
-            bucket = bisect.bisect_left(BATCH_SECONDS_BUCKETS, seconds)
-            self._stats.batch_seconds_buckets[bucket] += 1
-            for item in outcomes:
-                count = item.point_count
-                if count:
-                    self._stats.stored_messages += 1
-                self._stats.stored_points += count
-                for rejection in item.rejections:
-                    self._stats.rejected[rejection.reason] += 1
+        counts = [item.point_count for item in outcomes]
+        self._stats.record_batch(
+            received=len(outcomes),
+            stored_messages=len(counts) - counts.count(0),
+            stored_points=sum(counts),
+            rejected=[r.reason for item in outcomes for r in item.rejections],
+            seconds=seconds,
+        )
 
     def _write(self, outcomes: list[Outcome], body: bytes | None = None) -> None:
         if body is None:
@@ -371,8 +364,7 @@ class Pipeline:
             raise
 
     def _log_retry(self, state: object) -> None:
-        with self._stats._lock:
-            self._stats.write_errors += 1
+        self._stats.record_write_error()
         outcome = getattr(state, "outcome", None)
         error = outcome.exception() if outcome is not None else None
         log.warning("InfluxDB write failed, retrying: %s", error)
