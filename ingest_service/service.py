@@ -11,12 +11,14 @@ from ingest_service.indicators.late_events import LateEventMarker
 from ingest_service.indicators.rollups import RollupMaintainer
 from ingest_service.influxql import InfluxQL, QueryError, quote_ident, quote_literal
 from ingest_service.inputs.mqtt import MqttInput
-from ingest_service.outputs.influx import make_writer
+from ingest_service.outputs.influx import Writer, make_writer
 from ingest_service.pipeline.batcher import Pipeline
 from ingest_service.pipeline.enrich import Enricher
 from ingest_service.settings import Settings
 from ingest_service.site_points import write_site_points
 from ingest_service.state import RegistryHolder, ServiceState
+from ingest_service.telemetry.late import LateTelemetryMarker
+from ingest_service.telemetry.rollups import TelemetryRollups, TelemetryRollupSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,12 @@ class IngestService:
         self.state = ServiceState(settings, RegistryHolder.from_settings(settings))
         # Every worker marks late events, so that roll-ups built by the publishing one
         # are never read stale (ingest_service/indicators/late_events.py).
-        self.writer = LateEventMarker(make_writer(settings), settings.tz, settings.mqtt_client_id)
+        self.writer: Writer = LateEventMarker(make_writer(settings), settings.tz, settings.mqtt_client_id)
+        # Likewise late readings, for the telemetry roll-ups (ingest_service/telemetry/late.py).
+        self.writer = LateTelemetryMarker(
+            self.writer, settings.tz, settings.mqtt_client_id,
+            TelemetryRollupSettings().late_after_s,
+        )
         self.query = InfluxQL(settings)
         self.enricher = Enricher(
             self.state.registry.get,
@@ -54,6 +61,11 @@ class IngestService:
         self.publisher = (
             IndicatorPublisher(self.engine, self.writer, settings, rollups=rollups)
             if publish_indicators
+            else None
+        )
+        self.telemetry_rollups = (
+            TelemetryRollups(self.query, self.writer, settings.tz)
+            if publish_indicators and settings.telemetry_rollups
             else None
         )
         self.state.broker_connected = lambda: self.input.connected
@@ -149,9 +161,13 @@ class IngestService:
         self.input.start()
         if self.publisher is not None:
             self.publisher.start()
+        if self.telemetry_rollups is not None:
+            self.telemetry_rollups.start()
 
     def stop(self) -> None:
         """Finish the batch in hand, acknowledge it, then disconnect."""
+        if self.telemetry_rollups is not None:
+            self.telemetry_rollups.stop()
         if self.publisher is not None:
             self.publisher.stop()
         self.pipeline.stop()

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     rollups: bool = True
     """Keep monthly roll-ups of the indicators' aggregates and read them for complete months
     (the worker that publishes indicators builds them; every worker reads them)."""
+    telemetry_rollups: bool = True
+    """Keep the hourly and daily telemetry roll-ups, county aggregates and last-seen state
+    the dashboards read (contract §10); built by the worker that publishes indicators."""
     max_future_skew_s: float = Field(default=600, ge=0)
     earliest_ts: str = "2000-01-01T00:00:00Z"
     subscribe_chirpstack: bool = True

@@ -3,7 +3,8 @@
 Real Mosquitto and InfluxDB, the ingest service in-process (indicators not
 published in the background, so the test decides when), the ``test-small``
 scenario back-filled through MQTT, then the indicators of the scenario's year
-written once — what a running system holds at the end of that year.
+written once and the telemetry roll-ups built to date — what a running system
+holds at the end of that year.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from devstack.servers import Influxd, Mosquitto
 from ingest_service.indicators.engine import IndicatorPublisher
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
+from ingest_service.telemetry.rollups import TelemetryRollups, TelemetryRollupSettings
 from simulators.fleet import FleetReport, build_registry, run_backfill
 from simulators.scenario import Scenario, load_scenario
 from tests.helpers import wait_for
@@ -56,6 +58,11 @@ def simulated_year(folder: Path, scenario_name: str = "test-small") -> Iterator[
         publisher = IndicatorPublisher(service.engine, service.writer, settings,
                                        years=lambda: [scenario.year])
         assert publisher.publish_once() > 0
+        # Every day at once (the service spreads a first start over many cycles).
+        rollups = TelemetryRollups(service.query, service.writer, settings.tz,
+                                   TelemetryRollupSettings(days_per_cycle=10_000))
+        cycle = rollups.maintain_once()
+        assert cycle.pending_days == 0 and cycle.days_built, cycle
         yield SimulatedYear(scenario, influxd, service, report)
     finally:
         service.stop()

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
+from operator import itemgetter
 from zoneinfo import ZoneInfo
 
 from farm_contract import schema
@@ -43,6 +44,35 @@ def line_times(body: bytes, prefix: bytes = _TELEMETRY_LINE) -> Iterator[int]:
 
 def _after(found: int) -> int:
     return found + 1 if found >= 0 else -1
+
+
+_STAMP_WIDTH = 19
+"""Digits of every ns timestamp from 2001-09-09 to 2286: equal widths compare as text."""
+_TAIL = itemgetter(slice(-(_STAMP_WIDTH + 1), None))
+
+
+def all_fresh(body: bytes, before_ns: int) -> bool:
+    """True if every line of ``body`` ends in a timestamp at or after ``before_ns``.
+
+    The writer's common path, for every batch: only C-level passes over the body (no
+    Python code per line), ~10× cheaper than :func:`late_days`. Each line's last 20
+    bytes must be one space and 19 digits (the timestamp, which is the line's last
+    token), so their text order is their numeric order. False means "maybe late":
+    the exact, per-line :func:`late_days` decides.
+    """
+    threshold = str(before_ns).encode()
+    if len(threshold) != _STAMP_WIDTH:
+        return False
+    tails = list(map(_TAIL, body.split(b"\n")))
+    joined = b"".join(tails)
+    width = _STAMP_WIDTH + 1
+    return (
+        len(joined) == width * len(tails)
+        and joined[::width] == b" " * len(tails)
+        and joined.replace(b" ", b"").isdigit()
+        and len(joined) - joined.count(b" ") == _STAMP_WIDTH * len(tails)
+        and min(tails) >= b" " + threshold
+    )
 
 
 def day_of(time_ns: int, tz: ZoneInfo) -> date:
@@ -88,7 +118,10 @@ class LateTelemetryMarker:
     def write(self, body: bytes) -> None:
         self._inner.write(body)
         now_ns = self._now_ns()
-        late = late_days(body, now_ns - self._late_after_ns, self._tz)
+        before_ns = now_ns - self._late_after_ns
+        if all_fresh(body, before_ns):
+            return
+        late = late_days(body, before_ns, self._tz)
         if not late:
             return
         points = [Point(LATE_TELEMETRY, {"day": day, "writer": self._writer_id},

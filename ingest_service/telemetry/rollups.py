@@ -383,8 +383,11 @@ class TelemetryRollups:
 
     def update_last_seen(self, start: datetime, end: datetime) -> int:
         """Raise each device's month point to its latest reading in [start, end)."""
+        # One selector, so each row's time is its reading's (several selectors in one
+        # InfluxQL query answer the window's start instead); the other fields are the
+        # same reading's.
         fields = ", ".join([f"last({quote_ident('seq')}) AS {quote_ident('seq')}"] + [
-            f"last({quote_ident(m)}) AS {quote_ident(m)}" for m in ("battery_v", "rssi_dbm")])
+            quote_ident(m) for m in ("battery_v", "rssi_dbm")])
         q = (f"SELECT {fields} FROM {quote_ident(schema.TELEMETRY)} WHERE {_window(start, end)}"
              f" GROUP BY {_group_tags()}")
         latest = _series_buckets(run(self._query, q))
@@ -445,6 +448,11 @@ class TelemetryRollups:
         for day in todo[:budget]:
             cycle.points += self.build_day(day, marks.get(day, 0))
             cycle.days_built.append(day)
+        # A day's counter use starts from the previous day's last value: the day after
+        # each (re)built one is refreshed, as days are built newest first and late
+        # readings can change a day's last value.
+        for day in sorted({d + DAY for d in cycle.days_built} - set(recent)):
+            cycle.points += self.build_daily(day)
         since = self._seen_since or moment - self.settings.last_seen_lookback
         cycle.last_seen = self.update_last_seen(since, moment + timedelta(minutes=10))
         self._seen_since = moment - timedelta(minutes=5)
