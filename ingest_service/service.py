@@ -31,7 +31,9 @@ class IngestService:
         self.state = ServiceState(settings, RegistryHolder.from_settings(settings))
         # Every worker marks late events, so that roll-ups built by the publishing one
         # are never read stale (ingest_service/indicators/late_events.py).
-        self.writer: Writer = LateEventMarker(make_writer(settings), settings.tz, settings.mqtt_client_id)
+        self.writer: Writer = LateEventMarker(
+            make_writer(settings), settings.tz, settings.mqtt_client_id
+        )
         # Likewise late readings, for the telemetry roll-ups (ingest_service/telemetry/late.py).
         self.writer = LateTelemetryMarker(
             self.writer, settings.tz, settings.mqtt_client_id,
