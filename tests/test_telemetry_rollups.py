@@ -234,16 +234,25 @@ def test_rollups_equal_raw_late_days_rebuild_last_seen_only_rises(influxd: Influ
     assert last_seen() == latest | {"d3": fresh.time_ns // 1_000_000}
 
 
-STAMPS = st.integers(min_value=-(10**12), max_value=4 * 10**18)
+WIDE = st.integers(min_value=-(10**12), max_value=4 * 10**18)
+"""Any timestamp, short and negative ones included."""
+NS = st.integers(min_value=10**18, max_value=10**19 - 1)
+"""Timestamps of 2001–2286, the width the fast path compares as text."""
 
 
-@given(st.lists(STAMPS, min_size=1, max_size=20), STAMPS)
-def test_all_fresh_only_when_no_line_is_late(stamps: list[int], before_ns: int) -> None:
-    """The marker's fast path never hides a late reading, and lets fresh batches through."""
-    body = "\n".join(f'telemetry,device_id=d x=1.0,s="a {s}" {s}' for s in stamps).encode()
-    tz = ZoneInfo("Asia/Shanghai")
-    fresh = all_fresh(body, before_ns)
-    if fresh:
-        assert not late_days(body, before_ns, tz)
-    if all(10**18 <= s < 10**19 for s in stamps) and 10**18 <= before_ns < 10**19:
-        assert fresh == all(s >= before_ns for s in stamps)
+def body_of(stamps: list[int]) -> bytes:
+    return "\n".join(f'telemetry,device_id=d x=1.0,s="a {s}" {s}' for s in stamps).encode()
+
+
+@given(st.lists(NS, min_size=1, max_size=20), NS)
+def test_all_fresh_is_exact_for_current_timestamps(stamps: list[int], before_ns: int) -> None:
+    """The marker's fast path lets a batch through exactly when no line is late."""
+    assert all_fresh(body_of(stamps), before_ns) == all(s >= before_ns for s in stamps)
+
+
+@given(st.lists(st.one_of(WIDE, NS), min_size=1, max_size=20), st.one_of(WIDE, NS))
+def test_all_fresh_never_hides_a_late_line(stamps: list[int], before_ns: int) -> None:
+    body = body_of(stamps)
+    if all_fresh(body, before_ns):
+        assert not late_days(body, before_ns, ZoneInfo("Asia/Shanghai"))
+        assert min(stamps) >= before_ns
