@@ -15,7 +15,13 @@ RUN groupadd --system --gid 10001 farm \
     && useradd --system --uid 10001 --gid farm --home-dir /var/lib/farm \
        --shell /usr/sbin/nologin farm \
     && install -d -o farm -g farm /var/lib/farm /var/lib/farm/registry \
-       /var/lib/farm/broker-users
+       /var/lib/farm/broker-users /var/lib/farm/broker-passwd
+
+# mosquitto_passwd (Debian's mosquitto package): ingest writes device passwords into the
+# broker's password file (FARM_BROKER_PASSWD_FILE, a volume shared with the broker).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends mosquitto \
+    && rm -rf /var/lib/apt/lists/*
 
 # The project, installed from pyproject.toml; the source tree is not kept.
 COPY . /tmp/src

@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from bench import backlog, dashboards, indicators, latency, machine, profile, report
-from bench.throughput import SUBJECTS, Workload, run_once
+from bench.throughput import EPOCH_SUBJECTS, SUBJECTS, Workload, run_once
 from bench.workload import fleet, write_registry
 
 PARTS = (*SUBJECTS, "latency", "backlog", "indicators", "dashboards")
@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="where to write results (default bench/results/)")
     parser.add_argument(
         "--only", help=f"comma-separated parts to run, of: {', '.join(PARTS)} "
-        "(default: the four throughput subjects and latency, plus backlog/indicators if asked)"
+        "(default: the throughput subjects, ingest with both ts forms, and latency, "
+        "plus backlog/indicators if asked)"
     )
     parser.add_argument("--quick", action="store_true",
                         help="small figures for a quick look: 10,000 messages, 100 devices, 1 run")
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         workload: Workload | None = None
         if subjects:
             console.print(f"preparing {args.messages:,} payloads for {args.devices:,} devices …")
-            workload = Workload.prepare(devices, registry, args.messages)
+            epoch_ms = bool(EPOCH_SUBJECTS & set(subjects))
+            workload = Workload.prepare(devices, registry, args.messages, epoch_ms)
             workload.workers = args.ingest_workers
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in subjects}
             for number in range(1, args.runs + 1):

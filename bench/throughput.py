@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,19 @@ from bench.workload import BenchDevice, messages
 POLL_S = 0.2
 STALL_S = 20.0
 """A subject that handles nothing new for this long after the flood is given up on."""
-SUBJECTS = ("ceiling", "bare", "baseline", "ingest")
+SUBJECTS = ("ceiling", "bare", "baseline", "ingest", "ingest-epoch")
+EPOCH_SUBJECTS = frozenset({"ingest-epoch"})
+"""Subjects fed the same messages with ``ts`` as integer epoch milliseconds."""
 CONNECTIONS = 4
 """Publisher connections (each owns a quarter of the devices)."""
 
 
 def streams(
-    devices: list[BenchDevice], count: int, end_ms: int, connections: int = CONNECTIONS
+    devices: list[BenchDevice],
+    count: int,
+    end_ms: int,
+    connections: int = CONNECTIONS,
+    epoch_ms: bool = False,
 ) -> list[Iterator[tuple[bytes, int]]]:
     """Encoded chunks per connection, devices split between connections (lazily)."""
     connections = max(1, min(connections, len(devices)))
@@ -44,7 +50,7 @@ def streams(
     for j in range(connections):
         subset = devices[j::connections]
         share = count // connections + (1 if j < count % connections else 0)
-        items = ((d.topic, body) for d, body in messages(subset, share, end_ms, seed=j))
+        items = ((d.topic, body) for d, body in messages(subset, share, end_ms, j, epoch_ms))
         out.append(chunks(items))
     return out
 
@@ -59,14 +65,23 @@ class Workload:
     encoded: list[list[tuple[bytes, int]]]
     workers: int = 1
     """Ingest processes sharing the subscription."""
+    encoded_epoch_ms: list[list[tuple[bytes, int]]] = field(default_factory=list)
+    """The same messages with ``ts`` as integer epoch milliseconds."""
 
     @classmethod
-    def prepare(cls, devices: list[BenchDevice], registry: Path, count: int) -> Workload:
+    def prepare(
+        cls, devices: list[BenchDevice], registry: Path, count: int, epoch_ms: bool = False
+    ) -> Workload:
+        """Both ``ts`` forms are encoded only when an epoch subject will run (``epoch_ms``)."""
         end_ms = int(time.time() * 1000) - 60_000
-        return cls(devices, registry, count, [list(s) for s in streams(devices, count, end_ms)])
+        text = [list(s) for s in streams(devices, count, end_ms)]
+        epoch = streams(devices, count, end_ms, epoch_ms=True) if epoch_ms else []
+        return cls(devices, registry, count, text, encoded_epoch_ms=[list(s) for s in epoch])
 
-    def replay(self) -> list[Iterable[tuple[bytes, int]]]:
-        return list(self.encoded)
+    def replay(self, epoch_ms: bool = False) -> list[Iterable[tuple[bytes, int]]]:
+        if epoch_ms and not self.encoded_epoch_ms:
+            raise ValueError("this workload was prepared without epoch-ms payloads")
+        return list(self.encoded_epoch_ms if epoch_ms else self.encoded)
 
 
 def combined(samplers: list[Sampler]) -> dict[str, float]:
@@ -90,7 +105,7 @@ def make_subject(name: str, stack: Stack, workload: Workload) -> Subject:
         return Bare(stack, workload.count)
     if name == "baseline":
         return Baseline(stack, workload.count)
-    if name == "ingest":
+    if name in ("ingest", "ingest-epoch"):
         return Ingest(stack, workload.count, workload.registry, workload.workers)
     raise ValueError(f"unknown subject {name!r}; choose from {', '.join(SUBJECTS)}")
 
@@ -141,12 +156,13 @@ def run_once(
                 "influxd": Sampler(stack.influxd_pid()).start(),
             }
             profiler = Profiler(subject.pid, profile_to) if profile_to else None
+            replay = workload.replay(epoch_ms=name in EPOCH_SUBJECTS)
             published: list[Published] = []
             errors: list[BaseException] = []
 
             def publish() -> None:
                 try:
-                    published.append(flood("127.0.0.1", stack.broker.port, workload.replay()))
+                    published.append(flood("127.0.0.1", stack.broker.port, replay))
                 except BaseException as exc:  # surfaced below
                     errors.append(exc)
 

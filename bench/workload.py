@@ -4,7 +4,9 @@ Everything is built before the clock starts ("publish as fast as the broker take
 them" must not measure payload building). Readings are realistic for the site
 type (drip fields and manure farms alternate) and valid, so ingest stores every
 message: the cumulative ``volume_m3`` rises with ``seq``, which also exercises
-ingest's never-decreasing counter check.
+ingest's never-decreasing counter check. The same messages can carry ``ts`` in
+either of the contract's forms, RFC 3339 text or integer epoch milliseconds
+(many embedded devices send the latter), so both are measured alike.
 """
 
 from __future__ import annotations
@@ -115,11 +117,13 @@ def readings(device: BenchDevice, seq: int, rng: random.Random) -> dict[str, flo
     }
 
 
-def payload(seq: int, ts_ms: int, values: dict[str, float | bool]) -> bytes:
-    """Contract §2 telemetry JSON, compact as devices send it."""
+def payload(
+    seq: int, ts_ms: int, values: dict[str, float | bool], epoch_ms: bool = False
+) -> bytes:
+    """Contract §2 telemetry JSON, compact as devices send it; ``ts`` as text or epoch ms."""
     body = ",".join(f'"{name}":{_json_value(value)}' for name, value in values.items())
-    ts = format_ts(datetime.fromtimestamp(ts_ms / 1000, tz=UTC))
-    return f'{{"v":1,"seq":{seq},"ts":"{ts}","readings":{{{body}}}}}'.encode()
+    ts = str(ts_ms) if epoch_ms else f'"{format_ts(datetime.fromtimestamp(ts_ms / 1000, tz=UTC))}"'
+    return f'{{"v":1,"seq":{seq},"ts":{ts},"readings":{{{body}}}}}'.encode()
 
 
 def warmup_message(ts_ms: int) -> tuple[str, bytes]:
@@ -131,12 +135,13 @@ def warmup_message(ts_ms: int) -> tuple[str, bytes]:
 
 
 def messages(
-    devices: list[BenchDevice], count: int, end_ms: int, seed: int = 6
+    devices: list[BenchDevice], count: int, end_ms: int, seed: int = 6, epoch_ms: bool = False
 ) -> Iterator[tuple[BenchDevice, bytes]]:
     """``count`` messages, round-robin over devices; each device's ``ts`` one second apart.
 
     The last round ends at ``end_ms`` (kept in the past, so no ``ts_in_future``),
-    and ``seq`` starts at 1 per device and rises by one per message.
+    and ``seq`` starts at 1 per device and rises by one per message. With ``epoch_ms``
+    the very same messages carry ``ts`` as integer epoch milliseconds.
     """
     rng = random.Random(seed)
     rounds = -(-count // len(devices))
@@ -144,4 +149,4 @@ def messages(
         device = devices[n % len(devices)]
         seq = n // len(devices) + 1
         ts_ms = end_ms - (rounds - seq) * 1000
-        yield device, payload(seq, ts_ms, readings(device, seq, rng))
+        yield device, payload(seq, ts_ms, readings(device, seq, rng), epoch_ms)

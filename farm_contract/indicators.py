@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class IndicatorId(StrEnum):
@@ -47,6 +48,20 @@ class IndicatorValue(BaseModel):
     denominator: float
     target: float
     met: bool
+    computed_at: datetime | None = None
+    """When the figure was computed (UTC)."""
+    formula: str = ""
+    """The definition's version id, e.g. ``straw_utilization_rate/2``: docs/indicators.md."""
+    parameters: dict[str, float | str] = Field(default_factory=dict)
+    """Every parameter the figure used (ratios, coefficients, thresholds), by name."""
+    source: str = ""
+    """Where the numbers came from: ``raw``, ``rollup``, ``rollup+raw`` or ``closed``."""
+    coverage: float | None = None
+    """Registered sites that reported in the year ÷ registered sites (null: none registered)."""
+    flags: list[str] = Field(default_factory=list)
+    """Data-quality flags, e.g. ``above_100_percent``: shown wherever the figure is."""
+    closed: bool = False
+    """The year is closed: this is the frozen figure (contract §8)."""
 
     @classmethod
     def of(
@@ -73,3 +88,21 @@ class IndicatorValue(BaseModel):
             target=target,
             met=met,
         )
+
+
+class Member(BaseModel):
+    """One site's part in a figure: the figure's numerator and denominator are the sums
+    of its members' (``GET /api/v1/indicators/{indicator}/members``)."""
+
+    indicator: IndicatorId
+    year: int
+    county: str
+    site_id: str
+    name: str
+    numerator: float
+    denominator: float
+    status: str | None = None
+    """For the facility rate: ``equipped`` or ``not_equipped``; else null."""
+    detail: dict[str, float | int | str | None] = Field(default_factory=dict)
+    """Why: for the facility rate ``days_reported``, ``longest_open_fault_days``,
+    ``last_reading``; for others what the site contributed (e.g. ``grain_t``, ``crop``)."""

@@ -16,12 +16,12 @@ LATE_EVENT = "late_event"
 """Marks left by ingest when it stores events for a past month (contract §10)."""
 
 TELEMETRY_TAGS = ("site_id", "device_id", "site_type", "county")
-EVENT_TAGS = ("site_id", "device_id", "site_type", "county", "type", "use", "crop", "facility")
+"""The tags of a device's points: its site, itself, the site's type and county."""
+EVENT_OWN_TAGS = ("type", "use", "crop", "facility", "metric")
+"""An event point's tags beyond :data:`TELEMETRY_TAGS`: its payload fields of these
+names, when present (``type`` always)."""
 DEVICE_STATUS_TAGS = ("site_id", "device_id", "county")
-INDICATOR_TAGS = ("indicator", "scope", "county")
-REJECTION_TAGS = ("reason",)
 SITE_TAGS = ("site_id", "county", "site_type", "name")
-ROLLUP_TAGS = ("kind", "month", "county", "type", "crop", "part", "site_id", "facility")
 LATE_EVENT_TAGS = ("month", "writer")
 
 CITY_COUNTY_TAG = "all"

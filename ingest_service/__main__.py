@@ -34,6 +34,20 @@ def _settings() -> Settings:
         sys.exit("invalid settings:\n" + "\n".join(lines))
 
 
+def _api_port_free(settings: Settings) -> None:
+    """Refuse to start, naming the setting, when the API's port is taken (before any work)."""
+    import socket
+
+    try:
+        with socket.create_server((settings.api_host, settings.api_port)):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"cannot listen on {settings.api_host}:{settings.api_port} ({exc.strerror}): "
+            "set FARM_API_PORT (or FARM_API_HOST) to a free one"
+        ) from None
+
+
 def run(settings: Settings) -> int:
     import uvicorn
 
@@ -43,6 +57,7 @@ def run(settings: Settings) -> int:
 
     try:
         check_listen_allowed(settings)
+        _api_port_free(settings)
         service = IngestService(settings)
     except (ValueError, RegistryError) as exc:
         print(f"ingest_service: {exc}", file=sys.stderr)
@@ -77,14 +92,47 @@ def run(settings: Settings) -> int:
     return 0
 
 
-def indicators(settings: Settings, year: int, county: str | None) -> int:
-    from ingest_service.indicators.engine import IndicatorEngine
-    from ingest_service.influxql import InfluxQL
-    from ingest_service.state import RegistryHolder
+def _figures_registry(settings: Settings, command: str) -> Registry:
+    """The registry a figure needs, or one line saying what to set (no silent empty report)."""
+    folder = settings.registry_dir
+    if folder is None:
+        sys.exit(f"{command}: no registry: set FARM_REGISTRY_DIR to the folder with sites.csv "
+                 "and devices.csv (every figure is per registered site; without it all are n/a)")
+    try:
+        registry = Registry.from_dir(folder)
+    except RegistryError as exc:
+        sys.exit(f"{command}: registry {folder} has problems: " + "; ".join(exc.problems))
+    if not registry.sites:
+        sys.exit(f"{command}: registry {folder} has no sites: every figure would be n/a")
+    return registry
 
-    holder = RegistryHolder.from_settings(settings)
-    engine = IndicatorEngine(InfluxQL(settings), holder.get, settings)
-    values = engine.compute(year, county)
+
+def _influx_answers(settings: Settings, command: str) -> None:
+    """Exit with one line when InfluxDB does not answer, instead of a traceback."""
+    from ingest_service.influxql import InfluxQL
+
+    client = InfluxQL(settings)
+    try:
+        if not client.ping():
+            sys.exit(f"{command}: InfluxDB at {settings.influx_url} does not answer "
+                     "(is it running? FARM_INFLUX_URL)")
+    finally:
+        client.close()
+
+
+def indicators(settings: Settings, year: int, county: str | None) -> int:
+    from ingest_service.indicators.engine import IndicatorEngine, UnknownCountyError
+    from ingest_service.influxql import InfluxQL, QueryError
+
+    registry = _figures_registry(settings, "indicators")
+    _influx_answers(settings, "indicators")
+    engine = IndicatorEngine(InfluxQL(settings), lambda: registry, settings)
+    try:
+        values = engine.compute(year, county)
+    except QueryError as exc:
+        sys.exit(f"indicators: InfluxDB query failed: {str(exc)[:300]}")
+    except UnknownCountyError as exc:
+        sys.exit(f"indicators: {exc}")
     print(
         json.dumps(
             [value.model_dump(mode="json") for value in values], ensure_ascii=False, indent=2
@@ -96,14 +144,18 @@ def indicators(settings: Settings, year: int, county: str | None) -> int:
 def report(settings: Settings, year: int, out: Path) -> int:
     """Write the annual report (workbook and CSV) for ``year`` into ``out``."""
     from ingest_service.indicators.engine import IndicatorEngine
-    from ingest_service.influxql import InfluxQL
+    from ingest_service.influxql import InfluxQL, QueryError
     from ingest_service.report.build import build_report
     from ingest_service.report.excel import write_report
-    from ingest_service.state import RegistryHolder
 
-    holder = RegistryHolder.from_settings(settings)
-    engine = IndicatorEngine(InfluxQL(settings), holder.get, settings)
-    for path in write_report(build_report(engine, holder.get, settings, year), out):
+    registry = _figures_registry(settings, "report")
+    _influx_answers(settings, "report")
+    engine = IndicatorEngine(InfluxQL(settings), lambda: registry, settings)
+    try:
+        built = build_report(engine, lambda: registry, settings, year)
+    except QueryError as exc:
+        sys.exit(f"report: InfluxDB query failed: {str(exc)[:300]}")
+    for path in write_report(built, out):
         print(path)
     return 0
 
@@ -143,6 +195,7 @@ def provision_device(args: argparse.Namespace) -> int:
             password=password,
             broker_pid=args.broker_pid,
             broker_pid_file=args.broker_pid_file,
+            rotate=args.rotate,
         )
     except RegistryError as exc:
         print("registry has problems:", *exc.problems, sep="\n  ", file=sys.stderr)
@@ -202,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="read the password from stdin instead of generating one",
     )
+    prov.add_argument("--rotate", action="store_true",
+                      help="the device exists: give it a new password (the old one stops working)")
     hup = prov.add_mutually_exclusive_group()
     hup.add_argument("--broker-pid", type=int, help="send this Mosquitto SIGHUP afterwards")
     hup.add_argument("--broker-pid-file", type=Path, help="... or the one in this pid file")

@@ -5,14 +5,20 @@ One step, used by ``python -m ingest_service provision-device`` and by
 device row must be valid and fit the registry (known site, unused ``dev_eui``).
 Then the password goes into Mosquitto's password file (``mosquitto_passwd -b``,
 so only a salted hash is stored), the registry is saved, and the broker gets
-SIGHUP so the new password works without a restart. Running it again for the
-same device updates it and issues a new password (the old one stops working).
+SIGHUP so the new password works without a restart. Running it again for a
+device that exists is refused (:class:`AlreadyProvisioned`) unless ``rotate`` is
+asked for: then the device gets a new password and the old one stops working.
+
+A password file it creates is readable by the broker: mode 0640 (Mosquitto 2.0.17+
+warns about world-readable ones) and, when we are root and a ``mosquitto`` user
+exists (Debian's package), owned by ``mosquitto``, the user the broker runs as.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -36,6 +42,23 @@ class ProvisionError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class AlreadyProvisioned(ProvisionError):
+    """The device exists and rotating its password was not asked for (HTTP: 409)."""
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__([
+            f"device {device_id} is already provisioned; its password was kept "
+            "(ask for a new one explicitly: provision-device --rotate)"
+        ])
+        self.device_id = device_id
+
+
+BROKER_USER = "mosquitto"
+"""The user Debian's (and the eclipse-mosquitto image's) broker runs as."""
+PASSWORD_FILE_MODE = 0o640
+"""Owner read-write, the broker's group read, nobody else (no world-readable warning)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +87,9 @@ def with_device(registry: Registry, device: Device) -> Registry:
             problems.append(f"dev_eui {device.dev_eui} already used by {owner.device_id}")
     if problems:
         raise ProvisionError(problems)
-    devices = {**registry.devices, device.device_id: device}
-    return Registry(sites=dict(registry.sites), devices=devices)
+    kept = [row for row in registry.all_devices
+            if (row.device_id, row.valid_from) != (device.device_id, device.valid_from)]
+    return Registry.from_rows(registry.all_sites, [*kept, device], registry.as_of)
 
 
 def make_device(device_id: str, site_id: str, dev_eui: str | None, model: str) -> Device:
@@ -91,15 +115,28 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def create_password_file(passwd_file: Path) -> None:
+    """An empty password file the broker can read (see the module's docstring)."""
+    descriptor = os.open(passwd_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PASSWORD_FILE_MODE)
+    os.close(descriptor)
+    os.chmod(passwd_file, PASSWORD_FILE_MODE)  # whatever the umask
+    if os.geteuid() == 0:
+        try:
+            broker = pwd.getpwnam(BROKER_USER)
+        except KeyError:
+            return  # no such user: the broker runs as root or as whoever created the file
+        os.chown(passwd_file, broker.pw_uid, broker.pw_gid)
+
+
 def set_broker_password(passwd_file: Path, username: str, password: str) -> None:
-    """Add or update ``username`` in a Mosquitto password file (created 0600 if missing)."""
+    """Add or update ``username`` in a Mosquitto password file (created if missing)."""
     binary = shutil.which("mosquitto_passwd", path=f"{os.environ.get('PATH', '')}:/usr/bin")
     if binary is None:
         raise ProvisionError(["mosquitto_passwd is missing (Debian: apt-get install mosquitto)"])
     passwd_file.parent.mkdir(parents=True, exist_ok=True)
     with _locked(passwd_file):
         if not passwd_file.exists():
-            passwd_file.touch(mode=0o600)
+            create_password_file(passwd_file)
         result = subprocess.run(
             [binary, "-b", str(passwd_file), username, password],
             capture_output=True,
@@ -137,8 +174,14 @@ def provision(
     password: str | None = None,
     broker_pid: int | None = None,
     broker_pid_file: Path | None = None,
+    rotate: bool = False,
 ) -> Provisioned:
-    """Check, set the broker password, save the registry, reload the broker."""
+    """Check, set the broker password, save the registry, reload the broker.
+
+    A device already in the registry is refused unless ``rotate``: a repeated request
+    must not silently change a password a device in the field is using."""
+    if device.device_id in registry.devices and not rotate:
+        raise AlreadyProvisioned(device.device_id)
     updated = with_device(registry, device)
     if password is not None and len(password) < 12:
         raise ProvisionError(["a chosen password needs at least 12 characters"])

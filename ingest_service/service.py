@@ -6,8 +6,9 @@ import logging
 import threading
 
 from ingest_service.indicators.aggregates import run
-from ingest_service.indicators.engine import IndicatorEngine, IndicatorPublisher
+from ingest_service.indicators.engine import IndicatorEngine
 from ingest_service.indicators.late_events import LateEventMarker
+from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.indicators.rollups import RollupMaintainer
 from ingest_service.influxql import InfluxQL, QueryError, quote_ident, quote_literal
 from ingest_service.inputs.mqtt import MqttInput
@@ -31,14 +32,13 @@ class IngestService:
         self.state = ServiceState(settings, RegistryHolder.from_settings(settings))
         # Every worker marks late events, so that roll-ups built by the publishing one
         # are never read stale (ingest_service/indicators/late_events.py).
-        self.writer: Writer = LateEventMarker(
-            make_writer(settings), settings.tz, settings.mqtt_client_id
-        )
-        # Likewise late readings, for the telemetry roll-ups (ingest_service/telemetry/late.py).
-        self.writer = LateTelemetryMarker(
-            self.writer, settings.tz, settings.mqtt_client_id,
+        # Likewise late readings, for the telemetry roll-ups (ingest_service/telemetry/late.py):
+        # every write, the event marks' too, goes through the telemetry marker.
+        self.writer: Writer = LateTelemetryMarker(
+            make_writer(settings), settings.tz, settings.mqtt_client_id,
             TelemetryRollupSettings().late_after_s,
         )
+        self.late_marks = LateEventMarker(self.writer, settings.tz, settings.mqtt_client_id)
         self.query = InfluxQL(settings)
         self.enricher = Enricher(
             self.state.registry.get,
@@ -47,12 +47,15 @@ class IngestService:
             self.state.registry.refresh,
             self._last_reset,
         )
-        self.pipeline = Pipeline(settings, self.enricher, self.writer, self.state.stats)
+        self.pipeline = Pipeline(
+            settings, self.enricher, self.writer, self.state.stats, self.late_marks.stored
+        )
         self.input = MqttInput(
             settings,
             self.pipeline.submit_many,
             self.pipeline.drop_stale,
             held=lambda: self.pipeline.pending,
+            held_bytes=lambda: self.pipeline.pending_bytes,
         )
         self.engine = IndicatorEngine(self.query, self.state.registry.get, settings)
         if publish_indicators is None:

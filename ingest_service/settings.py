@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, le=2**32 - 1)
     receive_maximum: int = Field(default=20000, ge=1, le=65535)
     """MQTT v5 receive maximum: how many unacknowledged messages the broker may send us."""
+    max_held_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    """The input stops reading while the pipeline holds this many payload bytes (or
+    ``receive_maximum`` messages, whichever comes first): memory bounded by size too."""
     mqtt_max_packet_size: int = Field(default=512 * 1024, ge=1024, le=268_435_460)
     """MQTT v5 Maximum Packet Size in ingest's CONNECT, and the most the input buffers for
     one packet; matches ``max_packet_size`` in broker/mosquitto.conf."""

@@ -29,7 +29,13 @@ from types import FrameType
 
 from simulators.credentials import SECRET_ENV, write_users_file
 from simulators.expected import expected_indicators
-from simulators.fleet import build_registry, report_json, run_backfill, run_live
+from simulators.fleet import (
+    MAX_RECONNECTS,
+    build_registry,
+    report_json,
+    run_backfill,
+    run_live,
+)
 from simulators.scenario import Scenario, ScenarioError, load_scenario
 
 
@@ -64,6 +70,10 @@ def _run(args: argparse.Namespace) -> int:
         report = run_backfill(scenario, args.mqtt_url, args.prefix, args.year,
                               telemetry_interval_h=args.interval_h, device_secret=secret)
     else:
+        if args.duration <= 0:
+            # the year is squeezed into the run: there is no "for ever"
+            print("error: --duration: live runs need a number of seconds > 0", file=sys.stderr)
+            return 2
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -74,6 +84,12 @@ def _run(args: argparse.Namespace) -> int:
         report = run_live(scenario, args.mqtt_url, args.prefix, args.duration, stop,
                           interval_s=args.interval_s, device_secret=secret)
     print(report_json(report))
+    if report.most_reconnects > MAX_RECONNECTS:
+        print(f"error: the broker disconnected the fleet's clients {report.reconnects} times "
+              f"(one device {report.most_reconnects} times): client ids connected elsewhere: "
+              "another process uses these devices' credentials (a running demo's fleet?); "
+              "the run is not complete", file=sys.stderr)
+        return 1
     return 0
 
 

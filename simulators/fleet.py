@@ -31,6 +31,9 @@ from simulators.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
+MAX_RECONNECTS = 3
+"""Reconnects a device may need in one run (a broker restart) before the run fails."""
+
 
 def build_registry(scenario: Scenario) -> Registry:
     """The scenario's sites and devices (the same whatever the year)."""
@@ -59,8 +62,14 @@ class FleetReport:
     status: int = 0
     refused: int = 0
     """Messages the broker answered with a failure PUBACK (e.g. ACL)."""
+    reconnects: int = 0
+    """Connections lost and made again, all devices together."""
+    most_reconnects: int = 0
+    """The most any one device reconnected: more than :data:`MAX_RECONNECTS` means
+    another client took its client id (e.g. a running demo's fleet) again and again."""
     completed: bool = False
-    """False when a live run was stopped before its duration."""
+    """False when a live run was stopped before its duration, or its devices were
+    disconnected more than :data:`MAX_RECONNECTS` times each."""
     elapsed_s: float = 0.0
 
     @property
@@ -134,6 +143,9 @@ def _close(publishers: list[DevicePublisher], report: FleetReport, timeout: floa
         publisher.close(timeout=max(1.0, deadline - time.monotonic()))
         report.status += publisher.sent_by_kind[MessageKind.STATUS]
         report.refused += publisher.refused
+        reconnects = max(0, publisher.connects - 1)
+        report.reconnects += reconnects
+        report.most_reconnects = max(report.most_reconnects, reconnects)
     if late:
         raise TimeoutError(f"{len(late)} device(s) still had unacknowledged messages: {late[:5]}")
 
@@ -228,6 +240,8 @@ def run_backfill(
         report.completed = True
     finally:
         _close(publishers, report, ack_timeout_s)
+    if report.most_reconnects > MAX_RECONNECTS:
+        report.completed = False
     report.events_by_type = dict(sorted(engine.event_types.items()))
     report.elapsed_s = round(time.monotonic() - started, 3)
     return report
@@ -294,6 +308,8 @@ def run_live(
             report.completed = True
     finally:
         _close(publishers, report, 60)
+    if report.most_reconnects > MAX_RECONNECTS:
+        report.completed = False
     report.events_by_type = dict(sorted(engine.event_types.items()))
     report.elapsed_s = round(time.monotonic() - started, 3)
     return report

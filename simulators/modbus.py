@@ -32,7 +32,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
 from edge.drivers.base import Readings
-from edge.drivers.modbus import ModbusDriverConfig, RegisterConfig
+from edge.drivers.modbus import DATATYPE, ModbusDriverConfig, RegisterConfig
 from edge.drivers.simulated import LOCAL, SimulatedDriver
 
 log = logging.getLogger(__name__)
@@ -42,16 +42,6 @@ Table = str
 
 _TABLE_OF_FUNCTION: dict[int, Table] = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 
-_DATATYPE = {
-    "int16": ModbusClientMixin.DATATYPE.INT16,
-    "uint16": ModbusClientMixin.DATATYPE.UINT16,
-    "int32": ModbusClientMixin.DATATYPE.INT32,
-    "uint32": ModbusClientMixin.DATATYPE.UINT32,
-    "int64": ModbusClientMixin.DATATYPE.INT64,
-    "uint64": ModbusClientMixin.DATATYPE.UINT64,
-    "float32": ModbusClientMixin.DATATYPE.FLOAT32,
-    "float64": ModbusClientMixin.DATATYPE.FLOAT64,
-}
 
 _INT_RANGE = {
     "int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1),
@@ -83,7 +73,7 @@ def encode_value(register: RegisterConfig, value: float | bool) -> list[int]:
     else:
         number = raw
     words = ModbusClientMixin.convert_to_registers(
-        number, _DATATYPE[register.type], word_order=register.word_order)
+        number, DATATYPE[register.type], word_order=register.word_order)
     return list(words)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from devstack.servers import Influxd
+from ingest_service.model import Inbound
+from ingest_service.pipeline.batcher import Pipeline
 
 T = TypeVar("T")
 
@@ -41,6 +44,42 @@ def wait_for(predicate: Callable[[], T], timeout: float = 20.0, interval: float 
         value = predicate()
     assert value, f"condition not met within {timeout}s (last value {value!r})"
     return value
+
+
+def through_pipeline(
+    pipeline: Pipeline, messages: list[tuple[str, bytes]], timeout: float = 30.0
+) -> Counter[int]:
+    """Run ``messages`` through the threaded pipeline as production does; acks per message.
+
+    The pipeline is started, handed the messages in two ``submit_many`` calls (two
+    reads from the socket, as the MQTT input hands them over), given until every
+    message is acknowledged (or ``timeout``), and stopped.
+    """
+    acks: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def acker(n: int) -> Callable[[], None]:
+        def ack() -> None:
+            with lock:
+                acks[n] += 1
+
+        return ack
+
+    inbounds = [
+        Inbound(topic, payload, time.time_ns(), acker(n))
+        for n, (topic, payload) in enumerate(messages)
+    ]
+    pipeline.start()
+    try:
+        half = len(inbounds) // 2
+        pipeline.submit_many(inbounds[:half])
+        pipeline.submit_many(inbounds[half:])
+        deadline = time.monotonic() + timeout
+        while sum(acks.values()) < len(inbounds) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    finally:
+        pipeline.stop()
+    return acks
 
 
 def mosquitto_pub(port: int, topic: str, payload: str | bytes, *extra: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.servers import Influxd, Mosquitto
-from ingest_service.indicators.engine import IndicatorPublisher
+from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
 from ingest_service.telemetry.rollups import TelemetryRollups, TelemetryRollupSettings

@@ -11,7 +11,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
@@ -105,8 +105,19 @@ def _get_routes(client: TestClient) -> list[str]:
     return sorted(path for path, ops in spec["paths"].items() if "get" in ops)
 
 
+PATH_VALUES = {"{device_id}": "d1-dev"}
+"""A real value for each path parameter, so a templated route is called, not refused (422)."""
+
+
+def _concrete(path: str) -> str:
+    for name, value in PATH_VALUES.items():
+        path = path.replace(name, value)
+    assert "{" not in path, f"give {path} a value in PATH_VALUES"
+    return path
+
+
 def _data_reads(client: TestClient) -> list[str]:
-    reads = [path for path in _get_routes(client) if path not in OPEN_PATHS]
+    reads = [_concrete(path) for path in _get_routes(client) if path not in OPEN_PATHS]
     assert {"/metrics", "/api/v1/rejections", "/api/v1/report", "/api/v1/registry/sites",
             "/api/v1/registry/devices", "/api/v1/indicators", "/api/v1/stats"} <= set(reads)
     return reads
@@ -242,7 +253,8 @@ def test_a_stopped_influxdb_is_503_with_a_one_line_message(
     client = _client(server.url)
     assert client.get("/api/v1/indicators", params={"year": "2025"}).status_code == 200
     server.stop()
-    queried = ["/api/v1/indicators", "/api/v1/rejections", "/api/v1/report"]
+    queried = ["/api/v1/indicators", "/api/v1/rejections", "/api/v1/report",
+               "/api/v1/devices/d1-dev/latest"]
     for path in queried:
         for fmt in ({}, {"format": "csv"}):
             response = client.get(path, params={**_params(path), **fmt})
@@ -329,6 +341,8 @@ def _spec_values(schema: dict[str, Any]) -> st.SearchStrategy[str]:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_no_query_parameters_of_any_get_route_give_a_500(make_client: Factory) -> None:
+    """A 502 or 503 is allowed only as the data store's answer: the fixture's 2023 sums
+    overflow inside InfluxDB, which is a 503 naming InfluxDB by design."""
     client = make_client()
     spec = client.get("/openapi.json").json()
     routes = {path: [p for p in ops["get"].get("parameters", []) if p["in"] == "query"]
@@ -345,14 +359,17 @@ def test_no_query_parameters_of_any_get_route_give_a_500(make_client: Factory) -
     @settings(max_examples=400, deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(request=requests)
+    @example(request=("/api/v1/indicators", {"year": "2023"}))  # the overflowing year, always
     def probe(request: tuple[str, dict[str, str]]) -> None:
         path, query = request
         response = client.get(path, params=query)
         seen.add(response.status_code)
-        assert response.status_code < 500 or response.status_code == 502, (
+        assert response.status_code < 500 or response.status_code in (502, 503), (
             path, query, response.text)
         if response.status_code >= 400:
             assert response.json()["detail"]
+        if response.status_code >= 500:  # only the fixture's overflowing 2023 may fail
+            assert "InfluxDB" in response.json()["detail"], (path, query, response.text)
 
     probe()
     assert {200, 422} <= seen  # the generated values reached both answers

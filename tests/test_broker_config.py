@@ -251,15 +251,24 @@ def test_device_publishes_only_under_its_own_id(broker: Broker, ingest: Peer) ->
     ]
 
 
-def test_device_reads_nothing(broker: Broker) -> None:
+def test_device_reads_nothing(broker: Broker, ingest: Peer) -> None:
     d1 = connected(broker, "d1")
     d2 = connected(broker, "d2")
     try:
         # Mosquitto 2.0 grants the subscription, then checks read access per message.
-        d1.client.subscribe("farm/v1/#", qos=1)
+        d1.subscribe("farm/v1/#")
         d2.publish("farm/v1/s1/d2/telemetry", "secret")
-        d1.publish("farm/v1/s1/d1/telemetry", "marker")
-        time.sleep(0.3)
+        d2.publish("farm/v1/s1/d2/telemetry", "marker")
+        # The positive control: an account that may read, subscribed to the same filter,
+        # has the secret and then the marker (same publisher and topic: in order), so the
+        # broker has routed the secret to every subscriber, d1 included if it could read.
+        assert ingest.until("marker") == [
+            ("farm/v1/s1/d2/telemetry", b"secret"), ("farm/v1/s1/d2/telemetry", b"marker"),
+        ]
+        # And d1's own connection has caught up: the broker writes a session's packets
+        # in order, and paho hands each PUBLISH to on_message before it reads the next
+        # packet, so once this PUBACK is back, a secret written to d1 would be in its queue.
+        d1.publish("farm/v1/s1/d1/status", "round trip")
         assert d1.messages.empty()
     finally:
         d1.close()

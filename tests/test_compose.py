@@ -32,24 +32,46 @@ def compose() -> dict[str, Any]:
     return data
 
 
+DEMO_ENV_FILE = ROOT / "compose.demo.env"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as ``docker compose --env-file`` reads them (no quoting used)."""
+    pairs = [line.split("=", 1) for line in path.read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+DEMO_ENV = read_env_file(DEMO_ENV_FILE)
+
+
+class MissingVariable(ValueError):
+    """``${V:?message}`` with V unset: compose refuses to start with ``message``."""
+
+
 def interpolate(value: str, env: dict[str, str] | None = None) -> str:
-    """Compose's variable substitution for the forms the file uses: ${V}, ${V:-default}, $$."""
-    env = env or {}
+    """Compose's variable substitution for the forms the file uses:
+    ${V}, ${V:-default}, ${V:?message}, $$ (``env`` defaults to compose.demo.env's)."""
+    env = DEMO_ENV if env is None else env
 
     def one(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
-        name, default = match.group(1), match.group(3)
-        return env.get(name) or (default if default is not None else "")
+        name, form, argument = match.group(1), match.group(3), match.group(4)
+        if env.get(name):
+            return env[name]
+        if form == "?":
+            raise MissingVariable(f"{name}: {argument}")
+        return argument if form == "-" else ""
 
-    return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", one, value)
+    return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:([-?])([^}]*))?\}", one, value)
 
 
-def environment(service: dict[str, Any]) -> dict[str, str]:
-    """A service's environment, interpolated with an empty shell environment."""
-    env = service.get("environment", {})
-    assert isinstance(env, dict), "environment is written as a mapping"
-    return {key: interpolate(str(value)) for key, value in env.items()}
+def environment(service: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, str]:
+    """A service's environment, interpolated with ``env`` (default: the demo's env file)."""
+    values = service.get("environment", {})
+    assert isinstance(values, dict), "environment is written as a mapping"
+    return {key: interpolate(str(value), env) for key, value in values.items()}
 
 
 def test_valid_against_compose_spec(compose: dict[str, Any]) -> None:
@@ -159,7 +181,10 @@ def test_ingest_environment_parses(
     mounts = {target for _, _, target in _mounts(compose["services"]["ingest"])}
     assert str(settings.registry_dir) in mounts
     registry_init = compose["services"]["registry-init"]
-    assert str(settings.registry_dir) in registry_init["command"]
+    command = " ".join(registry_init["command"])
+    # made once: an existing registry (provisioned devices included) is kept
+    assert f"test -e {settings.registry_dir}/devices.csv ||" in command
+    assert f"--out {settings.registry_dir}" in command
     assert str(settings.registry_dir) in {t for _, _, t in _mounts(registry_init)}
 
 
@@ -231,3 +256,76 @@ def test_dockerignore_keeps_what_pip_install_needs() -> None:
         assert not excluded, f".dockerignore drops {path} ({excluded})"
     for path in (".venv", ".git", "tests"):
         assert any(fnmatch.fnmatch(path, p) for p in patterns), f"{path} goes into the image"
+
+
+# --- issue 14: defaults refused outside the demo, loopback ports, provisioning --------
+
+
+NOT_DEMO = ("mosquitto", "influxdb", "grafana", "ingest", "registry-init")
+
+
+def test_no_secret_has_a_default_outside_the_demo(compose: dict[str, Any]) -> None:
+    """Without compose.demo.env, compose refuses to start and names what to set."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    secrets = {k: v for k, v in DEMO_ENV.items() if k != "COMPOSE_PROFILES"}
+    for name in secrets:
+        default = re.search(rf"\$\{{{name}:-([^}}]+)\}}", text)
+        assert default is None, f"{name} has a default in docker-compose.yml: {default}"
+    refused = set()
+    for name in NOT_DEMO:
+        for key, value in compose["services"][name].get("environment", {}).items():
+            try:
+                interpolate(str(value), {})
+            except MissingVariable as exc:
+                refused.add(str(exc).split(":")[0])
+                assert "set " in str(exc), f"{name}.{key}: the message says what to set"
+    assert refused == set(secrets) - {"SIMULATOR_DEVICE_SECRET"}
+    # the shell's own value wins
+    assert interpolate("${INFLUX_TOKEN:?set it}", {"INFLUX_TOKEN": "mine"}) == "mine"
+
+
+def test_demo_profile_holds_the_fleet(compose: dict[str, Any]) -> None:
+    assert DEMO_ENV["COMPOSE_PROFILES"] == "demo"
+    services = compose["services"]
+    demo = {name for name, s in services.items() if "demo" in s.get("profiles", [])}
+    assert demo == {"simulator", "broker-users"}
+    for name in NOT_DEMO:
+        assert not set(services[name].get("depends_on", {})) & demo, (
+            f"{name} depends on a demo-only service")
+
+
+def test_only_mqtt_is_published_beyond_loopback(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            if name == "mosquitto":
+                assert port in ("1883:1883", "8883:8883")
+            else:
+                assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+    assert compose["services"]["ingest"]["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def test_provisioning_shares_the_broker_password_file(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    ingest_file = Path(environment(services["ingest"])["FARM_BROKER_PASSWD_FILE"])
+    broker_env = environment(services["mosquitto"])
+    broker_file = Path(broker_env["MQTT_PASSWD_FILE"])
+    assert ingest_file.name == broker_file.name
+    ingest_volume = {t: s for k, s, t in _mounts(services["ingest"]) if k == "volume"}
+    broker_volume = {t: s for k, s, t in _mounts(services["mosquitto"]) if k == "volume"}
+    assert ingest_volume[str(ingest_file.parent)] == broker_volume[str(broker_file.parent)]
+    # ingest (the image's farm group) may write it; the broker re-reads it by itself
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"--gid {broker_env['MQTT_PASSWD_GROUP']} farm" in dockerfile
+    assert "mosquitto" in re.search(r"apt-get install[^\n]*", dockerfile).group(0)  # type: ignore[union-attr]
+    assert float(broker_env["MQTT_RELOAD_INTERVAL_S"]) > 0
+    assert "FARM_BROKER_PID_FILE" not in environment(services["ingest"])
+
+
+def test_dashboards_are_installed_with_the_package() -> None:
+    """``dashboards.push`` from an install reads dashboards/json/ next to its module."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["dashboards"]
+    found = [p for g in globs for p in (ROOT / "dashboards").glob(g)]
+    from dashboards.push import JSON_DIR
+
+    assert sorted(found) == sorted(JSON_DIR.glob("*.json")) and found

@@ -22,7 +22,7 @@ from dashboards.panel_queries import panel_queries
 from devstack.servers import Influxd, Mosquitto
 from farm_contract import schema
 from ingest_service.api.app import create_app
-from ingest_service.indicators.engine import IndicatorPublisher
+from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
 from ingest_service.telemetry.rollups import TelemetryRollups, TelemetryRollupSettings
@@ -128,7 +128,7 @@ def test_indicators_match_the_scenario(
 
     # The same as CSV, Chinese county names intact.
     text = client.get("/api/v1/indicators", params={"year": year, "format": "csv"}).text
-    table = list(csv.DictReader(io.StringIO(text)))
+    table = list(csv.DictReader(io.StringIO(text.removeprefix("\ufeff"))))
     assert {r["county"] for r in table} == {"", *scenario_counties(scenario)}
     assert len(table) == len(expected)
 

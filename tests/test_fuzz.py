@@ -2,7 +2,8 @@
 
 Three layers:
 
-- the pipeline without servers: any topic and payload (malformed JSON, wrong
+- the threaded pipeline as production runs it (``start``, ``submit_many``), without
+  servers: any topic and payload (malformed JSON, wrong
   types, NaN, out-of-range values, far-off timestamps, huge messages, unknown
   devices, a device under another site, names full of line-protocol specials)
   becomes points and/or rejections whose reasons are the ones in
@@ -41,7 +42,7 @@ from ingest_service.pipeline.batcher import Outcome, Pipeline, rejection_point
 from ingest_service.pipeline.enrich import Enricher
 from ingest_service.settings import Settings
 from ingest_service.state import RegistryHolder, ServiceState, Stats
-from tests.helpers import count, rows
+from tests.helpers import count, rows, through_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,16 +266,16 @@ class RecordingWriter:
 def make_pipeline() -> tuple[Pipeline, RecordingWriter, Stats]:
     writer = RecordingWriter()
     stats = Stats()
-    enricher = Enricher(lambda: REGISTRY, Settings())
-    return Pipeline(Settings(), enricher, writer, stats), writer, stats
+    config = Settings(batch_interval_s=0.001)
+    enricher = Enricher(lambda: REGISTRY, config)
+    return Pipeline(config, enricher, writer, stats), writer, stats
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(topic=topics, payload=payloads)
 def test_any_message_is_stored_or_rejected_with_a_known_reason(topic: str, payload: bytes) -> None:
+    """Through the threaded path production runs (``start``, ``submit_many``, writer thread)."""
     pipeline, writer, stats = make_pipeline()
-    acked: list[bool] = []
-    inbound = Inbound(topic, payload, 1_000, lambda: acked.append(True))
     outcomes: list[Outcome] = []
     original = pipeline.outcome
 
@@ -283,16 +284,16 @@ def test_any_message_is_stored_or_rejected_with_a_known_reason(topic: str, paylo
         return outcomes[-1]
 
     pipeline.outcome = recorded  # type: ignore[method-assign]
-    pipeline.process([inbound])
+    acks = through_pipeline(pipeline, [(topic, payload)])
+    assert acks == {0: 1}, "every message is acknowledged exactly once, after the write"
     [outcome] = outcomes
     if outcome.line is not None:  # the fast path: the general path's one point, encoded
-        general = make_pipeline()[0].general_outcome(inbound)
+        general = make_pipeline()[0].general_outcome(Inbound(topic, payload, 1_000))
         assert not general.rejections and len(general.points) == 1
         assert outcome.line == encode_point(general.points[0])
         outcome = general
     assert outcome.points or outcome.rejections
     assert {r.reason for r in outcome.rejections} <= REASONS
-    assert acked == [True], "every message is acknowledged exactly once, after the write"
     assert sum(stats.rejected.values()) == len(outcome.rejections)
     written = [rejection_point(r) for r in outcome.rejections]
     points = [p for p in outcome.points + written if p.fields]

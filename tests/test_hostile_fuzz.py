@@ -13,8 +13,6 @@ within their bound (registered devices only, whatever the topics).
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,13 +26,12 @@ from hypothesis import strategies as st
 
 from devstack.servers import Influxd
 from farm_contract.registry import Registry
-from ingest_service.model import Inbound
 from ingest_service.outputs.influx import make_writer
 from ingest_service.pipeline.batcher import Pipeline
 from ingest_service.pipeline.enrich import Enricher
 from ingest_service.settings import Settings
 from ingest_service.state import Stats
-from tests.helpers import DEVICES_CSV, SITES_CSV, rows
+from tests.helpers import DEVICES_CSV, SITES_CSV, rows, through_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -177,27 +174,9 @@ def test_hostile_mixtures_store_every_good_neighbour(influx: Influxd) -> None:
         enricher = Enricher(lambda: REGISTRY, config)
         writer = make_writer(config)
         pipeline = Pipeline(config, enricher, writer, Stats())
-        acks: Counter[int] = Counter()
-        lock = threading.Lock()
-
-        def acker(n: int) -> Any:
-            def ack() -> None:
-                with lock:
-                    acks[n] += 1
-            return ack
-
-        inbounds = [Inbound(m.topic, m.payload(), time.time_ns(), acker(n))
-                    for n, m in enumerate(messages)]
-        pipeline.start()
         try:
-            half = len(inbounds) // 2  # two reads from the socket, as the input hands them
-            pipeline.submit_many(inbounds[:half])
-            pipeline.submit_many(inbounds[half:])
-            deadline = time.monotonic() + 30
-            while sum(acks.values()) < len(inbounds) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            acks = through_pipeline(pipeline, [(m.topic, m.payload()) for m in messages])
         finally:
-            pipeline.stop()
             writer.close()
         assert acks == Counter(range(len(messages))), "each message acknowledged exactly once"
 

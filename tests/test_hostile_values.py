@@ -24,7 +24,7 @@ from ingest_service.model import Inbound
 from ingest_service.pipeline.batcher import Pipeline
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
-from tests.helpers import count, rows, write_registry
+from tests.helpers import count, rows, through_pipeline, write_registry
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DRIP = "farm/v1/drip-1/dev-1"
@@ -59,26 +59,10 @@ def service(influxd: Influxd, registry_dir: Path) -> Iterator[IngestService]:
     svc.query.close()
 
 
-class Acks:
-    """Counts acknowledgements per message."""
-
-    def __init__(self) -> None:
-        self.count: dict[int, int] = {}
-
-    def inbound(self, topic: str, body: object, n: int = 0) -> Inbound:
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-
-        def ack() -> None:
-            self.count[n] = self.count.get(n, 0) + 1
-
-        return Inbound(topic, payload, 1_000, ack)
-
-
 def send(pipeline: Pipeline, topic: str, body: object) -> int:
-    """Store one message through the pipeline; how many times it was acknowledged."""
-    acks = Acks()
-    pipeline.process([acks.inbound(topic, body)])
-    return acks.count.get(0, 0)
+    """Store one message through the threaded pipeline; how many times it was acknowledged."""
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return through_pipeline(pipeline, [(topic, payload)])[0]
 
 
 def reasons(influxd: Influxd) -> list[str]:
@@ -221,9 +205,10 @@ def test_a_counter_reset_names_a_never_decreasing_metric_of_the_site(
 ) -> None:
     pipeline = service.pipeline
     bad = {**counter_reset(1), "metric": "flow_lpm"}
-    refused = pipeline.outcome(Acks().inbound(f"{DRIP}/event", bad))
+    refused = pipeline.outcome(Inbound(f"{DRIP}/event", json.dumps(bad).encode(), 1))
     assert [r.reason for r in refused.rejections] == ["invalid_payload"]
-    elsewhere = pipeline.outcome(Acks().inbound("farm/v1/farm-1/dev-2/event", counter_reset(1)))
+    reset = json.dumps(counter_reset(1)).encode()
+    elsewhere = pipeline.outcome(Inbound("farm/v1/farm-1/dev-2/event", reset, 1))
     assert [r.reason for r in elsewhere.rejections] == ["event_not_for_site"]
 
 

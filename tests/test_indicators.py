@@ -15,12 +15,11 @@ from farm_contract.indicators import IndicatorId, IndicatorValue
 from farm_contract.registry import Registry
 from ingest_service.indicators.engine import (
     IndicatorEngine,
-    IndicatorPublisher,
     Totals,
     UnknownCountyError,
-    indicator_points,
     year_window,
 )
+from ingest_service.indicators.publisher import IndicatorPublisher, indicator_points
 from ingest_service.influxql import InfluxQL, QueryError, Series
 from ingest_service.model import FieldValue, Point
 from ingest_service.outputs.influx import make_writer

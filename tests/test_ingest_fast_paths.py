@@ -1,7 +1,8 @@
 """The ingest fast paths give exactly what the general paths give (issue #6).
 
-Each shortcut taken for speed — orjson before ``json``, the hand check of the
-common telemetry shape before pydantic, the cached series key before escaping
+Each shortcut taken for speed — orjson before ``json``, the enricher's one step
+from bytes to line for plain telemetry before parse (pydantic) and enrich, the
+cached series key before escaping
 tags per point, the per-site-type metric table before the catalog — must be
 invisible: same values, same rejections, same bytes.
 """
@@ -10,23 +11,28 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from farm_contract.catalog import CATALOG
+from farm_contract.catalog import CATALOG, Metric, SiteType
 from farm_contract.payloads import (
+    SEQ_MAX,
     PayloadError,
-    TelemetryMessage,
     decode_json,
     decode_json_stdlib,
-    telemetry_fast,
+    format_ts,
+    parse_ts,
 )
 from farm_contract.registry import Registry
 from ingest_service.model import Inbound, Point
 from ingest_service.outputs.lineprotocol import encode_point, series_key
+from ingest_service.pipeline import enrich
 from ingest_service.pipeline.enrich import Enricher
 from ingest_service.pipeline.parse import Rejected, parse_device_message
 from ingest_service.settings import Settings
@@ -40,6 +46,17 @@ dev-1,drip-1,,probe
 dev-2,farm-1,0011223344556677,lora
 """
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST_MS = (parse_ts(Settings().earliest_ts) - EPOCH) // timedelta(milliseconds=1)
+SKEW_MS = int(Settings().max_future_skew_s * 1000)
+
+
+def epoch_ms(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+EPOCH_SPAN_MS = epoch_ms(NOW) - EARLIEST_MS
+"""How far back an epoch-ms ``ts`` is drawn: a fixed range (draws must not follow the clock)."""
 
 
 def outcome(payload: bytes) -> tuple[str, Any]:
@@ -105,56 +122,6 @@ def test_decode_matches_the_standard_library(value: Any) -> None:
     assert same(got[1], want[1])
 
 
-reading = st.one_of(
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=3),
-    st.none(),
-)
-telemetry_like = st.fixed_dictionaries(
-    {},
-    optional={
-        "v": st.sampled_from([1, True, 1.0, 2, "1", None]),
-        "seq": st.one_of(st.integers(min_value=-2, max_value=2**64), st.floats(), st.booleans()),
-        "ts": st.sampled_from(
-            ["2026-05-01T08:00:00Z", "2026-05-01T08:00:00.123+08:00", "2026-05-01T08:00:00",
-             "yesterday", 1_777_000_000_000, True, None, "2026-W18-5T08:00:00Z",
-             "2026-121T08:00:00Z", " 2026-05-01T08:00:00Z", "2026-05-01T08:00:00.123456789Z",
-             1_777_000_000_000.0]
-        ),
-        "readings": st.one_of(
-            st.dictionaries(st.sampled_from([*CATALOG, "x"]), reading, max_size=4),
-            st.lists(reading, max_size=2), st.none(),
-        ),
-        "batch": st.none(),
-        "extra": st.integers(),
-    },
-)
-
-
-@settings(max_examples=600, deadline=None)
-@given(telemetry_like)
-def test_telemetry_fast_path_agrees_with_pydantic(data: dict[str, Any]) -> None:
-    fast = telemetry_fast(data)
-    try:
-        slow = TelemetryMessage.model_validate(data).records()
-    except ValueError:
-        assert fast is None
-        return
-    if fast is not None:
-        assert [r.model_dump() for r in fast] == [r.model_dump() for r in slow]
-        for a, b in zip(fast, slow, strict=True):
-            assert same(dict(a.readings), dict(b.readings))
-            assert a.ts == b.ts and a.ts.tzinfo is not None and type(a.seq) is int
-
-
-def test_common_telemetry_takes_the_fast_path() -> None:
-    data = {"v": 1, "seq": 7, "ts": "2026-05-01T08:00:00Z",
-            "readings": {"flow_lpm": 1.5, "valve_open": True, "volume_m3": 3}}
-    assert telemetry_fast(data) is not None
-
-
 @settings(max_examples=300, deadline=None)
 @given(
     st.text(max_size=8),
@@ -214,56 +181,229 @@ TOPICS = [
 ]
 
 
-def _reading_of(name: str) -> st.SearchStrategy[Any]:
-    """Mostly what ``name`` takes (a float in range, or a boolean), sometimes not."""
-    metric = CATALOG.get(name)
-    if metric is None:
-        return st.floats(0, 1)
+def _reading(metric: Metric) -> st.SearchStrategy[Any]:
+    """A reading ``metric`` takes: a boolean, or a float within its range."""
     if metric.is_bool:
-        right: st.SearchStrategy[Any] = st.booleans()
-    else:
-        low = -1e6 if metric.minimum is None else float(metric.minimum)
-        high = 1e6 if metric.maximum is None else float(metric.maximum)
-        right = st.floats(low, high)
-    wrong = st.one_of(
-        st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), st.booleans(),
-        st.text(max_size=2), st.none(), st.just({"a": 1.0}), st.just(1e30),
-    )
-    return st.one_of(*[right] * 7, wrong)
+        return st.booleans()
+    return st.floats(float(metric.minimum or 0), float(metric.maximum or 0))
+
+
+def _ts(moment: datetime, separator: str, extra_digits: str, offset: str) -> str:
+    """``moment`` (whole milliseconds) as RFC 3339 in one of the forms the contract allows."""
+    local = moment.astimezone(timezone(timedelta(hours=8))) if offset == "+08:00" else moment
+    whole = local.strftime(f"%Y-%m-%d{separator}%H:%M:%S")
+    return f"{whole}.{local.microsecond // 1000:03d}{extra_digits}{offset}"
 
 
 @st.composite
-def near_valid_telemetry(draw: st.DrawFn, site_type: str) -> dict[str, Any]:
-    """A telemetry message of a ``site_type`` device that is valid more often than not."""
+def valid_telemetry(draw: st.DrawFn, site_type: SiteType) -> dict[str, Any]:
+    """Plain, valid telemetry of a ``site_type`` device, built from the catalog."""
     own = [name for name, metric in CATALOG.items() if metric.allowed_at(site_type)]
-    name = st.one_of(*[st.sampled_from(own)] * 9, st.sampled_from([*CATALOG, "x"]))
-    names = draw(st.lists(name, min_size=1, max_size=5, unique=True))
-    good_ts = ["2026-05-01T08:00:00Z", "2026-05-01T08:00:00.123+08:00", "2026-05-01T08:00:00.5Z"]
-    bad_ts = ["2099-01-01T00:00:00Z", "1999-01-01T00:00:00Z", "2026-05-01T08:00:00", 17770000,
-              "2026-W18-5T08:00:00Z", "2026-121T08:00:00Z", "2026-05-01T08:00:00Z\n"]
-    return {
-        "v": draw(st.sampled_from([1] * 8 + [True, 2, 1.0])),
-        "seq": draw(st.one_of(*[st.integers(0, 10**6)] * 4, st.sampled_from([-1, 2**63]))),
-        "ts": draw(st.one_of(*[st.sampled_from(good_ts)] * 4, st.sampled_from(bad_ts))),
-        "readings": {name: draw(_reading_of(name)) for name in names},
+    names = draw(st.lists(st.sampled_from(own), min_size=1, max_size=len(own), unique=True))
+    ago_ms = draw(st.integers(0, 400 * 86_400_000))
+    moment = datetime.now(UTC).replace(microsecond=0) - timedelta(milliseconds=ago_ms)
+    ts: str | int
+    if draw(st.integers(0, 2)) == 0:  # integer epoch milliseconds, as many devices send
+        back = draw(st.sampled_from([0, EPOCH_SPAN_MS]) | st.integers(0, EPOCH_SPAN_MS))
+        ts = max(EARLIEST_MS, epoch_ms(moment) - back)  # as far back as the earliest allowed
+    else:
+        separator = draw(st.sampled_from("Tt "))
+        digits = draw(st.text("0123456789", max_size=6))
+        offset = draw(st.sampled_from(["Z", "z", "+08:00", "+00:00"]))
+        ts = _ts(moment, separator, digits, offset)
+    event("ts: epoch ms" if type(ts) is int else "ts: RFC 3339")
+    body = {
+        "v": 1,
+        "seq": draw(st.integers(0, SEQ_MAX)),
+        "ts": ts,
+        "readings": {name: draw(_reading(CATALOG[name])) for name in names},
     }
+    if draw(st.integers(0, 4)) == 0:
+        body["note"] = draw(st.text(max_size=5))  # extra fields are ignored by both paths
+    order = draw(st.permutations(list(body)))
+    return {key: body[key] for key in order}
 
 
-@settings(max_examples=800, deadline=None)
-@given(st.data())
-def test_telemetry_line_is_the_general_paths_line(data: st.DataObject) -> None:
-    """Whatever the fast path turns into a line, the general path stores as that very line."""
-    topic = data.draw(st.sampled_from(TOPICS[:2] * 2 + TOPICS))
-    site_type = "manure" if "/farm-1/" in topic else "drip"
-    message = data.draw(near_valid_telemetry(site_type) | telemetry_like)
+def epoch_edges() -> list[tuple[Any, str]]:
+    """Epoch-ms ``ts`` values just out of bounds or of the wrong type, and the general
+    path's reason. "Ahead" is 1 s past the allowed skew, so no test races the clock."""
+    now_ms = epoch_ms(datetime.now(UTC))
+    return [(0, "ts_too_old"), (-1, "ts_too_old"), (EARLIEST_MS - 1, "ts_too_old"),
+            (now_ms + SKEW_MS + 1000, "ts_in_future"), (2**53, "invalid_payload"),
+            (10**30, "invalid_payload"), (True, "invalid_payload"),
+            (float(now_ms), "invalid_payload"), (str(now_ms), "invalid_payload")]
+
+
+@dataclass
+class Mutant:
+    """A message the fast path must decline, and what the general path makes of it."""
+
+    topic: str
+    payload: bytes
+    reasons: list[str]
+    same_as: dict[str, Any] | None
+    """A valid message whose fast-path line the general path must store, or None (nothing)."""
+
+
+def _without(message: dict[str, Any], name: str) -> dict[str, Any] | None:
+    readings = {k: v for k, v in message["readings"].items() if k != name}
+    return {**message, "readings": readings} if readings else None
+
+
+@st.composite
+def mutant(draw: st.DrawFn, message: dict[str, Any], topic: str, site_type: SiteType) -> Mutant:
+    """``message`` spoiled in one way the fast path leaves to the general path."""
+    readings: dict[str, Any] = message["readings"]
+    numeric = [name for name in readings if not CATALOG[name].is_bool]
+    flags = [name for name in readings if CATALOG[name].is_bool]
+    other_site = next(name for name, metric in CATALOG.items()
+                      if metric.site_types == {SiteType.STRAW})
+    kinds = ["unknown metric", "not for site", "future", "too old", "other ts form",
+             "epoch edge", "batch",
+             "envelope", "nan", "unknown device", "wrong site", "other prefix"]
+    kinds += ["int", "out of range", "bool for number"] if numeric else []
+    kinds += ["number for bool"] if flags else []
+    kind = draw(st.sampled_from(kinds))
+    event(f"mutation: {kind}")
+
+    def changed(**fields: Any) -> bytes:
+        return json.dumps({**message, **fields}, allow_nan=True).encode()
+
+    def reading(name: str, value: Any) -> bytes:
+        return changed(readings={**readings, name: value})
+
+    plain = json.dumps(message).encode()
+    if kind in ("int", "out of range", "bool for number"):
+        name = draw(st.sampled_from(numeric))
+        if kind == "int":
+            whole = int(readings[name])
+            return Mutant(topic, reading(name, whole), [],
+                          {**message, "readings": {**readings, name: float(whole)}})
+        bad = float(CATALOG[name].maximum or 0) + 1.0 if kind == "out of range" else True
+        return Mutant(topic, reading(name, bad), ["out_of_range"], _without(message, name))
+    if kind == "number for bool":
+        name = draw(st.sampled_from(flags))
+        return Mutant(topic, reading(name, 1.0), ["out_of_range"], _without(message, name))
+    if kind == "unknown metric":
+        return Mutant(topic, reading("x_unknown", 1.0), ["unknown_metric"], message)
+    if kind == "not for site":
+        return Mutant(topic, reading(other_site, 1.0), ["metric_not_for_site"], message)
+    if kind == "future":
+        ahead = format_ts(datetime.now(UTC) + timedelta(days=1))
+        return Mutant(topic, changed(ts=ahead), ["ts_in_future"], None)
+    if kind == "too old":
+        return Mutant(topic, changed(ts="1999-12-31T23:59:59Z"), ["ts_too_old"], None)
+    if kind == "other ts form":  # the same moment, as epoch ms or as RFC 3339 text
+        moment = parse_ts(message["ts"])
+        other = format_ts(moment) if type(message["ts"]) is int else epoch_ms(moment)
+        return Mutant(topic, changed(ts=other), [], message)
+    if kind == "epoch edge":
+        ts, reason = draw(st.sampled_from(epoch_edges()))
+        return Mutant(topic, changed(ts=ts), [reason], None)
+    if kind == "batch":
+        record = {key: message[key] for key in ("seq", "ts", "readings")}
+        return Mutant(topic, json.dumps({"v": 1, "batch": [record]}).encode(), [], message)
+    if kind == "envelope":
+        ts = message["ts"] if type(message["ts"]) is str else format_ts(parse_ts(message["ts"]))
+        spoil = draw(st.sampled_from([{"v": True}, {"v": 1.0}, {"v": 2}, {"seq": -1},
+                                      {"seq": SEQ_MAX + 1}, {"seq": 1.0}, {"readings": {}},
+                                      {"ts": ts[:19]}, {"ts": "2026-W18-5T08:00:00Z"}]))
+        return Mutant(topic, changed(**spoil), ["invalid_payload"], None)
+    if kind == "nan":
+        name = draw(st.sampled_from(list(readings)))
+        return Mutant(topic, reading(name, math.nan), ["bad_json"], None)
+    wrong = {"unknown device": ("farm/v1/drip-1/dev-9/telemetry", "unknown_device"),
+             "wrong site": ("farm/v1/farm-1/dev-1/telemetry", "wrong_site"),
+             "other prefix": (topic.replace("farm/", "other/", 1), "bad_topic")}
+    where, reason = wrong[kind]
+    return Mutant(where, plain, [reason], None)
+
+
+FAST_TOPICS = {SiteType.DRIP: "farm/v1/drip-1/dev-1/telemetry",
+               SiteType.MANURE: "farm/v1/farm-1/dev-2/telemetry"}
+
+
+def test_telemetry_line_is_the_general_paths_line() -> None:
+    """The fast path's line is the general path's line, on messages it mostly takes.
+
+    Every example asserts: either the fast path made a line and the general path
+    stores exactly that line and nothing else, or the fast path declined a message
+    spoiled on purpose and the general path's rejections and stored line are the
+    ones expected. A plain valid message must never be declined.
+    """
     registry = Registry.from_csv(SITES, DEVICES)
-    payload = json.dumps(message, allow_nan=True).encode()
-    line = Enricher(lambda: registry, Settings()).telemetry_line(topic, payload)
-    if line is None:
-        return
-    want, rejections = _general_line(Enricher(lambda: registry, Settings()), topic, payload)
-    assert rejections == []
-    assert line == want
+    reached = Counter[str]()
+
+    def enricher() -> Enricher:
+        return Enricher(lambda: registry, Settings())  # fresh counters each time
+
+    @settings(max_examples=800, deadline=None)
+    @given(st.data())
+    def check(data: st.DataObject) -> None:
+        site_type = data.draw(st.sampled_from(sorted(FAST_TOPICS)))
+        topic = FAST_TOPICS[site_type]
+        message = data.draw(valid_telemetry(site_type))
+        spoiled = data.draw(st.sampled_from([False] * 9 + [True]))
+        if spoiled:
+            case = data.draw(mutant(message, topic, site_type))
+        else:
+            case = Mutant(topic, json.dumps(message).encode(), [], message)
+        line = enricher().telemetry_line(case.topic, case.payload)
+        stored, reasons = _general_line(enricher(), case.topic, case.payload)
+        if line is not None:
+            assert reasons == [] and line == stored
+            reached["equal"] += 1
+            if type(json.loads(case.payload)["ts"]) is int:
+                reached["equal, epoch ms"] += 1
+            event("fast line == general line")
+            return
+        assert spoiled, f"plain valid telemetry declined by the fast path: {case.payload!r}"
+        assert sorted(reasons) == sorted(case.reasons)
+        want = None
+        if case.same_as is not None:
+            want = enricher().telemetry_line(topic, json.dumps(case.same_as).encode())
+            assert want is not None
+        assert stored == want
+        reached["declined"] += 1
+        event("declined; general path as expected")
+
+    check()
+    total = reached["equal"] + reached["declined"]
+    assert total == 800, reached
+    assert reached["equal"] >= 0.8 * total, reached
+    assert reached["equal, epoch ms"] >= 0.15 * total, reached
+
+
+def test_epoch_ms_ts_is_declined_out_of_bounds_and_taken_up_to_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Epoch-ms edges: the general path's reason for each, and the fast path exactly at the
+    bounds (its clock pinned to the general path's ``now``)."""
+    registry = Registry.from_csv(SITES, DEVICES)
+    topic = FAST_TOPICS[SiteType.DRIP]
+
+    def body(ts: Any) -> bytes:
+        return json.dumps({"v": 1, "seq": 3, "ts": ts, "readings": {"flow_lpm": 1.5}}).encode()
+
+    for ts, reason in epoch_edges():
+        fast = Enricher(lambda: registry, Settings()).telemetry_line(topic, body(ts))
+        assert fast is None, ts
+        assert _general_line(Enricher(lambda: registry, Settings()), topic, body(ts)) == (
+            None, [reason]), ts
+
+    now = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    monkeypatch.setattr(enrich, "wall_clock_ns", lambda: epoch_ms(now) * 1_000_000 + 456_789)
+    latest = epoch_ms(now) + SKEW_MS  # the general path's bound, in whole milliseconds
+    for ts, stored in ((EARLIEST_MS, True), (latest, True), (latest + 1, False)):
+        line = Enricher(lambda: registry, Settings()).telemetry_line(topic, body(ts))
+        general = Enricher(lambda: registry, Settings())
+        inbound = Inbound(topic, body(ts), 1_000)
+        points, rejections = general.points(
+            parse_device_message(topic, body(ts), "farm"), inbound, now)
+        assert [r.reason for r in rejections] == ([] if stored else ["ts_in_future"]), ts
+        assert line == (encode_point(points[0]) if stored else None), ts
+        if stored:
+            assert line is not None and line.endswith(f" {ts * 1_000_000 + 3}")
 
 
 def test_common_telemetry_becomes_a_line_and_anything_doubtful_does_not() -> None:

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from farm_contract.payloads import telemetry_fast
 from farm_contract.registry import Registry
 from farm_contract.topics import is_valid_id
 from ingest_service.model import Inbound, Point
@@ -333,7 +332,6 @@ def test_strict_version_and_timestamps(
         parse_device_message(topic, json.dumps(body).encode(), "farm")
     assert caught.value.reason == "invalid_payload" and why in caught.value.detail
     assert enricher.telemetry_line(topic, json.dumps(body).encode()) is None
-    assert telemetry_fast(body) is None
 
 
 def test_rfc3339_forms_the_contract_allows(enricher: Enricher) -> None:

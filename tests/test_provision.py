@@ -9,6 +9,9 @@ registry folder), and still cannot publish as another device.
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import stat
 import subprocess
 import sys
 import time
@@ -25,7 +28,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from devstack.servers import LOOPBACK, Influxd, Mosquitto, find_binary
 from ingest_service.api.app import create_app
-from ingest_service.provision import ProvisionError, make_device, with_device
+from ingest_service.provision import (
+    ProvisionError,
+    make_device,
+    set_broker_password,
+    with_device,
+)
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
 from tests.helpers import DEVICES_CSV, SITES_CSV, count, wait_for, write_registry
@@ -199,13 +207,72 @@ def test_provision_device_api_call(stack: Stack) -> None:
     assert credentials["broker_reloaded"] is True
     assert stack.service.state.registry.get().devices["new-3"].model == "probe"
     check_new_device_can_publish_only_as_itself(stack, "new-3", credentials["mqtt_password"])
+    # A repeated request keeps the password the device is using (issue 14: it used to
+    # rotate it silently); asking with rotate gives a new one.
     again = client.post("/api/v1/devices", json=body, headers=auth)
-    assert again.status_code == 200 and again.json()["created"] is False
-    assert again.json()["mqtt_password"] != credentials["mqtt_password"]
-    old = credentials["mqtt_password"]  # stops working once the broker has reloaded
-    wait_for(lambda: not login_accepted(stack.broker, "new-3", old), timeout=10, interval=0.2)
-    assert login_accepted(stack.broker, "new-3", again.json()["mqtt_password"])
+    assert again.status_code == 409, again.text
+    assert "already provisioned" in again.json()["problems"][0]
+    assert login_accepted(stack.broker, "new-3", credentials["mqtt_password"])
+    rotated = client.post("/api/v1/devices", json={**body, "rotate": True}, headers=auth)
+    assert rotated.status_code == 200, rotated.text
+    new_password = rotated.json()["mqtt_password"]
+    assert new_password != credentials["mqtt_password"]
+    assert login_accepted(stack.broker, "new-3", new_password)
     client.close()
+
+
+def provision_command(
+    stack: Stack, device_id: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable, "-m", "ingest_service", "provision-device",
+            "--device-id", device_id, "--site-id", "drip-1",
+            "--passwd-file", str(stack.passwd), "--registry-dir", str(stack.registry),
+            "--broker-pid-file", str(stack.pid_file), *extra,
+        ],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )
+
+
+def test_provisioning_again_needs_rotate(stack: Stack) -> None:
+    first = provision_command(stack, "new-4")
+    assert first.returncode == 0, first.stderr
+    old = json.loads(first.stdout)["mqtt_password"]
+    passwd_before = stack.passwd.read_text()
+    again = provision_command(stack, "new-4")
+    assert again.returncode == 1 and "already provisioned" in again.stderr
+    assert "--rotate" in again.stderr and stack.passwd.read_text() == passwd_before
+    rotated = provision_command(stack, "new-4", "--rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new = json.loads(rotated.stdout)
+    assert new["created"] is False and new["mqtt_password"] != old
+    wait_for(lambda: not login_accepted(stack.broker, "new-4", old), timeout=10, interval=0.2)
+    assert login_accepted(stack.broker, "new-4", new["mqtt_password"])
+
+
+def test_a_new_password_file_is_readable_by_debians_broker(tmp_path: Path) -> None:
+    """Not root:root 0600 (issue 14: Debian's Mosquitto, user mosquitto, could not read
+    it and stopped); no world-readable bits either (Mosquitto 2.0.17+ warns)."""
+    passwd = tmp_path / "etc" / "passwd"
+    set_broker_password(passwd, "d-1", "a-password-of-some-length")
+    set_broker_password(passwd, "d-2", "another-password-of-length")  # rewritten in place
+    info = passwd.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o640
+    if os.geteuid() == 0 and _user_exists("mosquitto"):
+        broker = pwd.getpwnam("mosquitto")
+        assert (info.st_uid, info.st_gid) == (broker.pw_uid, broker.pw_gid)
+    else:
+        assert info.st_uid == os.geteuid()
+    assert passwd.read_text().count("\n") == 2
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def test_registry_checks_before_anything_is_written() -> None:

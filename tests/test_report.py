@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -20,15 +23,30 @@ from fastapi.testclient import TestClient
 from openpyxl import load_workbook
 from openpyxl.chart import BarChart
 
-from farm_contract.indicators import IndicatorId
+from farm_contract.indicators import IndicatorId, IndicatorValue
+from farm_contract.payloads import EventType
 from ingest_service.__main__ import main as cli
 from ingest_service.api.app import create_app
-from ingest_service.report.build import CITY_LABEL, INDICATOR_LABELS, build_report, county_totals
-from ingest_service.report.excel import SHEETS
+from ingest_service.report.build import (
+    CITY_LABEL,
+    INDICATOR_LABELS,
+    LedgerEntry,
+    Report,
+    build_report,
+    county_totals,
+)
+from ingest_service.report.excel import SHEETS, workbook_bytes
 from tests.simulated_year import SimulatedYear, simulated_year
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXCEL = 1e-15
+A4_LANDSCAPE_PT = (842, 595)
+PAGES_OF_THE_SIMULATED_YEAR = dict.fromkeys(SHEETS, 1)
+"""test-small has a few sites a county: every sheet fits one landscape page."""
+HEADER_ENDS = {SHEETS[0]: ("范围", "达标"), SHEETS[1]: ("区县", "回收率"),
+               SHEETS[3]: ("区县", "有台账")}
+"""The first and last column headers (the Chinese line of each) of the sheets whose header
+row repeats on each page."""
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +162,13 @@ def test_csv_and_download_names(
     text = response.content.decode("utf-8")
     assert text.startswith("\ufeff")
     rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
+    # Rounded for display (tonnes to 3 decimals), met as the engine decided on exact values.
     assert [(r["indicator"], r["county"], float(r["numerator"]), float(r["denominator"]),
              r["met"]) for r in rows] == [
-        (a["indicator"], a["county"] or "", a["numerator"], a["denominator"],
+        (a["indicator"], a["county"] or "", round(a["numerator"], 3), round(a["denominator"], 3),
          "true" if a["met"] else "false") for a in api_rows]
+    for r in rows:
+        assert all(len(r[k].partition(".")[2]) <= 3 for k in ("numerator", "denominator")), r
     ledger = client.get("/api/v1/report", params={"year": year.scenario.year,
                                                   "format": "ledger-csv"})
     assert {r["county"] for r in csv.DictReader(io.StringIO(ledger.text.lstrip("\ufeff")))} == (
@@ -172,6 +193,8 @@ def test_cli_writes_the_same_workbook_numbers(
     rows = summary_rows(tmp_path / f"{stem}.xlsx")
     assert [(r["分子 Numerator"], r["分母 Denominator"]) for r in rows] == [
         pytest.approx((a["numerator"], a["denominator"]), rel=EXCEL, abs=0) for a in api_rows]
+    for name in (f"{stem}-summary.csv", f"{stem}-ledger.csv"):  # Excel on Windows needs it
+        assert (tmp_path / name).read_bytes().startswith("\ufeff".encode())
     summary = (tmp_path / f"{stem}-summary.csv").read_text(encoding="utf-8-sig")
     assert all(county in summary for county in year.counties)
 
@@ -198,22 +221,103 @@ def gray_pixels(pgm: bytes) -> tuple[int, int, bytes]:
     return width, height, pixels
 
 
-def test_first_sheet_renders_to_a_page_that_is_not_blank(
-    workbook_file: Path, tmp_path: Path, year: SimulatedYear,
-) -> None:
+def print_to_pdf(workbook: Path) -> Path:
     """LibreOffice (Debian's libreoffice-calc-nogui, scripts/ensure-system-deps.sh) prints
-    the workbook to PDF; page 1 is the summary sheet. It must carry ink where a table
-    is, and the text on it must include every county's name in Chinese."""
-    soffice, pdftoppm = shutil.which("soffice"), shutil.which("pdftoppm")
-    assert soffice and pdftoppm, "run scripts/ensure-system-deps.sh (LibreOffice, poppler)"
-    profile = tmp_path / "lo-profile"
+    every sheet of the workbook, with its page setup, to one PDF beside it."""
+    soffice = shutil.which("soffice")
+    assert soffice, "run scripts/ensure-system-deps.sh (LibreOffice, poppler)"
+    profile = workbook.parent / "lo-profile"
     subprocess.run(
         [soffice, f"-env:UserInstallation=file://{profile}", "--headless", "--convert-to", "pdf",
-         "--outdir", str(tmp_path), str(workbook_file)],
+         "--outdir", str(workbook.parent), str(workbook)],
         check=True, timeout=180, capture_output=True,
     )
-    pdf = tmp_path / "report.pdf"
+    pdf = workbook.with_suffix(".pdf")
     assert pdf.is_file()
+    return pdf
+
+
+@dataclass(frozen=True)
+class PrintedPage:
+    sheet: str
+    width_pt: float
+    height_pt: float
+    text: str
+
+
+def printed_pages(pdf: Path) -> list[PrintedPage]:
+    """Every page: the sheet named in its header ("? …" if none), its size (points), its text."""
+    info = subprocess.run(["pdfinfo", "-f", "1", "-l", "999", str(pdf)], check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+    sizes = [tuple(float(x) for x in m) for m in
+             re.findall(r"Page\s+\d+ size:\s+([\d.]+) x ([\d.]+)", info)]
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+    pages = text.split("\f")[:len(sizes)]
+    assert len(pages) == len(sizes)
+    out = []
+    for (width, height), page in zip(sizes, pages, strict=True):
+        top = page.strip().splitlines()[0].strip() if page.strip() else ""
+        sheet = next((name for name in SHEETS if top.startswith(name)), f"? {top[:40]}")
+        out.append(PrintedPage(sheet, width, height, page))
+    return out
+
+
+@pytest.fixture(scope="module")
+def workbook_pdf(workbook_file: Path) -> Path:
+    return print_to_pdf(workbook_file)
+
+
+def test_every_sheet_prints_landscape_one_page_wide(workbook_pdf: Path) -> None:
+    """Each sheet of the simulated year on A4 landscape, the header row (first to last
+    column) on every page of a table sheet, in as few pages as its rows need."""
+    pages = printed_pages(workbook_pdf)
+    count = {sheet: sum(1 for p in pages if p.sheet == sheet) for sheet in SHEETS}
+    assert count == PAGES_OF_THE_SIMULATED_YEAR and len(pages) == len(SHEETS)
+    assert [p.sheet for p in pages] == list(SHEETS)
+    for page in pages:
+        assert (round(page.width_pt), round(page.height_pt)) == A4_LANDSCAPE_PT, page.sheet
+    for page in pages:
+        for label in HEADER_ENDS.get(page.sheet, ()):
+            assert label in page.text, (page.sheet, label)
+
+
+def test_a_long_ledger_repeats_its_header_on_every_page(tmp_path: Path) -> None:
+    """A county with 150 film sites: the film sheet runs to several pages, each with the
+    whole header row and a page number of the sheet's total."""
+    path = tmp_path / "long.xlsx"
+    path.write_bytes(workbook_bytes(long_report(150)))
+    film = [p for p in printed_pages(print_to_pdf(path)) if p.sheet == SHEETS[1]]
+    assert 5 <= len(film) <= 6  # 150 rows and a total at 25-32 rows a landscape page
+    for n, page in enumerate(film, start=1):
+        assert all(label in page.text for label in ("区县", "覆膜", "回收率")), n
+        assert "长站点-149" not in page.text or n == len(film)
+    names = "".join(p.text for p in film)
+    assert all(f"长站点-{i:03d}" in names for i in range(150))
+
+
+def test_rates_print_rounded_and_met_as_computed(tmp_path: Path) -> None:
+    """0.3 t + 0.6 t of 1 t is 0.8999999999999999 in floats: met (the engine's decision on
+    the unrounded value, farm_contract.indicators) and printed as 90.0 %; 0.89996 is not
+    met and prints as 89.996 %, never as a 90.0 % that looks met."""
+    path = tmp_path / "rates.xlsx"
+    path.write_bytes(workbook_bytes(long_report(1)))
+    summary = [p for p in printed_pages(print_to_pdf(path)) if p.sheet == SHEETS[0]]
+    lines = [line for p in summary for line in p.text.splitlines()]
+    (noisy,) = [line for line in lines if NOISY_COUNTY in line and "Straw" in line]
+    assert "90.0%" in noisy and "✓" in noisy and "0.8999" not in noisy
+    (short,) = [line for line in lines if SHORT_COUNTY in line and "Straw" in line]
+    assert "89.996%" in short and "✗" in short
+
+
+def test_first_sheet_renders_to_a_page_that_is_not_blank(
+    workbook_pdf: Path, tmp_path: Path, year: SimulatedYear,
+) -> None:
+    """Page 1 is the summary sheet. It must carry ink where a table is, and the text on it
+    must include every county's name in Chinese."""
+    pdftoppm = shutil.which("pdftoppm")
+    assert pdftoppm, "run scripts/ensure-system-deps.sh (LibreOffice, poppler)"
+    pdf = workbook_pdf
     subprocess.run([pdftoppm, "-f", "1", "-l", "1", "-r", "60", "-gray", str(pdf),
                     str(tmp_path / "page")], check=True, timeout=60)
     subprocess.run([pdftoppm, "-f", "1", "-l", "1", "-r", "80", "-png", str(pdf),
@@ -230,3 +334,28 @@ def test_first_sheet_renders_to_a_page_that_is_not_blank(
     assert "大同市农业绿色发展指标" in text
     for county in year.counties:
         assert county in text
+
+
+NOISY_COUNTY, SHORT_COUNTY = "噪声县", "差一点县"
+
+
+def long_report(film_sites: int) -> Report:
+    """A hand-made report: one county with ``film_sites`` film sites, and two counties whose
+    straw rates sit at the 0.9 target: 0.3 + 0.6 of 1 (float noise) and 0.89996 of 1."""
+    moment = datetime(2025, 12, 31, 16, tzinfo=UTC)
+    counties = ["长县", NOISY_COUNTY, SHORT_COUNTY]
+    straw = {"长县": (0.5, 1.0), NOISY_COUNTY: (0.3 + 0.6, 1.0), SHORT_COUNTY: (0.89996, 1.0)}
+    indicators = [IndicatorValue.of(i, "city", None, 2025, 1.0, 1.0) for i in IndicatorId]
+    for county in counties:
+        for indicator in IndicatorId:
+            num, den = straw[county] if indicator == IndicatorId.STRAW_UTILIZATION_RATE else (
+                1.0, 1.0)
+            indicators.append(IndicatorValue.of(indicator, "county", county, 2025, num, den))
+    ledger = []
+    for i in range(film_sites):
+        site, name = f"film-{i:03d}", f"长站点-{i:03d}"
+        ledger += [LedgerEntry("长县", site, name, EventType.FILM_APPLIED, "", 24.831999999999997,
+                               0.0, 3),
+                   LedgerEntry("长县", site, name, EventType.FILM_RECOVERED, "", 20.1, 0.0, 2)]
+    return Report(year=2025, as_of=moment, generated=moment, counties=counties,
+                  indicators=indicators, ledger=ledger, manure_sites={})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -20,17 +21,28 @@ from devstack.servers import Influxd, Mosquitto
 from farm_contract.indicators import IndicatorValue
 from farm_contract.registry import Registry
 from ingest_service.indicators import aggregates
-from ingest_service.indicators.engine import IndicatorEngine, IndicatorPublisher
-from ingest_service.indicators.late_events import LateEventMarker, event_times, late_months
+from ingest_service.indicators.engine import IndicatorEngine
+from ingest_service.indicators.late_events import LateEventMarker, late_months
 from ingest_service.indicators.months import Month, Span, gaps
+from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.indicators.rollups import RollupMaintainer, RollupReader
 from ingest_service.influxql import InfluxQL, Series
-from ingest_service.model import FieldValue, Point
+from ingest_service.model import FieldValue, Inbound, Point
 from ingest_service.outputs.influx import WriteError, make_writer
 from ingest_service.outputs.lineprotocol import encode
+from ingest_service.pipeline.batcher import Pipeline
+from ingest_service.pipeline.enrich import Enricher
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
-from tests.helpers import mosquitto_pub, rows, wait_for, write_registry
+from ingest_service.state import Stats
+from tests.helpers import (
+    DEVICES_CSV,
+    SITES_CSV,
+    mosquitto_pub,
+    rows,
+    wait_for,
+    write_registry,
+)
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2026, 3, 1, tzinfo=SHANGHAI)
@@ -194,8 +206,10 @@ def test_late_event_through_ingest_is_reflected_at_once(influxd: Influxd) -> Non
     before = _by_name(rig.same(2025, NOW))["film_recovery_rate", county]
     clock = int(NOW.timestamp()) * 1_000_000_000
     ingest = LateEventMarker(rig.writer, SHANGHAI, "worker-2", clock=lambda: clock)
-    ingest.write(encode([event(DRIP, "film_recovered", datetime(2025, 3, 3, tzinfo=UTC),
-                               900_100, mass_t=1000.0)]))
+    late = event(DRIP, "film_recovered", datetime(2025, 3, 3, tzinfo=UTC), 900_100,
+                 mass_t=1000.0)
+    rig.writer.write(encode([late]))  # as the pipeline does: the write, then the mark
+    ingest.stored([late.time_ns])
     assert ingest.marks == 1
     assert rig.covered(2025, NOW) == _months(2025, 1, 12) - {Month(2025, 3)}
     after = _by_name(rig.same(2025, NOW))["film_recovery_rate", county]
@@ -273,7 +287,7 @@ def test_every_worker_marks_late_events(
     publishing.writer.close()
     publishing.query.close()
     service = IngestService(settings, publish_indicators=False)
-    assert service.publisher is None and isinstance(service.writer, LateEventMarker)
+    assert service.publisher is None and isinstance(service.late_marks, LateEventMarker)
     service.start()
     try:
         assert service.input.wait_connected(10)
@@ -314,28 +328,24 @@ def test_gaps_are_what_roll_ups_do_not_cover() -> None:
     assert gaps(Span(start, Month(2025, 2).start(SHANGHAI)), [Month(2025, 1)], SHANGHAI) == []
 
 
-def test_event_lines_are_found_in_a_body() -> None:
-    body = (b"event,site_id=a,type=harvest grain_t=1.0,seq=1i 1000\n"
-            b"telemetry,site_id=a flow=1.0,seq=2i 2000\n"
-            b"event,site_id=b,type=x seq=3i 3000\n"
-            b"rejection,reason=bad detail=\"event,x 1\" 4000\n"
-            b"event,site_id=c seq=4i 5000")
-    assert list(event_times(body)) == [1000, 3000, 5000]
-    assert list(event_times(b"telemetry,a=b c=1 1")) == []
+def test_late_months_count_the_events_before_the_current_month() -> None:
     march = int(datetime(2025, 3, 5, tzinfo=UTC).timestamp()) * 10**9
     april = int(datetime(2025, 4, 5, tzinfo=UTC).timestamp()) * 10**9
-    late = late_months(f"event,a=b s=1i {march}\nevent,a=b s=2i {april}".encode(), april,
-                       SHANGHAI)
-    assert late == {"2025-03": 1}
+    # 2025-02-28T16:00Z is already March in Datong
+    february_utc = int(datetime(2025, 2, 28, 16, tzinfo=UTC).timestamp()) * 10**9
+    late = late_months([march, april, march + 1, february_utc], april, SHANGHAI)
+    assert late == {"2025-03": 3}
+    assert late_months([april], april, SHANGHAI) == {}
 
 
 class _Writer:
-    def __init__(self, fail_marks: bool = False) -> None:
+    def __init__(self, fail_marks: int = 0) -> None:
         self.bodies: list[bytes] = []
         self.fail_marks = fail_marks
 
     def write(self, body: bytes) -> None:
         if self.fail_marks and body.startswith(b"late_event"):
+            self.fail_marks -= 1
             raise WriteError("InfluxDB answered 500", transient=False, status=500)
         self.bodies.append(body)
 
@@ -350,18 +360,49 @@ def test_marks_follow_the_write_and_a_failed_mark_is_retried() -> None:
     clock = int(NOW.timestamp()) * 1_000_000_000
     inner = _Writer()
     marker = LateEventMarker(inner, SHANGHAI, "w1", clock=lambda: clock)
-    current = encode([event(DRIP, "film_applied", NOW + timedelta(hours=1), 1, mass_t=1.0)])
-    marker.write(current)
-    assert inner.bodies == [current]  # this month's events need no mark
-    late = encode([event(DRIP, "film_applied", NOW - timedelta(days=40), 2, mass_t=1.0),
-                   event(DRIP, "film_applied", NOW - timedelta(days=41), 3, mass_t=1.0)])
-    marker.write(late)
-    assert inner.bodies[1] == late
-    assert inner.bodies[2].startswith(b"late_event,month=2026-01,writer=w1 events=2i ")
-    failing = LateEventMarker(_Writer(fail_marks=True), SHANGHAI, "w1", clock=lambda: clock)
+    current = event(DRIP, "film_applied", NOW + timedelta(hours=1), 1, mass_t=1.0)
+    marker.stored([current.time_ns])
+    assert inner.bodies == []  # this month's events need no mark
+    late = [event(DRIP, "film_applied", NOW - timedelta(days=40), 2, mass_t=1.0),
+            event(DRIP, "film_applied", NOW - timedelta(days=41), 3, mass_t=1.0)]
+    marker.stored([point.time_ns for point in late])
+    [mark] = inner.bodies
+    assert mark.startswith(b"late_event,month=2026-01,writer=w1 events=2i ")
+    failing = LateEventMarker(_Writer(fail_marks=1), SHANGHAI, "w1", clock=lambda: clock)
     with pytest.raises(WriteError) as info:
-        failing.write(late)
+        failing.stored([point.time_ns for point in late])
     assert info.value.transient  # the pipeline writes the batch again, and marks it
+
+
+def test_the_pipeline_marks_the_events_enrich_made_and_retries_a_failed_mark() -> None:
+    """Through the threaded pipeline: the event's body, a failed mark, the body again, the mark."""
+    config = Settings(batch_interval_s=0.01)
+    writer = _Writer(fail_marks=1)
+    marker = LateEventMarker(writer, config.tz, "w1")
+    registry = Registry.from_csv(SITES_CSV, DEVICES_CSV)
+    pipeline = Pipeline(config, Enricher(lambda: registry, config), writer, Stats(),
+                        marker.stored)
+    last_month = datetime.now(config.tz).replace(day=1) - timedelta(days=3)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    acks: list[int] = []
+    messages = [
+        ("farm/v1/straw-1/dev-3/event", {"v": 1, "seq": 5, "ts": last_month.isoformat(),
+                                         "type": "harvest", "crop": "corn", "grain_t": 2.0}),
+        ("farm/v1/drip-1/dev-1/telemetry", {"v": 1, "seq": 6, "ts": now_ms,
+                                            "readings": {"flow_lpm": 1.0}}),
+    ]
+    pipeline.start()
+    try:
+        pipeline.submit_many([Inbound(topic, json.dumps(body).encode(), 1, partial(acks.append, n))
+                              for n, (topic, body) in enumerate(messages)])
+        wait_for(lambda: len(acks) == 2)
+    finally:
+        pipeline.stop()
+    data, again, mark = writer.bodies
+    assert data == again and data.count(b"\nevent,") + data.startswith(b"event,") == 1
+    assert mark.startswith(f"late_event,month={Month.of(last_month, config.tz).key},"
+                           "writer=w1 events=1i ".encode())
+    assert marker.marks == 1 and sorted(acks) == [0, 1]
 
 
 class _Boom:

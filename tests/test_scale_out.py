@@ -27,6 +27,7 @@ the other), so they are computed and written once.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +37,17 @@ import pytest
 
 from devstack.servers import Influxd, ShippedMosquitto
 from tests.faulty_proxy import Faults, FaultyProxy
-from tests.helpers import count, wait_for
-from tests.test_faults import DEVICES, Fleet, Ingest, tally, total_stored, wait_stored
+from tests.helpers import count, mosquitto_pub, wait_for
+from tests.test_faults import (
+    BASE_TS_MS,
+    DEVICES,
+    MARKER,
+    Fleet,
+    Ingest,
+    tally,
+    total_stored,
+    wait_stored,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -46,6 +56,7 @@ WORKERS = ("svc.ingest", "svc.ingest.2")
 ACCOUNTS = {
     **{worker: f"pw-{worker}" for worker in WORKERS},
     **{device: f"pw-{device}" for device in DEVICES},
+    MARKER: f"pw-{MARKER}",
 }
 
 
@@ -60,6 +71,33 @@ def broker(tmp_path: Path) -> Iterator[ShippedMosquitto]:
 
 def received(worker: Ingest) -> float:
     return worker.metric("farm_messages_received_total")
+
+
+def markers_stored(influxd: Influxd) -> int:
+    return count(influxd, f"SELECT count(seq) FROM telemetry WHERE device_id = '{MARKER}'")
+
+
+def marker_through_the_survivor(broker: ShippedMosquitto, influxd: Influxd) -> int:
+    """The positive control before reading what the survivor stored: markers, published
+    once every fleet message is PUBACKed, until one is stored; returns how many were sent.
+
+    A shared subscription hands each message to one member in turn, the killed worker's
+    session included, so a marker may wait there (it is stored after the restart). One
+    that reaches the survivor is queued behind everything the survivor was given, and
+    its pipeline handles its queue in order: once that marker is stored, so is the rest
+    (:func:`tests.helpers.wait_behind_marker`, which publishes without an account).
+    """
+    topic = f"farm/v1/drip-1/{MARKER}/telemetry"
+    for sent in range(1, 11):
+        body = {"v": 1, "seq": sent - 1, "ts": BASE_TS_MS + sent * 1000,
+                "readings": {"flow_lpm": 1.0}}
+        mosquitto_pub(broker.port, topic, json.dumps(body), "-u", MARKER, "-P", ACCOUNTS[MARKER])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if markers_stored(influxd):
+                return sent
+            time.sleep(0.2)
+    raise AssertionError("no marker was stored by the surviving worker")
 
 
 def test_two_workers_share_the_load_and_survive_a_kill(
@@ -99,11 +137,12 @@ def test_two_workers_share_the_load_and_survive_a_kill(
         # The survivor stores everything it was given; what waits for the killed worker's
         # session (its unacknowledged messages, and what the broker queued for it) does not
         # move to the survivor.
-        time.sleep(3)
-        stored_while_down = total_stored(influxd)
+        markers = marker_through_the_survivor(broker, influxd)
+        stored_while_down = total_stored(influxd) - markers_stored(influxd)
         workers[1].start()  # same account: its session's messages are delivered now
         proxy.faults = Faults()
-        catch_up = wait_stored(influxd, sent, timeout=120)
+        catch_up = wait_stored(influxd, sent + markers, timeout=120)
+        assert markers_stored(influxd) == markers
         indicator_rows = count(
             influxd,
             "SELECT count(\"denominator\") FROM indicator "

@@ -30,7 +30,7 @@ from simulators.expected import by_key, expected_indicators
 from simulators.fleet import FleetReport, build_registry, run_backfill, run_live
 from simulators.plan import build_plan
 from simulators.scenario import load_scenario
-from tests.helpers import wait_for
+from tests.helpers import wait_behind_marker, wait_for
 from tests.test_edge_publisher import Received, Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +94,24 @@ def check_stream(messages: list[Received], report: FleetReport, registry: Regist
     return {device: list(found.values()) for device, found in events.items()}
 
 
+MARKER_TOPIC = "farm/v1/test/recorder/marker"
+
+
+def recorded_behind_marker(recorder: Recorder, port: int) -> list[Received]:
+    """What the recorder got from the fleet, once a marker published after it arrived.
+
+    Call it when the fleet's threads have ended (every message PUBACKed, so queued for
+    the recorder): the marker is queued behind all of them, so when it is in, nothing
+    the fleet sent is still on its way, and a count can be exact. The marker is
+    checked to be last and left out.
+    """
+    wait_behind_marker(port, MARKER_TOPIC, b"marker", lambda: recorder.kind("marker"))
+    recorder.close()
+    *fleet, marker = recorder.messages
+    assert marker.topic == MARKER_TOPIC
+    return fleet
+
+
 def fleet_threads() -> list[str]:
     """Threads the fleet's publishers start (named after their device ids)."""
     return [t.name for t in threading.enumerate() if t.name.startswith(("mqtt-d-", "outbox-d-"))]
@@ -107,10 +125,8 @@ def test_backfill_of_test_small(mosquitto: Mosquitto) -> None:
     report = run_backfill(scenario, mosquitto.url)
     assert report.completed and report.refused == 0
     wait_for(lambda: not fleet_threads(), timeout=10)  # every client's threads ended
-    wait_for(lambda: len(recorder) >= report.published, timeout=30)
-    time.sleep(0.2)
-    recorder.close()
-    assert len(recorder) == report.published
+    received = recorded_behind_marker(recorder, mosquitto.port)
+    assert len(received) == report.published
 
     faults = scenario.faults
     assert (report.bad_json, report.out_of_range) == (faults.bad_json, faults.out_of_range)
@@ -120,7 +136,7 @@ def test_backfill_of_test_small(mosquitto: Mosquitto) -> None:
     assert report.events == sum(len(d.events) for d in plan.devices)
     assert report.status == 2 * len(registry.devices)
 
-    events = check_stream(recorder.messages, report, registry)
+    events = check_stream(received, report, registry)
 
     # the indicators computed from what went over the wire equal the expected ones
     sums: dict[tuple[str, str], float] = defaultdict(float)
@@ -166,9 +182,8 @@ def test_live_run_compresses_the_year_and_leaves_no_threads(mosquitto: Mosquitto
     plan = build_plan(scenario, report.year)
     assert report.events == sum(len(d.events) for d in plan.devices)
     assert report.bad_payloads == scenario.faults.bad_json + scenario.faults.out_of_range
-    wait_for(lambda: len(recorder) >= report.published, timeout=20)
-    recorder.close()
-    check_stream(recorder.messages, report, build_registry(scenario))
+    received = recorded_behind_marker(recorder, mosquitto.port)
+    check_stream(received, report, build_registry(scenario))
     silent = {d.device.device_id for d in plan.devices if d.silent_from is not None}
     sent = {m.topic.split("/")[3] for m in recorder.kind("telemetry")}
     assert silent and not silent & sent

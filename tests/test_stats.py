@@ -178,3 +178,27 @@ def test_the_threaded_pipeline_records_each_batch() -> None:
     assert (snap.batches, snap.write_errors, snap.backlog) == (1, 1, 0)
     assert snap.last_batch_seconds == snap.batch_seconds_sum > 0
     assert sum(snap.batch_seconds_buckets) == 1
+
+
+def test_pending_bytes_follow_the_messages_until_they_are_acknowledged() -> None:
+    """What the input's size pause reads: payload bytes held, back to 0 once all is acked."""
+    settings = Settings(batch_size=100, batch_interval_s=0.05)
+    registry = Registry.from_csv(SITES_CSV, DEVICES_CSV)
+    writer = FailingOnceWriter()
+    pipeline = Pipeline(settings, Enricher(lambda: registry, settings), writer, Stats())
+    payloads = [b"{not json" * n for n in (1, 10, 100)]
+    stale = Inbound("farm/v1/drip-1/dev-1/telemetry", b"x" * 1000, 0, stale=lambda: True)
+    pipeline.submit_many([
+        Inbound("farm/v1/drip-1/dev-1/telemetry", payload, time.time_ns()) for payload in payloads
+    ])
+    pipeline.submit(stale)
+    assert pipeline.pending_bytes == sum(map(len, payloads)) + 1000
+    pipeline.drop_stale()
+    assert pipeline.pending_bytes == sum(map(len, payloads))
+    pipeline.start()
+    try:
+        wait_for(lambda: pipeline.pending == 0, timeout=30)
+    finally:
+        pipeline.stop()
+    assert pipeline.pending_bytes == 0
+    assert len(writer.bodies) == 2  # the refused write, then the batch: held, then let go

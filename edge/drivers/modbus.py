@@ -115,7 +115,7 @@ class ModbusDriverConfig(ConfigSection):
     def build(self) -> ModbusDriver:
         return ModbusDriver(self)
 
-_DATATYPE = {
+DATATYPE = {
     "int16": ModbusClientMixin.DATATYPE.INT16,
     "uint16": ModbusClientMixin.DATATYPE.UINT16,
     "int32": ModbusClientMixin.DATATYPE.INT32,
@@ -125,6 +125,7 @@ _DATATYPE = {
     "float32": ModbusClientMixin.DATATYPE.FLOAT32,
     "float64": ModbusClientMixin.DATATYPE.FLOAT64,
 }
+"""A register's ``type`` → pymodbus' codec for it (the simulator encodes with the same)."""
 
 
 def decode_registers(register: RegisterConfig, words: list[int]) -> float | bool:
@@ -134,7 +135,7 @@ def decode_registers(register: RegisterConfig, words: list[int]) -> float | bool
     if register.type == "bool":
         return words[0] != 0
     raw = ModbusClientMixin.convert_from_registers(
-        words, _DATATYPE[register.type], word_order=register.word_order
+        words, DATATYPE[register.type], word_order=register.word_order
     )
     assert isinstance(raw, int | float)
     value = float(raw) * register.scale + register.offset

@@ -29,6 +29,10 @@ from farm_contract.topics import QOS, MessageKind, device_topic
 
 log = logging.getLogger(__name__)
 
+CLASH_WINDOW_S = 30.0
+CLASH_DROPS = 3
+"""This many accepted connections in a row dropped within the window name a client-id clash."""
+
 
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
     """Exponential back-off with full jitter: uniform in ``[0, min(max_s, min_s·2^attempt)]``.
@@ -95,6 +99,9 @@ class DeviceLink:
         self.sent_by_kind: Counter[MessageKind] = Counter()
         """Messages handed to the client, by kind (status included)."""
         self.connects = 0
+        self._connected_at = 0.0
+        self._short_drops = 0
+        """Connections in a row the broker closed soon after accepting them."""
         """Successful connections so far (1 + reconnects)."""
         self.generation = 0
         """Connections that started with an empty client queue (``client_resends=False``)."""
@@ -110,7 +117,9 @@ class DeviceLink:
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )
-        client.username_pw_set(username or status.device_id, password or endpoint.password)
+        self._login = username or status.device_id
+        """The client id as the broker sees it (it binds client ids to usernames)."""
+        client.username_pw_set(self._login, password or endpoint.password)
         if endpoint.tls:
             try:
                 client.tls_set(
@@ -223,7 +232,8 @@ class DeviceLink:
             with self._lock:
                 self._published -= 1
             raise
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+        # NO_CONN / CONN_LOST: paho keeps the QoS 1 message and sends it after reconnecting
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_CONN_LOST):
             with self._lock:
                 self._published -= 1
             raise RuntimeError(f"{self.device_id}: publish failed: {mqtt.error_string(info.rc)}")
@@ -281,6 +291,7 @@ class DeviceLink:
                 self.generation += 1
                 self._lock.notify_all()
         self.connects += 1
+        self._connected_at = time.monotonic()
         log.info("%s: connected", self.device_id)
         self._connected.set()
         self.publish_status(DeviceState.ONLINE)
@@ -292,7 +303,21 @@ class DeviceLink:
         properties: Any,
     ) -> None:
         self._connected.clear()
-        if not self._closing:
+        if self._closing:
+            return
+        # Mosquitto closes the older of two connections with one client id without a
+        # word (2.0.11: no DISCONNECT packet, paho says "Unspecified error"), so a clash
+        # shows only as accepted connections dropped again and again soon after.
+        lasted = time.monotonic() - self._connected_at
+        self._short_drops = self._short_drops + 1 if lasted < CLASH_WINDOW_S else 0
+        if self._short_drops >= CLASH_DROPS:
+            log.warning(
+                "%s: disconnected (%s) %d times in a row within %.0f s of connecting: client "
+                "id %s connected elsewhere: another process uses this device's credentials",
+                self.device_id, reason_code, self._short_drops, CLASH_WINDOW_S,
+                self._login,
+            )
+        else:
             log.warning("%s: disconnected (%s)", self.device_id, reason_code)
 
     def _on_publish(

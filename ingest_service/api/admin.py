@@ -16,7 +16,13 @@ from pydantic import BaseModel, Field
 
 from farm_contract.topics import ID_PATTERN
 from ingest_service.api.deps import StateDep, writes
-from ingest_service.provision import Provisioned, ProvisionError, make_device, provision
+from ingest_service.provision import (
+    AlreadyProvisioned,
+    Provisioned,
+    ProvisionError,
+    make_device,
+    provision,
+)
 from ingest_service.state import ServiceState
 
 router = APIRouter(tags=["registry"], dependencies=[writes])
@@ -31,6 +37,11 @@ class DeviceRequest(BaseModel):
     model: str = ""
     password: str | None = Field(
         default=None, min_length=12, description="omit to have a strong one generated"
+    )
+    rotate: bool = Field(
+        default=False,
+        description="an existing device gets a new password only when this is true "
+        "(a repeated request must not silently change the password a device uses)",
     )
 
 
@@ -67,6 +78,7 @@ def _provision(state: ServiceState, body: DeviceRequest) -> Provisioned:
             device,
             password=body.password,
             broker_pid_file=settings.broker_pid_file,
+            rotate=body.rotate,
         )
 
 
@@ -82,12 +94,20 @@ def _provision(state: ServiceState, body: DeviceRequest) -> Provisioned:
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": DeviceCredentials, "description": "an existing device was updated"},
+        409: {"model": ProvisionProblems,
+              "description": "already provisioned; its password was kept (ask with rotate)"},
         422: {"model": ProvisionProblems, "description": "the device does not fit"},
     },
 )
 async def provision_device(state: StateDep, body: DeviceRequest) -> JSONResponse:
     try:
         done = await run_in_threadpool(_provision, state, body)
+    except AlreadyProvisioned as exc:
+        return JSONResponse(
+            ProvisionProblems(detail="device already provisioned", problems=exc.problems)
+            .model_dump(),
+            status_code=status.HTTP_409_CONFLICT,
+        )
     except ProvisionError as exc:
         return JSONResponse(
             ProvisionProblems(detail="device not provisioned", problems=exc.problems).model_dump(),

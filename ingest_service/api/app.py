@@ -17,7 +17,16 @@ from fastapi_offline import FastAPIOffline
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from farm_contract import CONTRACT_VERSION
-from ingest_service.api import admin, health, indicators, registry, rejections, report, stats
+from ingest_service.api import (
+    admin,
+    devices,
+    health,
+    indicators,
+    registry,
+    rejections,
+    report,
+    stats,
+)
 from ingest_service.api.errors import install_error_answers
 from ingest_service.api.security import allowed_hosts
 from ingest_service.indicators.engine import IndicatorEngine
@@ -40,9 +49,10 @@ _TAGS = [
     {"name": "indicators", "description": "The plan's four farm indicators (§8)."},
     {"name": "operations", "description": "Rejections and counters."},
     {"name": "registry", "description": "Sites and devices (§5)."},
+    {"name": "devices", "description": "Did it arrive? A device's newest data and rejections."},
 ]
 
-_ROUTERS = (stats, health, indicators, rejections, registry, admin, report)
+_ROUTERS = (stats, health, indicators, rejections, devices, registry, admin, report)
 """In the order the OpenAPI document lists them."""
 
 

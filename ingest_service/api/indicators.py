@@ -18,7 +18,7 @@ from ingest_service.api.deps import EngineDep, StateDep, reads
 from ingest_service.api.errors import ErrorMessage, ensure_finite
 from ingest_service.api.params import CSV_MEDIA_TYPE, MAX_YEAR, MIN_YEAR, year_or_current
 from ingest_service.indicators.engine import UnknownCountyError
-from ingest_service.report.spreadsheet import csv_text
+from ingest_service.report.spreadsheet import BOM, csv_text, rounded_indicator
 
 INDICATOR_COLUMNS: tuple[str, ...] = tuple(IndicatorValue.model_fields)
 
@@ -31,11 +31,14 @@ class UnknownCounty(BaseModel):
 
 
 def indicators_csv(values: Iterable[IndicatorValue]) -> str:
-    """Indicator rows as CSV with a header row; a null value or city county is empty."""
+    """Indicator rows as CSV with a header row; a null value or city county is empty.
+
+    Numbers are rounded for display as in the report's CSV; ``met`` is the engine's,
+    decided on the exact values.
+    """
     return csv_text(
         INDICATOR_COLUMNS,
-        ([item.model_dump(mode="json")[column] for column in INDICATOR_COLUMNS]
-         for item in values),
+        ([rounded_indicator(item)[column] for column in INDICATOR_COLUMNS] for item in values),
     )
 
 
@@ -72,7 +75,8 @@ def wants_csv(accept: str | None) -> bool:
         "A year is a calendar year in Asia/Shanghai; values are as of its end, or as "
         "of now for the current year. `value` is null and `met` false when the "
         "denominator is 0.\n\nCSV (UTF-8, header row) with `format=csv` or "
-        "`Accept: text/csv`; `bom=true` adds a byte-order mark for Excel."
+        "`Accept: text/csv`; it starts with a UTF-8 byte-order mark so Excel reads the Chinese "
+        "names (`bom=false` leaves it out)."
     ),
     response_model=list[IndicatorValue],
     responses={
@@ -97,7 +101,7 @@ def indicators(
         Literal["json", "csv"] | None,
         Query(alias="format", description="json or csv; overrides the Accept header"),
     ] = None,
-    bom: Annotated[bool, Query(description="CSV only: start with a UTF-8 BOM")] = False,
+    bom: Annotated[bool, Query(description="CSV only: start with a UTF-8 BOM (for Excel)")] = True,
 ) -> Any:
     year = year_or_current(year, state.settings.tz)
     try:
@@ -113,7 +117,7 @@ def indicators(
     )
     if not as_csv:
         return rows
-    text = ("\ufeff" if bom else "") + indicators_csv(rows)
+    text = (BOM if bom else "") + indicators_csv(rows)
     return Response(
         text.encode("utf-8"),
         media_type=CSV_MEDIA_TYPE,

@@ -1,4 +1,4 @@
-"""Late-event marks: a writer that records which past months just received events.
+"""Late-event marks: which past months just received events, written after the events.
 
 A month's roll-up is only valid while no event has been stored for that month
 since it was built (contract §10, "Indicator roll-ups"). Devices store and
@@ -19,9 +19,12 @@ delivers it again and the mark follows that time. A failed mark raises a
 transient :class:`~ingest_service.outputs.influx.WriteError`: the pipeline
 retries the whole (idempotent) write.
 
-It wraps the :class:`~ingest_service.outputs.influx.Writer` the service hands
-to the pipeline, so the pipeline itself needs no hook. Scanning a body for
-``event`` lines is a few ``bytes.find`` calls; events are few.
+The pipeline tells the marker the times of the event points it just stored
+(:data:`~ingest_service.pipeline.batcher.StoredEvents`): enrich made those points,
+so nothing is read back from the encoded body. The marks are a second write, on
+purpose: one body's points are not made visible all at once (a past month's
+event and this month's mark land in different shards), and a mark seen before its
+event would let a roll-up miss the event for good.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from zoneinfo import ZoneInfo
 
 from farm_contract import schema
@@ -38,47 +41,27 @@ from ingest_service.model import Point
 from ingest_service.outputs.influx import WriteError, Writer
 from ingest_service.outputs.lineprotocol import encode
 
-_EVENT_LINE = schema.EVENT.encode() + b","
 
-
-def event_times(body: bytes) -> Iterator[int]:
-    """The timestamps (ns) of the ``event`` lines of a line-protocol body."""
-    marker = b"\n" + _EVENT_LINE
-    start = 0 if body.startswith(_EVENT_LINE) else _after(body.find(marker))
-    while start >= 0:
-        end = body.find(b"\n", start)
-        line = body[start:] if end < 0 else body[start:end]
-        stamp = line.rpartition(b" ")[2]
-        if stamp.isdigit():
-            yield int(stamp)
-        start = -1 if end < 0 else _after(body.find(marker, end))
-
-
-def _after(found: int) -> int:
-    """The start of the line whose preceding newline is at ``found`` (-1: none)."""
-    return found + 1 if found >= 0 else -1
-
-
-def late_months(body: bytes, before_ns: int, tz: ZoneInfo) -> Counter[str]:
-    """How many events of ``body`` each month before ``before_ns`` got (``YYYY-MM`` keys)."""
+def late_months(event_times_ns: Iterable[int], before_ns: int, tz: ZoneInfo) -> Counter[str]:
+    """How many of the events fall in each month before ``before_ns`` (``YYYY-MM`` keys)."""
     months: Counter[str] = Counter()
-    for time_ns in event_times(body):
+    for time_ns in event_times_ns:
         if time_ns < before_ns:
             months[Month.of_ns(time_ns, tz).key] += 1
     return months
 
 
 class LateEventMarker:
-    """A :class:`Writer` that marks the past months its writes stored events for."""
+    """Marks, through ``writer``, the past months a write just stored events for."""
 
     def __init__(
         self,
-        inner: Writer,
+        writer: Writer,
         tz: ZoneInfo,
         writer_id: str,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
-        self._inner = inner
+        self._writer = writer
         self._tz = tz
         self._writer_id = writer_id
         self._clock = clock
@@ -92,28 +75,21 @@ class LateEventMarker:
             self._last_ns = max(self._clock(), self._last_ns + 1)
             return self._last_ns
 
-    def write(self, body: bytes) -> None:
-        self._inner.write(body)
+    def stored(self, event_times_ns: list[int]) -> None:
+        """Mark the past months of events just stored (a :data:`StoredEvents`)."""
         now_ns = self._now_ns()
         current = Month.of_ns(now_ns, self._tz).start(self._tz)
-        late = late_months(body, int(current.timestamp()) * 1_000_000_000, self._tz)
+        late = late_months(event_times_ns, int(current.timestamp()) * 1_000_000_000, self._tz)
         if not late:
             return
         points = [
-            Point(schema.LATE_EVENT, {"month": month, "writer": self._writer_id},
-                  {"events": count}, now_ns)
+            Point(schema.LATE_EVENT, dict(zip(schema.LATE_EVENT_TAGS, (month, self._writer_id),
+                                              strict=True)), {"events": count}, now_ns)
             for month, count in sorted(late.items())
         ]
         try:
-            self._inner.write(encode(points))
+            self._writer.write(encode(points))
         except WriteError as exc:
             # Stored but not marked: make the pipeline write (and mark) again.
             raise WriteError(f"late-event mark failed: {exc}", transient=True) from exc
         self.marks += len(points)
-
-    def ping(self) -> bool:
-        return self._inner.ping()
-
-    def close(self) -> None:
-        self._inner.close()
-

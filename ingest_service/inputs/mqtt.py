@@ -170,10 +170,12 @@ class MqttInput:
         deliver: Callable[[list[Inbound]], None],
         on_connection_change: Callable[[], None] | None = None,
         held: Callable[[], int] | None = None,
+        held_bytes: Callable[[], int] | None = None,
     ) -> None:
         self._settings = settings
         self._deliver = deliver
         self._held = held or (lambda: 0)
+        self._held_bytes = held_bytes or (lambda: 0)
         self._on_connection_change = on_connection_change
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -406,7 +408,10 @@ class MqttInput:
                 self._flush(connection)
                 sock.sendall(wire.DISCONNECT_PACKET)
                 return
-            paused = self._held() >= self._settings.receive_maximum
+            paused = (
+                self._held() >= self._settings.receive_maximum
+                or self._held_bytes() >= self._settings.max_held_bytes
+            )
             watched: list[socket.socket | int] = [self._wake_r] if paused else [sock, self._wake_r]
             timeout = 0 if fresh and not paused else PAUSED_POLL_S if paused else 1.0
             readable, _, _ = select.select(watched, [], [], timeout)

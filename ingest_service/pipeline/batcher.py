@@ -79,7 +79,14 @@ class _Job:
 
     outcomes: list[Outcome]
     started: float
-    body: bytes | None
+    body: bytes
+
+
+StoredEvents = Callable[[list[int]], None]
+"""Told the times (ns) of the event points each write just stored, before their
+messages are acknowledged; a transient :class:`WriteError` from it retries the write
+(which is idempotent). The late-event marker is one
+(:class:`~ingest_service.indicators.late_events.LateEventMarker`)."""
 
 
 @dataclass(slots=True)
@@ -99,6 +106,11 @@ class Outcome:
     @property
     def point_count(self) -> int:
         return len(self.points) + (self.line is not None)
+
+    @property
+    def event_times_ns(self) -> list[int]:
+        """The times of the event points enrich made (the fast path makes none)."""
+        return [p.time_ns for p in self.points if p.measurement == schema.EVENT]
 
 
 def rejection_point(rejection: Rejection) -> Point:
@@ -141,9 +153,15 @@ class Pipeline:
     """Parse → enrich → write → ack, on one thread fed by the inputs."""
 
     def __init__(
-        self, settings: Settings, enricher: Enricher, writer: Writer, stats: Stats
+        self,
+        settings: Settings,
+        enricher: Enricher,
+        writer: Writer,
+        stats: Stats,
+        stored_events: StoredEvents | None = None,
     ) -> None:
         self._settings = settings
+        self._stored_events = stored_events
         self._prefix = settings.topic_prefix
         self._enricher = enricher
         self._writer = writer
@@ -151,6 +169,7 @@ class Pipeline:
         self._queue: deque[Inbound] = deque()
         self._ready = threading.Condition()
         self._in_hand = 0
+        self._bytes = 0  # payload bytes of the queue and the batches in hand
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writer_thread: threading.Thread | None = None
@@ -166,6 +185,7 @@ class Pipeline:
         """
         with self._ready:
             self._queue.append(inbound)
+            self._bytes += len(inbound.payload)
             waiting = len(self._queue)
             self._stats.record_backlog(waiting + self._in_hand)
             if waiting == 1 or waiting == self._settings.batch_size:
@@ -175,9 +195,11 @@ class Pipeline:
         """Hand over the messages of one read from the socket (never blocks)."""
         if not inbounds:
             return
+        size_of = sum([len(inbound.payload) for inbound in inbounds])
         with self._ready:
             before = len(self._queue)
             self._queue.extend(inbounds)
+            self._bytes += size_of
             waiting = len(self._queue)
             self._stats.record_backlog(waiting + self._in_hand)
             size = self._settings.batch_size
@@ -189,6 +211,9 @@ class Pipeline:
         with self._ready:
             kept = [inbound for inbound in self._queue if not inbound.stale()]
             dropped = len(self._queue) - len(kept)
+            self._bytes -= sum(len(i.payload) for i in self._queue) - sum(
+                len(i.payload) for i in kept
+            )
             self._queue = deque(kept)
             self._stats.record_backlog(len(self._queue) + self._in_hand)
         if dropped:
@@ -199,6 +224,12 @@ class Pipeline:
         """Messages received and not yet acknowledged or dropped (queue and batch in hand)."""
         with self._ready:
             return len(self._queue) + self._in_hand
+
+    @property
+    def pending_bytes(self) -> int:
+        """Payload bytes of the pending messages: what the input's pause bounds by size."""
+        with self._ready:
+            return self._bytes
 
     def start(self) -> None:
         self._stop.clear()
@@ -212,6 +243,8 @@ class Pipeline:
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the batches in hand (if InfluxDB lets us) and stop; the rest stays queued."""
         self._stop.set()
+        with self._ready:
+            self._ready.notify()  # not left waiting for a first message or a full batch
         deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
@@ -238,9 +271,11 @@ class Pipeline:
             self._stats.record_backlog(len(self._queue) + self._in_hand)
         return batch
 
-    def _release(self, count: int) -> None:
+    def _release(self, inbounds: list[Inbound]) -> None:
+        size_of = sum([len(inbound.payload) for inbound in inbounds])
         with self._ready:
-            self._in_hand -= count
+            self._in_hand -= len(inbounds)
+            self._bytes -= size_of
             self._stats.record_backlog(len(self._queue) + self._in_hand)
 
     def _run(self) -> None:
@@ -255,7 +290,7 @@ class Pipeline:
                 job = _Job(outcomes, started, _encode_outcomes(outcomes))
             except Exception:  # a bug must not stop ingest; the batch is redelivered later
                 log.exception("batch of %d messages failed; left unacknowledged", len(batch))
-                self._release(len(batch))
+                self._release(batch)
                 continue
             self._writer_free.acquire()  # at most one batch written while the next is built
             self._jobs.put(job)
@@ -277,7 +312,7 @@ class Pipeline:
                     "batch of %d messages failed; left unacknowledged", len(job.outcomes)
                 )
             finally:
-                self._release(len(job.outcomes))
+                self._release([outcome.inbound for outcome in job.outcomes])
                 self._writer_free.release()
 
     def parse(self, inbound: Inbound) -> Parsed:
@@ -316,12 +351,6 @@ class Pipeline:
             ]
         return result
 
-    def process(self, batch: list[Inbound]) -> None:
-        """Store a batch and acknowledge every message in it. Raises only if stopped."""
-        started = time.monotonic()
-        outcomes = [self.outcome(inbound) for inbound in batch]
-        self._finish(_Job(outcomes, started, None))
-
     def _finish(self, job: _Job) -> None:
         """Write a parsed batch, acknowledge its messages, count them."""
         outcomes = job.outcomes
@@ -344,6 +373,7 @@ class Pipeline:
         if not body:
             return
         inbounds = [item.inbound for item in outcomes]
+        events = [time_ns for item in outcomes for time_ns in item.event_times_ns]
 
         def abandoned() -> bool:
             return all(inbound.stale() for inbound in inbounds)
@@ -358,6 +388,8 @@ class Pipeline:
             ):
                 with attempt:
                     self._writer.write(body)
+                    if self._stored_events is not None and events:
+                        self._stored_events(events)
         except WriteError as exc:
             if exc.transient and not self._stop.is_set() and abandoned():
                 raise BatchAbandoned() from exc

@@ -20,12 +20,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from time import time_ns as wall_clock_ns
 
 from farm_contract import schema
 from farm_contract.catalog import CATALOG, Metric, SiteType, event_field_bound
 from farm_contract.payloads import (
     EVENT_NUMERIC_FIELDS,
-    EVENT_TAG_FIELDS,
     SEQ_MAX,
     EventRecord,
     EventType,
@@ -169,6 +169,9 @@ class Enricher:
         self._refresh = refresh
         self._future = timedelta(seconds=settings.max_future_skew_s)
         self._earliest = parse_ts(settings.earliest_ts)
+        self._future_ms = self._future // _MS
+        self._earliest_ms = -(-(self._earliest - _EPOCH) // _MS)
+        """The earliest whole millisecond not before ``earliest_ts`` (for epoch-ms ``ts``)."""
         self._counter_lookup = counter_lookup
         self._counters: dict[tuple[str, str], tuple[int, float]] = {}
         self._reset_lookup = reset_lookup
@@ -189,12 +192,8 @@ class Enricher:
         key = (device.device_id, site.site_id)
         target = self._targets.get(key)
         if target is None:
-            tags = {
-                "site_id": site.site_id,
-                "device_id": device.device_id,
-                "site_type": site.site_type.value,
-                "county": site.county,
-            }
+            values = (site.site_id, device.device_id, site.site_type.value, site.county)
+            tags = dict(zip(schema.TELEMETRY_TAGS, values, strict=True))
             target = _Target(tags, series_key(schema.TELEMETRY, tags))
             self._targets[key] = target
         return target
@@ -235,11 +234,15 @@ class Enricher:
         """The line of a plain, valid telemetry message of a registered device, or None.
 
         This is the common message (one record, every reading a float in range or a
-        boolean), taken from bytes to line protocol in one step. It gives exactly the
-        line :meth:`points` would give, and whenever the message is anything else — a
+        boolean), taken from bytes to line protocol in one step. The payload models
+        (:mod:`farm_contract.payloads`) and :meth:`points` stay the definition: this
+        gives exactly the line they would give, and whenever the message is anything else — a
         batch, an int reading, anything out of range, a timestamp ahead or too old, an
         unknown topic (including another prefix: the caller checks it) — it returns
         None and the caller takes the general path, which words the rejections.
+        ``ts`` may be RFC 3339 text or integer epoch milliseconds (not a bool or float);
+        an epoch is checked in whole milliseconds against the same bounds, rounded so
+        the fast path is never the more lenient one.
         """
         route = self._route(topic)
         if route is None:
@@ -254,15 +257,22 @@ class Enricher:
         v = data.get("v")
         if type(v) is not int or v != 1 or type(seq) is not int or not 0 <= seq <= SEQ_MAX:
             return None
-        if type(readings) is not dict or not readings or type(ts) is not str:
+        if type(readings) is not dict or not readings:
             return None
-        try:
-            when = parse_ts(ts)
-        except ValueError:
+        if type(ts) is int:
+            if ts < self._earliest_ms or ts > wall_clock_ns() // 1_000_000 + self._future_ms:
+                return None
+            time_ns = ts * 1_000_000 + seq % SEQ_SLOTS  # point_time_ns, in integers
+        elif type(ts) is str:
+            try:
+                when = parse_ts(ts)
+            except ValueError:
+                return None
+            if when > datetime.now(UTC) + self._future or when < self._earliest:
+                return None
+            time_ns = point_time_ns(when, seq)
+        else:
             return None
-        if when > datetime.now(UTC) + self._future or when < self._earliest:
-            return None
-        time_ns = (when - _EPOCH) // _MS * 1_000_000 + seq % SEQ_SLOTS
         known = route.fields
         parts = []
         for name, value in readings.items():
@@ -472,8 +482,8 @@ class Enricher:
             if too_big:
                 reject("out_of_range", f"seq {event.seq}: {too_big}")
                 continue
-            event_tags = {**tags, "type": event.type.value}
-            for name in EVENT_TAG_FIELDS:
+            event_tags = dict(tags)
+            for name in schema.EVENT_OWN_TAGS:
                 value = getattr(event, name)
                 if value is not None:
                     event_tags[name] = str(getattr(value, "value", value))

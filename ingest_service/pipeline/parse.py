@@ -22,7 +22,6 @@ from farm_contract.payloads import (
     TelemetryMessage,
     TelemetryRecord,
     decode_json,
-    telemetry_fast,
 )
 from farm_contract.topics import MessageKind, TopicError, parse_device_topic
 
@@ -115,14 +114,11 @@ def parse_device_message(topic: str, payload: bytes, prefix: str) -> Parsed:
     parsed = Parsed(where.kind, site_id=where.site_id, device_id=where.device_id)
     try:
         if where.kind is MessageKind.TELEMETRY:
-            records = telemetry_fast(data)
-            if records is None:
-                split = _batch_records(data, TelemetryRecord, ("seq", "ts", "readings"))
-                if split is None:
-                    records = TelemetryMessage.model_validate(data).records()
-                else:
-                    records, parsed.problems = split
-            parsed.telemetry = records
+            split = _batch_records(data, TelemetryRecord, ("seq", "ts", "readings"))
+            if split is None:
+                parsed.telemetry = TelemetryMessage.model_validate(data).records()
+            else:
+                parsed.telemetry, parsed.problems = split
         elif where.kind is MessageKind.EVENT:
             events = _batch_records(data, EventRecord, ())
             if events is None:

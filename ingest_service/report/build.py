@@ -15,7 +15,8 @@ the same year window (calendar year in ``FARM_TIMEZONE``, as of its end or now):
 Masses are attributed by the event's ``county`` tag, exactly as the engine does,
 so each county's ledger adds up to its indicator's numerator and denominator.
 :mod:`ingest_service.report.excel` lays this out as a workbook; :func:`summary_csv`
-and :func:`ledger_csv` as CSV, text cells defused (:mod:`ingest_service.report.spreadsheet`).
+and :func:`ledger_csv` as CSV, text cells defused and numbers rounded for display
+(:mod:`ingest_service.report.spreadsheet`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from farm_contract.registry import Registry
 from ingest_service.indicators.aggregates import number, types_clause
 from ingest_service.indicators.engine import IndicatorEngine, year_window
 from ingest_service.influxql import quote_ident, time_literal
-from ingest_service.report.spreadsheet import csv_text
+from ingest_service.report.spreadsheet import csv_text, round_mass, rounded_indicator
 from ingest_service.settings import Settings
 
 INDICATOR_LABELS: dict[IndicatorId, tuple[str, str, str]] = {
@@ -160,10 +161,11 @@ def _ledger(engine: IndicatorEngine, registry: Registry, settings: Settings, sta
 
 
 def summary_csv(report: Report) -> str:
-    """The indicators as the API's CSV has them, plus the Chinese indicator name."""
+    """The indicators as the API's CSV has them, plus the Chinese indicator name; numbers
+    rounded for display (:func:`rounded_indicator`), ``met`` as the engine decided it."""
     rows = []
     for item in report.indicators:
-        data = item.model_dump(mode="json")
+        data = rounded_indicator(item)
         rows.append([data["indicator"], INDICATOR_LABELS[item.indicator][0], data["scope"],
                      data["county"], data["year"], data["value"], data["numerator"],
                      data["denominator"], data["target"], data["met"]])
@@ -171,10 +173,10 @@ def summary_csv(report: Report) -> str:
 
 
 def ledger_csv(report: Report) -> str:
-    """Every ledger entry, one row per site, type and use/crop."""
+    """Every ledger entry, one row per site, type and use/crop; tonnes to 3 decimals."""
     return csv_text(LEDGER_COLUMNS, (
-        [e.county, e.site_id, e.site_name, str(e.type), e.item, e.mass_t, e.grain_t,
-         e.straw_ratio, e.entries] for e in report.ledger))
+        [e.county, e.site_id, e.site_name, str(e.type), e.item, round_mass(e.mass_t),
+         round_mass(e.grain_t), e.straw_ratio, e.entries] for e in report.ledger))
 
 
 def county_totals(report: Report) -> dict[str, dict[str, float]]:

