@@ -69,7 +69,9 @@ class IngestService:
             else None
         )
         self.telemetry_rollups = (
-            TelemetryRollups(self.query, self.writer, settings.tz)
+            TelemetryRollups(self.query, self.writer, settings.tz, TelemetryRollupSettings(
+                horizon_days=settings.telemetry_rollup_horizon_days,
+                budget_s=settings.telemetry_rollup_budget_s))
             if publish_indicators and settings.telemetry_rollups
             else None
         )

@@ -40,7 +40,7 @@ BOARDS = {p.name: json.loads(p.read_text(encoding="utf-8"))
 
 @pytest.fixture(scope="module")
 def year(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatedYear]:
-    with simulated_year(tmp_path_factory.mktemp("simulated")) as simulated:
+    with simulated_year(tmp_path_factory.mktemp("simulated"), telemetry_rollups=True) as simulated:
         yield simulated
 
 

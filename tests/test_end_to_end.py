@@ -25,12 +25,13 @@ from ingest_service.api.app import create_app
 from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
-from ingest_service.telemetry.rollups import TelemetryRollups, TelemetryRollupSettings
+from ingest_service.telemetry.rollups import TelemetryRollups
 from simulators.expected import expected_indicators
 from simulators.fleet import FleetReport, build_registry, run_backfill
 from simulators.scenario import Scenario, load_scenario
 from tests.helpers import count, rows, wait_behind_marker
 from tests.influx_v2_shim import TOKEN, InfluxV2Shim
+from tests.simulated_year import rollup_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -148,10 +149,10 @@ def test_indicators_written_back_and_every_panel_returns_data(
     assert {r["county"] for r in stored} == {schema.CITY_COUNTY_TAG,
                                              *scenario_counties(scenario)}
 
-    # The telemetry roll-ups the dashboards read, every day at once (the service's
-    # maintainer spreads a first start over cycles).
+    # The telemetry roll-ups the dashboards read, from the year's last two months on, at
+    # once (the service's maintainer spreads a first start over cycles).
     cycle = TelemetryRollups(service.query, service.writer, service.settings.tz,
-                             TelemetryRollupSettings(days_per_cycle=10_000)).maintain_once()
+                             rollup_settings(scenario.year)).maintain_once()
     assert cycle.days_built and cycle.pending_days == 0, cycle
 
     assert DASHBOARDS, "no dashboards committed"

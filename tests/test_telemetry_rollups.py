@@ -146,7 +146,7 @@ def assert_gauges(stored: dict[tuple[str, int], Any],
 def rig(influxd: Influxd) -> Any:
     settings = Settings(influx_url=influxd.url, influx_api="v1")
     query, inner = InfluxQL(settings), make_writer(settings)
-    rollup_settings = TelemetryRollupSettings(days_per_cycle=100)
+    rollup_settings = TelemetryRollupSettings(days_per_cycle=100, budget_s=1e9)
     marker = LateTelemetryMarker(inner, settings.tz, "test", rollup_settings.late_after_s)
     rollups = TelemetryRollups(query, marker, settings.tz, rollup_settings)
     yield settings.tz, inner, marker, rollups
