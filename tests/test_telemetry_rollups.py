@@ -15,6 +15,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -36,6 +37,7 @@ from ingest_service.telemetry.rollups import (
     SITE_USE,
     TelemetryRollups,
     TelemetryRollupSettings,
+    day_groups,
 )
 
 COUNTY = "test-county"
@@ -256,3 +258,61 @@ def test_all_fresh_never_hides_a_late_line(stamps: list[int], before_ns: int) ->
     if all_fresh(body, before_ns):
         assert not late_days(body, before_ns, ZoneInfo("Asia/Shanghai"))
         assert min(stamps) >= before_ns
+
+
+DAYS = st.lists(st.dates(min_value=date(2024, 1, 1), max_value=date(2026, 12, 31)),
+                unique=True, max_size=60)
+
+
+@given(DAYS, st.integers(min_value=0, max_value=500), st.integers(min_value=1, max_value=2000))
+def test_day_groups_are_runs_in_one_month_within_the_point_limit(
+    days: list[date], per_day: int, limit: int,
+) -> None:
+    todo = sorted(days, reverse=True)
+    counts = {d: per_day + d.day for d in todo}
+    groups = list(day_groups(todo, counts, limit))
+    assert sorted(d for g in groups for d in g) == sorted(todo)  # each day exactly once
+    for group in groups:
+        assert all(b - a == timedelta(days=1) for a, b in pairwise(group))
+        assert {(d.year, d.month) for d in group} == {(group[0].year, group[0].month)}
+        assert len(group) == 1 or sum(counts[d] for d in group) <= limit
+    assert [g[-1] for g in groups] == sorted((g[-1] for g in groups), reverse=True)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_first_build_is_bounded_by_horizon_and_spread_by_budget(influxd: Influxd) -> None:
+    """Ten closed days of data; an 8-day horizon and a budget that lets one group of two
+    days' readings through per cycle: three cycles or more build the days inside the
+    horizon, newest first, and nothing older is ever built."""
+    settings = Settings(influx_url=influxd.url, influx_api="v1")
+    query, writer = InfluxQL(settings), make_writer(settings)
+    tz = settings.tz
+    now = datetime.now(UTC)
+    today = now.astimezone(tz).date()
+    days = [today - timedelta(days=k) for k in range(12, 2, -1)]
+    write(writer, readings(days, tz))
+    per_day = 96 * len(DEVICES)
+    rollups = TelemetryRollups(query, writer, tz, TelemetryRollupSettings(
+        horizon_days=8, budget_s=1e-9, points_per_query=2 * per_day))
+    inside = [d for d in days if d >= today - timedelta(days=8)]
+    built: list[list[date]] = []
+    for minute in range(6):
+        cycle = rollups.maintain_once(now + timedelta(minutes=minute))
+        built.append(cycle.days_built)
+        if not cycle.pending_days:
+            break
+    # One group per cycle (the budget) of at most two days' readings (the point limit;
+    # empty days cost nothing), newest first; every closed day inside the horizon built
+    # once, none before it.
+    horizon = today - timedelta(days=8)
+    flat = [d for g in built for d in g]
+    assert len(built) >= 3 and len(flat) == len(set(flat)), built
+    assert all(sum(d in days for d in g) <= 2 for g in built), built
+    assert min(built[0]) > max(built[-1]), built
+    assert min(flat) == horizon and set(inside) <= set(flat), built
+    store = Store(influxd)
+    rolled = {local(ms * 1_000_000, tz).date() for _, ms in store.rows(DAILY)}
+    assert set(inside) <= rolled and not rolled & (set(days) - set(inside)), rolled
+    query.close()
+    writer.close()

@@ -304,6 +304,24 @@ def bucket_points(measurement: str, buckets: Iterable[Bucket]) -> list[Point]:
                   b.start_ns) for b in buckets]
 
 
+def day_groups(todo: Sequence[date], counts: dict[date, int],
+               points_per_query: int) -> Iterator[list[date]]:
+    """``todo`` (newest first) as runs of consecutive days (each oldest first) inside one
+    month, each of at most ``points_per_query`` readings by ``counts`` (or a single day)."""
+    group: list[date] = []
+    size = 0
+    for day in todo:
+        n = counts.get(day, 0)
+        if group and (group[0] - DAY != day or group[0].month != day.month
+                      or size + n > points_per_query):
+            yield group
+            group, size = [], 0
+        group.insert(0, day)
+        size += n
+    if group:
+        yield group
+
+
 @dataclass(slots=True)
 class Cycle:
     """What one maintenance cycle did."""
@@ -532,22 +550,6 @@ class TelemetryRollups:
                 counts[day_of(int(row[0]) * 1_000_000, self._tz)] += int(row[1] or 0)
         return counts
 
-    def groups(self, todo: Sequence[date], counts: dict[date, int]) -> Iterator[list[date]]:
-        """``todo`` (newest first) as runs of consecutive days (oldest first) inside one
-        local month, each about ``points_per_query`` readings at most (one day at least)."""
-        run_: list[date] = []
-        size = 0
-        for day in todo:
-            n = counts.get(day, 0)
-            if run_ and (run_[0] - DAY != day or run_[0].month != day.month
-                         or size + n > self.settings.points_per_query):
-                yield run_
-                run_, size = [], 0
-            run_.insert(0, day)
-            size += n
-        if run_:
-            yield run_
-
     def maintain_once(self, now: datetime | None = None) -> Cycle:
         """Refresh the trailing window and recent days, build missing or stale closed days."""
         started = time.monotonic()
@@ -583,7 +585,7 @@ class TelemetryRollups:
                       reverse=True)
         batch = todo[:self.settings.days_per_cycle]
         counts = self.day_counts(batch[-1], batch[0]) if batch else {}
-        for group in self.groups(batch, counts):
+        for group in day_groups(batch, counts, self.settings.points_per_query):
             if cycle.days_built and time.monotonic() - started > self.settings.budget_s:
                 break
             empty = not any(counts.get(day) for day in group)
