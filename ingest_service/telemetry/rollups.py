@@ -22,6 +22,9 @@ Days are local days in ``settings.tz``. Each cycle re-reads the trailing
 and refreshes the recent days' daily points from the hourly ones; a day that left
 the window is built once from raw, and again whenever its ``late_telemetry`` marks
 (:mod:`ingest_service.telemetry.late`) no longer number what its manifest recorded.
+Closed days are built in groups of consecutive days (:func:`day_groups`), newest
+first, only inside ``horizon_days`` and within a time ``budget_s`` per cycle, so a
+first start over a long history never holds a cycle up for long.
 """
 
 from __future__ import annotations
