@@ -17,11 +17,11 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import backlog, indicators, latency, machine, profile, report
+from bench import backlog, dashboards, indicators, latency, machine, profile, report
 from bench.throughput import EPOCH_SUBJECTS, SUBJECTS, Workload, run_once
 from bench.workload import fleet, write_registry
 
-PARTS = (*SUBJECTS, "latency", "backlog", "indicators")
+PARTS = (*SUBJECTS, "latency", "backlog", "indicators", "dashboards")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--indicators", action="store_true",
                         help="also time the indicators for --sites sites and a year of events")
     parser.add_argument("--sites", type=int, default=10_000)
+    parser.add_argument("--no-dashboards", action="store_true",
+                        help="skip the dashboard-panel table (raw panels vs roll-ups)")
+    parser.add_argument("--drip-devices", type=int, default=2000,
+                        help="drip devices of the dashboard-panel table (--quick: 100)")
+    parser.add_argument("--drip-days", type=int, default=365,
+                        help="days of 15-minute readings they hold (--quick: 60)")
     parser.add_argument("--ingest-workers", type=int, default=1,
                         help="ingest processes sharing one subscription (FARM_MQTT_SHARE_GROUP)")
     parser.add_argument("--profile", action="store_true",
@@ -52,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.messages, args.devices, args.runs = 10_000, 100, 1
         args.latency_rate, args.latency_seconds = 2000, 5.0
+        args.drip_devices, args.drip_days = 100, 60
     return args
 
 
@@ -67,6 +74,8 @@ def parts(args: argparse.Namespace) -> list[str]:
         chosen.append("backlog")
     if args.indicators:
         chosen.append("indicators")
+    if not args.no_dashboards:
+        chosen.append("dashboards")
     return chosen
 
 
@@ -125,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         if "indicators" in chosen:
             console.print(f"indicators: {args.sites:,} sites, a year of events …")
             result["indicators"] = indicators.run(args.sites)
+        if "dashboards" in chosen:
+            console.print(f"dashboards: {args.drip_devices:,} drip devices × {args.drip_days} "
+                          "days of 15-minute readings …")
+            result["dashboards"] = dashboards.run(args.drip_devices, args.drip_days)
     result["targets"] = report.targets(result)
     result["finished_load_average"] = machine.load()
     report.table(result, console)

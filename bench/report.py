@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.dashboards import rows
+
 LABELS = {
     "ceiling": "mosquitto_sub ceiling",
     "bare": "bare paho subscriber",
@@ -155,6 +157,8 @@ def table(result: dict[str, Any], console: Console) -> None:
                     f"months in {rolled['build_s']} s, {rolled['points']:,} roll-up points; "
                     f"same values as raw: {rolled['same_values']}"
                 )
+    if dash := result.get("dashboards"):
+        dashboard_table(dash, console)
     if result.get("ratios"):
         console.print("ratios: " + ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))
     config = result.get("config", {})
@@ -178,3 +182,19 @@ def write_json(result: dict[str, Any], path: Path | None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def dashboard_table(dash: dict[str, Any], console: Console) -> None:
+    """Each panel of the drip and devices dashboards, raw (before) and rolled up (after)."""
+    table_ = Table(title=(
+        f"dashboard panels, {dash['devices']:,} drip devices × {dash['days']} days "
+        f"({dash['points_written']:,} readings), county = all, site = All"))
+    for column in ("range", "panel", "before (raw)", "after (roll-ups)"):
+        table_.add_column(column)
+    for item in rows(dash):
+        table_.add_row(*item)
+    console.print(table_)
+    console.print(
+        f"  roll-ups built in {dash['rollup_build_s']} s ({dash['rollup_days_built']} days); "
+        f"a steady maintenance cycle takes {dash['rollup_cycle_s']} s"
+    )

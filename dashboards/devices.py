@@ -24,21 +24,20 @@ from dashboards.builders import (
     timeseries,
 )
 from dashboards.farm import scope_filter, scope_variables, site_variable
+from dashboards.resolution import LAST_SEEN, metric_targets, scaled
 from farm_contract import schema
 
+RESOLUTIONS = "Raw readings up to 2 days, hourly roll-ups up to 60 days, daily beyond."
 ONLINE = bool_mappings("online / 在线", "offline / 离线", "no status / 无状态")
 
 
 def device_table(box: Box) -> Json:
     last_seen = (
-        f"SELECT last({ident('seq')}) AS {ident('seq')} FROM {ident(schema.TELEMETRY)}"
-        f" WHERE {scope_filter()} AND time <= ${{__to}}ms"
+        f"SELECT last({ident('seen_ms')}) AS {ident('seen_ms')},"
+        f" last({ident('battery_v')}) AS {ident('battery_v')},"
+        f" last({ident('rssi_dbm')}) AS {ident('rssi_dbm')} FROM {ident(LAST_SEEN)}"
+        f" WHERE {scope_filter()} AND time <= ${{__to}}ms AND time >= ${{__to}}ms - 400d"
         f" GROUP BY {ident('device_id')}, {ident('site_id')}"
-    )
-    health = (
-        f"SELECT last({ident('battery_v')}) AS {ident('battery_v')},"
-        f" last({ident('rssi_dbm')}) AS {ident('rssi_dbm')} FROM {ident(schema.TELEMETRY)}"
-        f" WHERE {scope_filter()} AND time <= ${{__to}}ms GROUP BY {ident('device_id')}"
     )
     status = (
         f"SELECT last({ident('online')}) AS {ident('online')}"
@@ -47,16 +46,18 @@ def device_table(box: Box) -> Json:
     )
     return table(
         "Devices / 设备清单", box,
-        [table_target(last_seen, "A"), table_target(health, "B"), table_target(status, "C")],
-        description="Every device that ever sent telemetry: when it was last heard from "
-                    "(up to the end of the range), its latest battery and signal, and "
-                    "whether its MQTT session is online. Oldest 'last seen' first.",
+        [table_target(last_seen, "A"), table_target(status, "B")],
+        description="Every device heard from in the 400 days before the end of the range: "
+                    "when it was last heard from, its latest battery and signal (the "
+                    "device_last_seen state ingest keeps, one point per device and month), "
+                    "and whether its MQTT session is online. Oldest 'last seen' first.",
         before=[join_by("device_id")],
-        hide=("seq", "Time 2", "Time 3"),
-        rename={"Time 1": "Last seen / 最后上报", "device_id": "Device / 设备",
+        hide=("Time", "Time 1", "Time 2"),
+        rename={"seen_ms": "Last seen / 最后上报", "device_id": "Device / 设备",
                 "site_id": "Site / 站点", "battery_v": "Battery V / 电池电压",
                 "rssi_dbm": "Signal dBm / 信号", "online": "Online / 在线"},
         overrides=[
+            field_override("seen_ms", unit="dateTimeAsIso"),
             field_override("online", mappings=ONLINE,
                            custom__cellOptions={"type": "color-text"}),
             field_override("battery_v", unit="volt", decimals=2,
@@ -68,14 +69,6 @@ def device_table(box: Box) -> Json:
                            custom__cellOptions={"type": "color-text"}),
         ],
         sort=("Last seen / 最后上报", False),
-    )
-
-
-def per_device(metric: str) -> str:
-    return (
-        f"SELECT mean({ident(metric)}) FROM {ident(schema.TELEMETRY)}"
-        f" WHERE {scope_filter()} AND $timeFilter"
-        f" GROUP BY time($__interval), {ident('device_id')} fill(none)"
     )
 
 
@@ -104,13 +97,15 @@ def rejection_panels(top: int) -> list[Json]:
 def devices() -> Json:
     panels = [
         device_table(Box(0, 0, 24, 10)),
-        timeseries("Battery / 电池电压", Box(0, 10, 12, 8),
-                   [target(per_device("battery_v"), alias="$tag_device_id")], unit="volt",
-                   description="Mean battery_v per device."),
-        timeseries("Signal / 信号强度", Box(12, 10, 12, 8),
-                   [target(per_device("rssi_dbm"), alias="$tag_device_id")], unit="dBm",
-                   description="Mean rssi_dbm per device; below about −110 dBm messages "
-                               "start to get lost."),
+        scaled(timeseries("Battery / 电池电压", Box(0, 10, 12, 8),
+                          metric_targets("battery_v", None, by="device_id"), unit="volt",
+                          description="Mean battery_v per device of the chosen site; for all "
+                                      "sites, per county the mean of the sites' means and the "
+                                      "lowest and highest site. " + RESOLUTIONS)),
+        scaled(timeseries("Signal / 信号强度", Box(12, 10, 12, 8),
+                          metric_targets("rssi_dbm", None, by="device_id"), unit="dBm",
+                          description="Mean rssi_dbm, as for the battery; below about −110 "
+                                      "dBm messages start to get lost. " + RESOLUTIONS)),
         *rejection_panels(18),
     ]
     return dashboard(

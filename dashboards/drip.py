@@ -4,10 +4,11 @@ Answers "is the field getting the water it needs, and no more than its quota?":
 soil moisture, flow and pressure per site; water used per mu against the site's
 quota (the plan prices water progressively above the quota); fertigation volume.
 
-Water and fertiliser are cumulative counters (``volume_m3``, ``fertilizer_l``),
-so what was used in a time range is each device's ``spread`` (last − first; the
-counter never decreases, ingest rejects a reading that would) added up per site.
-Area and quota come from the ``site`` measurement (registry facts).
+Water and fertiliser are cumulative counters (``volume_m3``, ``fertilizer_l``);
+the ingest service rolls each device's daily rise up per site (``site_use_1d``) and
+county (``telemetry_county_1d``), which the use panels add up. Area and quota come
+from the ``site`` measurement (registry facts). Time series pick raw readings or
+roll-ups by range, and county aggregates for "All" (dashboards/resolution.py).
 """
 
 from __future__ import annotations
@@ -20,47 +21,67 @@ from dashboards.builders import (
     divide,
     ident,
     join_by,
+    literal,
     steps,
     table,
     table_target,
     target,
     timeseries,
 )
-from dashboards.farm import county_filter, scope_filter, scope_variables, site_filter, site_variable
-from farm_contract import schema
+from dashboards.farm import (
+    county_filter,
+    scope_filter,
+    scope_variables,
+    site_filter,
+    site_variable,
+)
+from dashboards.resolution import (
+    ALL_SITES,
+    COUNTY_DAILY,
+    COUNTY_RESOLUTIONS,
+    ONE_SITE,
+    SITE_USE,
+    below_query,
+    metric_targets,
+    scaled,
+)
 from farm_contract.schema import SITE as SITE_MEASUREMENT
+from ingest_service.telemetry.rollups import BELOW
 
 DRIP = "drip"
 
 
-def mean_per_site(metric: str) -> str:
+def used_per_site(field_name: str) -> str:
+    """What a site used in the range (its devices' daily rises, from ``site_use_1d``)."""
     return (
-        f"SELECT mean({ident(metric)}) FROM {ident(schema.TELEMETRY)}"
-        f" WHERE {scope_filter(DRIP)} AND $timeFilter"
+        f"SELECT sum({ident(field_name)}) AS {ident(field_name)} FROM {ident(SITE_USE)}"
+        f" WHERE {scope_filter(DRIP)} AND $timeFilter GROUP BY {ident('site_id')}"
+    )
+
+
+def used_targets(field_name: str) -> list[Json]:
+    """Daily use bars: per site when one is chosen, per county for "All"."""
+    one = (
+        f"SELECT sum({ident(field_name)}) AS {ident(field_name)} FROM {ident(SITE_USE)}"
+        f" WHERE {ONE_SITE} AND {scope_filter(DRIP)} AND $timeFilter"
         f" GROUP BY time($__interval), {ident('site_id')} fill(none)"
     )
-
-
-def used_per_site(counter: str, alias: str) -> str:
-    """What a cumulative counter rose by in the range, per site (devices added up)."""
-    return (
-        f"SELECT sum({ident(alias)}) AS {ident(alias)} FROM ("
-        f"SELECT spread({ident(counter)}) AS {ident(alias)} FROM {ident(schema.TELEMETRY)}"
-        f" WHERE {scope_filter(DRIP)} AND $timeFilter"
-        f" GROUP BY {ident('site_id')}, {ident('device_id')})"
-        f" GROUP BY {ident('site_id')}"
+    every = (
+        f"SELECT sum({ident(field_name)}) AS {ident(field_name)} FROM {ident(COUNTY_DAILY)}"
+        f" WHERE {ALL_SITES} AND {ident('site_type')} = {literal(DRIP)} AND {county_filter()}"
+        f" AND $timeFilter GROUP BY time($__interval), {ident('county')} fill(none)"
     )
+    return [target(one, "A", alias="$tag_site_id"), target(every, "B", alias="$tag_county")]
 
 
-def used_per_interval(counter: str, alias: str) -> str:
-    """What a cumulative counter rose by in each ``$__interval``, per site."""
-    return (
-        f"SELECT sum({ident(alias)}) AS {ident(alias)} FROM ("
-        f"SELECT non_negative_difference(last({ident(counter)})) AS {ident(alias)}"
-        f" FROM {ident(schema.TELEMETRY)} WHERE {scope_filter(DRIP)} AND $timeFilter"
-        f" GROUP BY time($__interval), {ident('site_id')}, {ident('device_id')} fill(none))"
-        f" WHERE $timeFilter GROUP BY time($__interval), {ident('site_id')} fill(none)"
-    )
+def dry_sites(box: Box) -> Json:
+    targets = [target(below_query(r, "soil_moisture_vwc", DRIP), ref, alias="$tag_county")
+               for r, ref in zip(COUNTY_RESOLUTIONS, "AB", strict=True)]
+    return scaled(timeseries(
+        "Dry sites / 缺水站点数", box, targets, unit="short", bars=True, stacked=True,
+        description="Per county (whatever site is chosen): the most sites at once whose "
+                    f"mean soil moisture was below {BELOW['soil_moisture_vwc']:.2f} in an hour "
+                    "(ranges up to 60 days) or a day (longer)."))
 
 
 def water_vs_quota(box: Box) -> Json:
@@ -73,7 +94,7 @@ def water_vs_quota(box: Box) -> Json:
     )
     return table(
         "Water used per mu vs quota / 亩均用水与定额", box,
-        [table_target(used_per_site("volume_m3", "water_m3"), "A"), table_target(facts, "B")],
+        [table_target(used_per_site("water_m3"), "A"), table_target(facts, "B")],
         description="Water metered in the time range (Σ of each flow meter's rise) ÷ the "
                     "site's area, against its quota (m³/mu, registry). Pick 'This year' for "
                     "the annual quota. Share of quota: orange from 90 %, red above 100 %.",
@@ -93,38 +114,42 @@ def water_vs_quota(box: Box) -> Json:
 
 
 def drip_irrigation() -> Json:
+    spread = ("One site: its mean. All sites: per county, the mean of the sites' means "
+              "and the lowest and highest site (the spread). Raw readings up to 2 days, "
+              "hourly roll-ups up to 60 days, daily beyond.")
     panels = [
-        timeseries("Soil moisture / 土壤含水量", Box(0, 0, 12, 8),
-                   [target(mean_per_site("soil_moisture_vwc"), alias="$tag_site_id")],
-                   unit="m³/m³ (VWC)",
-                   threshold_steps=steps(("orange", None), ("green", 0.2), ("blue", 0.4)),
-                   description="Mean soil_moisture_vwc per site. Dashed lines: below 0.20 the "
-                               "crop is short of water, above 0.40 the soil is waterlogged "
-                               "(typical loam; adjust to the soil)."),
-        timeseries("Flow / 流量", Box(12, 0, 12, 8),
-                   [target(mean_per_site("flow_lpm"), alias="$tag_site_id")], unit="L/min",
-                   description="Mean flow_lpm per site (0 while valves are shut)."),
-        timeseries("Pressure / 管网压力", Box(0, 8, 12, 8),
-                   [target(mean_per_site("pressure_kpa"), alias="$tag_site_id")], unit="kPa",
-                   description="Mean pressure_kpa per site: a drop at constant flow hints at "
-                               "a leak, a rise at a clogged emitter or filter."),
-        timeseries("Water used / 用水量", Box(12, 8, 12, 8),
-                   [target(used_per_interval("volume_m3", "water_m3"), alias="$tag_site_id")],
-                   unit="m³", bars=True, stacked=True, interval="1d",
-                   description="m³ metered per site and interval (at least a day), from the "
-                               "cumulative volume_m3 counters."),
+        scaled(timeseries("Soil moisture / 土壤含水量", Box(0, 0, 12, 8),
+                          metric_targets("soil_moisture_vwc", DRIP), unit="m³/m³ (VWC)",
+                          threshold_steps=steps(("orange", None), ("green", 0.2), ("blue", 0.4)),
+                          description="soil_moisture_vwc. " + spread + " Dashed lines: below "
+                                      "0.20 the crop is short of water, above 0.40 the soil is "
+                                      "waterlogged (typical loam; adjust to the soil).")),
+        scaled(timeseries("Flow / 流量", Box(12, 0, 12, 8), metric_targets("flow_lpm", DRIP),
+                          unit="L/min",
+                          description="flow_lpm (0 while valves are shut). " + spread)),
+        scaled(timeseries("Pressure / 管网压力", Box(0, 8, 12, 8),
+                          metric_targets("pressure_kpa", DRIP), unit="kPa",
+                          description="pressure_kpa: a drop at constant flow hints at a leak, "
+                                      "a rise at a clogged emitter or filter. " + spread)),
+        scaled(timeseries("Water used / 用水量", Box(12, 8, 12, 8), used_targets("water_m3"),
+                          unit="m³", bars=True, stacked=True, interval="1d",
+                          description="m³ metered per interval (at least a day), from the "
+                                      "cumulative volume_m3 counters' daily rises "
+                                      "(site_use_1d): per site when one is chosen, per county "
+                                      "for all sites.")),
         water_vs_quota(Box(0, 16, 24, 8)),
-        timeseries("Fertigation volume / 水肥一体化施肥量", Box(0, 24, 12, 8),
-                   [target(used_per_interval("fertilizer_l", "fertilizer_l"),
-                           alias="$tag_site_id")],
-                   unit="litre", bars=True, stacked=True, interval="1d",
-                   description="Litres of fertiliser solution dosed per site and interval, "
-                               "from the cumulative fertilizer_l counters."),
+        scaled(timeseries("Fertigation volume / 水肥一体化施肥量", Box(0, 24, 12, 8),
+                          used_targets("fertilizer_l"), unit="litre", bars=True, stacked=True,
+                          interval="1d",
+                          description="Litres of fertiliser solution dosed per interval, from "
+                                      "the cumulative fertilizer_l counters' daily rises: per "
+                                      "site when one is chosen, per county for all sites.")),
         table("Fertigation total / 施肥总量", Box(12, 24, 12, 8),
-              [table_target(used_per_site("fertilizer_l", "fertilizer_l"))],
-              description="Litres dosed per site in the whole time range.",
+              [table_target(used_per_site("fertilizer_l"))],
+              description="Litres dosed per site in the whole time range (daily roll-ups).",
               rename={"site_id": "Site / 站点", "fertilizer_l": "Fertiliser L / 施肥量(升)"},
               defaults={"decimals": 0}, sort=("Fertiliser L / 施肥量(升)", True)),
+        dry_sites(Box(0, 32, 24, 8)),
     ]
     return dashboard(
         "farm-drip", "Drip irrigation / 膜下滴灌", panels,

@@ -25,6 +25,7 @@ from dashboards.builders import (
     timeseries,
 )
 from dashboards.farm import scope_filter, scope_variables, site_variable
+from dashboards.resolution import metric_targets, scaled
 from farm_contract import schema
 
 MANURE = "manure"
@@ -36,22 +37,20 @@ def _types(*types: str) -> str:
 
 
 def lagoon_panels() -> list[Json]:
-    levels = (
-        f"SELECT mean({ident('lagoon_level_pct')}) FROM {ident(schema.TELEMETRY)}"
-        f" WHERE {scope_filter(MANURE)} AND $timeFilter"
-        f" GROUP BY time($__interval), {ident('site_id')} fill(none)"
-    )
     latest = (
         f"SELECT last({ident('lagoon_level_pct')}) AS {ident('lagoon_level_pct')}"
         f" FROM {ident(schema.TELEMETRY)} WHERE {scope_filter(MANURE)} AND $timeFilter"
         f" GROUP BY {ident('site_id')}"
     )
     return [
-        timeseries("Lagoon level / 储粪池液位", Box(0, 0, 16, 9),
-                   [target(levels, alias="$tag_site_id")], unit="percent",
-                   threshold_steps=LAGOON_STEPS,
-                   description="Mean lagoon_level_pct per farm. Orange line 80 %: plan an "
-                               "emptying; red line 90 %: overflow risk."),
+        scaled(timeseries("Lagoon level / 储粪池液位", Box(0, 0, 16, 9),
+                          metric_targets("lagoon_level_pct", MANURE), unit="percent",
+                          threshold_steps=LAGOON_STEPS,
+                          description="Mean lagoon_level_pct: one farm chosen, per farm "
+                                      "(raw, hourly or daily by range); all farms, per "
+                                      "county the mean and the lowest and highest farm. "
+                                      "Orange line 80 %: plan an emptying; red line 90 %: "
+                                      "overflow risk.")),
         bargauge("Latest lagoon level / 当前液位", Box(16, 0, 8, 9), [table_target(latest)],
                  description="Each farm's latest level in the range; red from 90 % "
                              "(overflow warning / 溢出预警), orange from 80 %.",

@@ -281,3 +281,34 @@ def check_transformations(
                     problems.append(f"calculation operand {operand!r} missing")
             fields.add(options["alias"])
     return problems
+
+
+MAX_ROWS = 5000
+"""Rows a panel query may return (all series together): a few thousand at most."""
+_GATE = re.compile(r"(\d+) (<=|>=|<|>) (\d+)|'([^']*)' (=|!=) '([^']*)'")
+
+
+def active(query: str) -> bool:
+    """Whether a filled-in query's leading gates (see dashboards/resolution.py) all hold.
+
+    Gates are literal comparisons at the start of the outer WHERE, joined by AND;
+    InfluxQL reduces them before reading data, so a query whose gate is false returns
+    nothing by design.
+    """
+    where = query.upper().find(" WHERE ")
+    rest = query[where + len(" WHERE "):] if where >= 0 else ""
+    while (match := _GATE.match(rest)) and rest[match.end():].startswith(" AND "):
+        if match.group(1) is not None:
+            left, op, right = int(match.group(1)), match.group(2), int(match.group(3))
+            holds = {"<=": left <= right, ">=": left >= right, "<": left < right,
+                     ">": left > right}[op]
+        else:
+            holds = (match.group(4) == match.group(6)) == (match.group(5) == "=")
+        if not holds:
+            return False
+        rest = rest[match.end() + len(" AND "):]
+    return True
+
+
+def row_count(result: Mapping[str, Any]) -> int:
+    return sum(len(one.get("values") or []) for one in result.get("series") or [])

@@ -12,13 +12,15 @@ from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.indicators.rollups import RollupMaintainer
 from ingest_service.influxql import InfluxQL, QueryError, quote_ident, quote_literal
 from ingest_service.inputs.mqtt import MqttInput
-from ingest_service.outputs.influx import make_writer
+from ingest_service.outputs.influx import Writer, make_writer
 from ingest_service.pipeline.batcher import Pipeline
 from ingest_service.pipeline.enrich import Enricher
 from ingest_service.pipeline.event_identity import EventIndex, InfluxEventLookup
 from ingest_service.settings import Settings
 from ingest_service.site_points import write_site_points
 from ingest_service.state import RegistryHolder, ServiceState
+from ingest_service.telemetry.late import LateTelemetryMarker
+from ingest_service.telemetry.rollups import TelemetryRollups, TelemetryRollupSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,12 @@ class IngestService:
         self.state = ServiceState(settings, RegistryHolder.from_settings(settings))
         # Every worker marks late events, so that roll-ups built by the publishing one
         # are never read stale (ingest_service/indicators/late_events.py).
-        self.writer = make_writer(settings)
+        # Likewise late readings, for the telemetry roll-ups (ingest_service/telemetry/late.py):
+        # every write, the event marks' too, goes through the telemetry marker.
+        self.writer: Writer = LateTelemetryMarker(
+            make_writer(settings), settings.tz, settings.mqtt_client_id,
+            TelemetryRollupSettings().late_after_s,
+        )
         self.late_marks = LateEventMarker(self.writer, settings.tz, settings.mqtt_client_id)
         self.query = InfluxQL(settings)
         # Events are placed by (device, seq); with a share group another worker may
@@ -68,6 +75,13 @@ class IngestService:
             IndicatorPublisher(self.engine, self.writer, settings, rollups=rollups,
                                registry=self.state.registry.get)
             if publish_indicators
+            else None
+        )
+        self.telemetry_rollups = (
+            TelemetryRollups(self.query, self.writer, settings.tz, TelemetryRollupSettings(
+                horizon_days=settings.telemetry_rollup_horizon_days,
+                budget_s=settings.telemetry_rollup_budget_s))
+            if publish_indicators and settings.telemetry_rollups
             else None
         )
         self.state.broker_connected = lambda: self.input.connected
@@ -164,10 +178,14 @@ class IngestService:
         self.input.start()
         if self.publisher is not None:
             self.publisher.start()
+        if self.telemetry_rollups is not None:
+            self.telemetry_rollups.start()
 
     def stop(self) -> None:
         """Finish the batch in hand, acknowledge it, then disconnect."""
         self.state.registry.stop()
+        if self.telemetry_rollups is not None:
+            self.telemetry_rollups.stop()
         if self.publisher is not None:
             self.publisher.stop()
         self.pipeline.stop()

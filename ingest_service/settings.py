@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     rollups: bool = True
     """Keep monthly roll-ups of the indicators' aggregates and read them for complete months
     (the worker that publishes indicators builds them; every worker reads them)."""
+    telemetry_rollups: bool = True
+    """Keep the hourly and daily telemetry roll-ups, county aggregates and last-seen state
+    the dashboards read (contract §10); built by the worker that publishes indicators."""
+    telemetry_rollup_horizon_days: int = Field(default=400, ge=1)
+    """Closed days older than this are never rolled up: a first start over years of
+    history stays bounded (the dashboards' longest range is a year)."""
+    telemetry_rollup_budget_s: float = Field(default=20, gt=0)
+    """A roll-up cycle starts no new group of closed days after this many seconds, so
+    a first build is spread over cycles and never holds one up for long."""
     max_future_skew_s: float = Field(default=600, ge=0)
     earliest_ts: str = "2000-01-01T00:00:00Z"
     subscribe_chirpstack: bool = True

@@ -3,7 +3,8 @@
 Real Mosquitto and InfluxDB, the ingest service in-process (indicators not
 published in the background, so the test decides when), the ``test-small``
 scenario back-filled through MQTT, then the indicators of the scenario's year
-written once — what a running system holds at the end of that year.
+written once and the telemetry roll-ups built to date — what a running system
+holds at the end of that year.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from devstack.servers import Influxd, Mosquitto
 from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
+from ingest_service.telemetry.rollups import TelemetryRollups, TelemetryRollupSettings
 from simulators.fleet import FleetReport, build_registry, run_backfill
 from simulators.scenario import Scenario, load_scenario
 from tests.helpers import wait_for
@@ -34,9 +37,19 @@ class SimulatedYear:
         return build_registry(self.scenario).counties
 
 
+def rollup_settings(year: int) -> TelemetryRollupSettings:
+    """Every closed day from November of the scenario's year on, in one cycle: enough for
+    every dashboard range over the year (its last two months hold data at daily and
+    hourly resolution), and bounded however long ago the year was."""
+    horizon = (datetime.now(UTC).date() - date(year, 11, 1)).days
+    return TelemetryRollupSettings(days_per_cycle=10_000, budget_s=1e9, horizon_days=horizon)
+
+
 @contextmanager
-def simulated_year(folder: Path, scenario_name: str = "test-small") -> Iterator[SimulatedYear]:
-    """Start everything in ``folder``, back-fill the year, publish its indicators once."""
+def simulated_year(folder: Path, scenario_name: str = "test-small",
+                   telemetry_rollups: bool = False) -> Iterator[SimulatedYear]:
+    """Start everything in ``folder``, back-fill the year, publish its indicators once,
+    and if asked build the telemetry roll-ups (:func:`rollup_settings`)."""
     scenario = load_scenario(scenario_name)
     mosquitto, influxd = Mosquitto(folder / "mosquitto"), Influxd(folder / "influxd")
     mosquitto.start()
@@ -56,6 +69,11 @@ def simulated_year(folder: Path, scenario_name: str = "test-small") -> Iterator[
         publisher = IndicatorPublisher(service.engine, service.writer, settings,
                                        years=lambda: [scenario.year])
         assert publisher.publish_once() > 0
+        if telemetry_rollups:
+            rollups = TelemetryRollups(service.query, service.writer, settings.tz,
+                                       rollup_settings(scenario.year))
+            cycle = rollups.maintain_once()
+            assert cycle.pending_days == 0 and cycle.days_built, cycle
         yield SimulatedYear(scenario, influxd, service, report)
     finally:
         service.stop()

@@ -17,6 +17,7 @@ from bench.mqttraw import chunks, publish_packet
 from bench.profile import classify
 from bench.report import targets
 from bench.workload import fleet, messages
+from dashboards import shapes
 from farm_contract.payloads import parse_ts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -69,6 +70,7 @@ def test_bench_produces_every_figure(tmp_path: Path) -> None:
         "--messages", "300", "--devices", "10", "--runs", "1",
         "--latency-rate", "200", "--latency-seconds", "2",
         "--backlog", "400", "--indicators", "--sites", "30",
+        "--drip-devices", "20", "--drip-days", "3",
         "--json", str(out),
     ])
     assert code == 0
@@ -99,6 +101,16 @@ def test_bench_produces_every_figure(tmp_path: Path) -> None:
         "manure_facility_rate", "manure_ledger_coverage", "film_recovery_rate",
         "straw_utilization_rate",
     }
+    dashboards = result["dashboards"]
+    assert dashboards["points_written"] == 20 * 3 * 96 and dashboards["rollup_days_built"] >= 1
+    assert set(dashboards["after"]) == set(dashboards["before"]) == {"2d"}
+    for label, boards in dashboards["after"].items():
+        assert set(boards) == {"drip-irrigation.json", "devices.json"}
+        for board, panels in boards.items():
+            assert panels, (label, board)
+            for title, panel in panels.items():
+                assert not panel["error"] and panel["s"] > 0, (label, board, title, panel)
+                assert panel["rows"] <= shapes.MAX_ROWS, (label, board, title, panel)
     assert set(result["targets"]) and all(v is None or isinstance(v, bool)
                                           for v in result["targets"].values())
 

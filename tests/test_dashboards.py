@@ -36,7 +36,11 @@ from farm_contract import schema
 from farm_contract.indicators import TARGETS, IndicatorId, IndicatorValue, Member
 from farm_contract.schema import SITE as SITE_MEASUREMENT
 from ingest_service.indicators.publisher import indicator_points, member_points
+from ingest_service.influxql import InfluxQL
+from ingest_service.outputs.influx import make_writer
 from ingest_service.outputs.lineprotocol import encode
+from ingest_service.settings import Settings
+from ingest_service.telemetry.rollups import TelemetryRollups
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_DIR = ROOT / "dashboards" / "json"
@@ -463,6 +467,43 @@ def contract_points(now_ms: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def roll_up(influxd: Influxd, now: datetime) -> None:
+    """What the ingest service's telemetry roll-up maintainer would have written by ``now``."""
+    settings = Settings(influx_url=influxd.url, influx_api="v1")
+    query, writer = InfluxQL(settings), make_writer(settings)
+    try:
+        TelemetryRollups(query, writer, settings.tz).maintain_once(now)
+    finally:
+        query.close()
+        writer.close()
+
+
+RANGES_MS = {"1 day": 86_400_000, "3 days": 3 * 86_400_000, "90 days": 90 * 86_400_000}
+"""One range per resolution: raw (one site), hourly, daily roll-ups."""
+
+
+def check_board(influxd: Influxd, name: str, board: dict[str, Any], variables: dict[str, str],
+                start: int, end: int) -> None:
+    """Every active target has its panel's shape and bounded rows; gated-off ones are empty."""
+    panels = {p["title"]: p for p in iter_panels(board["panels"])}
+    results: dict[str, dict[str, Any]] = {}
+    for title, ref, query in panel_queries(board, variables, start, end):
+        result = influxd.query(query)["results"][0]
+        where = (name, variables, title, ref, query)
+        assert shapes.row_count(result) <= shapes.MAX_ROWS, where
+        if not shapes.active(query):
+            assert "series" not in result and "error" not in result, where
+            continue
+        results.setdefault(title, {})[ref] = result
+        target = next(t for t in panels[title]["targets"] if t["refId"] == ref)
+        problems = shapes.check(shapes.expectation(panels[title], target), result,
+                                panels[title])
+        assert not problems, (*where, problems)
+    assert set(results) == set(panels), (name, variables, set(panels) - set(results))
+    for title, by_ref in results.items():
+        assert not shapes.check_transformations(panels[title], by_ref), (name, title)
+
+
 @pytest.mark.integration
 def test_every_panel_query_returns_data_of_its_shape(influxd: Influxd) -> None:
     now_ms = int(time.time() * 1000)
@@ -471,10 +512,11 @@ def test_every_panel_query_returns_data_of_its_shape(influxd: Influxd) -> None:
         content=contract_points(now_ms).encode(), timeout=10,
     )
     assert response.status_code == 204, response.text
-    start, end = now_ms - 3 * 86_400_000, now_ms + 60_000
+    roll_up(influxd, datetime.fromtimestamp(now_ms / 1000, UTC) + timedelta(hours=1))
+    end = now_ms + 60_000
     year = str(year_of(now_ms))
     for name, board in committed().items():
-        panels = {p["title"]: p for p in iter_panels(board["panels"])}
+        sites: set[str] = set()
         for variable, query in variable_queries(board, {"year": year}):
             result: Any = influxd.query(query)["results"]
             values = {row[1] for row in result[0]["series"][0]["values"]}
@@ -484,15 +526,10 @@ def test_every_panel_query_returns_data_of_its_shape(influxd: Influxd) -> None:
                 assert values == {year}
             else:
                 assert values <= {"drip-1", "farm-1", "straw-1"} and values, (name, values)
+                sites = values
         for county in (schema.CITY_COUNTY_TAG, COUNTY):
-            results: dict[str, dict[str, Any]] = {}
-            for title, ref, query in panel_queries(
-                    board, {"county": county, "year": year}, start, end):
-                result = influxd.query(query)["results"][0]
-                results.setdefault(title, {})[ref] = result
-                target = next(t for t in panels[title]["targets"] if t["refId"] == ref)
-                problems = shapes.check(shapes.expectation(panels[title], target), result,
-                                        panels[title])
-                assert not problems, (name, county, title, ref, query, problems)
-            for title, by_ref in results.items():
-                assert not shapes.check_transformations(panels[title], by_ref), (name, title)
+            for site in ["$__all", *sorted(sites)[:1]]:
+                for span in RANGES_MS.values():
+                    check_board(influxd, name, board,
+                                {"county": county, "site": site, "year": year},
+                                end - span, end)
