@@ -96,8 +96,9 @@ def load_straw(path: Path | None = None, ratios: dict[str, float] | None = None)
     for name, ratio in (ratios or {}).items():
         if name not in crops:
             raise ValueError(f"unknown crop {name!r}")
-        crops[name] = _crop(name, {"ratio": ratio, "ratio_source": "FARM_STRAW_RATIOS"},
-                            crops[name])
+        if ratio != crops[name].ratio:  # the file's own value keeps its source
+            crops[name] = _crop(name, {"ratio": ratio, "ratio_source": "FARM_STRAW_RATIOS"},
+                                crops[name])
     counties = {
         county: {crop: _crop(f"{county}/{crop}", values, crops.get(crop, crops["other"]))
                  for crop, values in table.items()}

@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     stale_hours: float = Field(default=24, gt=0)
     straw_ratios: dict[str, float] = Field(default_factory=dict)
-    """City-wide straw-to-grain ratios overriding the parameter file's (JSON, by crop)."""
+    """City-wide straw-to-grain ratios overriding the parameter file's (JSON, by crop); once
+    read, every crop's ratio in effect (the collectable coefficients are in :attr:`straw`)."""
 
     # the project's own
     api_token: SecretStr | None = None
@@ -143,6 +144,8 @@ class Settings(BaseSettings):
         if any(ratio <= 0 for ratio in self.straw_ratios.values()):
             raise ValueError("straw-to-grain ratios must be positive")
         self._straw = load_straw(self.straw_params_file, self.straw_ratios)
+        # every crop's ratio in effect, as readers of ``straw_ratios`` have always seen it
+        self.straw_ratios = {crop: params.ratio for crop, params in self._straw.crops.items()}
         self._divisions = load_divisions(self.counties_file)
         return self
 
