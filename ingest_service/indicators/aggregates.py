@@ -162,26 +162,30 @@ def days_reported(querier: Querier, span: Span, tz: ZoneInfo) -> tuple[dict[str,
     """Per manure site: on how many days of ``tz`` its telemetry reported in the span, and
     the start (epoch ms) of the last of them.
 
-    InfluxDB counts per site and day (``GROUP BY time(1d) tz(…)``, days aligned on local
-    midnight), so the answer is at most one row per site and day, however many readings.
+    InfluxDB counts per site and local day (``GROUP BY time(1d) tz(…)``: days aligned on
+    local midnight, InfluxDB 1.6 included) in a subquery, and the outer query counts those
+    days (and finds the last): one row per site comes back, never one per site and day.
     ``span`` must have a start (InfluxDB needs a lower bound for ``GROUP BY time``).
     """
     if span.start is None:
         raise ValueError("days_reported needs a span with a start")
-    q = (
-        f"SELECT count({quote_ident('seq')}) FROM {quote_ident(schema.TELEMETRY)} "
+    per_day = (
+        f"SELECT count({quote_ident('seq')}) AS n FROM {quote_ident(schema.TELEMETRY)} "
         f"WHERE {quote_ident('site_type')} = {quote_literal('manure')} AND {span.condition()} "
         f"GROUP BY {quote_ident('site_id')}, time(1d) fill(none) tz({quote_literal(tz.key)})"
     )
+    by_site = f"GROUP BY {quote_ident('site_id')}"
     days: dict[str, int] = {}
     last: dict[str, int] = {}
-    for series in run(querier, q):
+    for series in run(querier, f"SELECT count(n) AS days FROM ({per_day}) {by_site}"):
         site_id = series.tags.get("site_id", "")
-        if not site_id:
-            continue
         for row in series.rows():
-            if number(row.get("count")) > 0:
-                days[site_id] = days.get(site_id, 0) + 1
+            if site_id and number(row.get("days")) > 0:
+                days[site_id] = days.get(site_id, 0) + int(number(row.get("days")))
+    for series in run(querier, f"SELECT last(n) FROM ({per_day}) {by_site}"):
+        site_id = series.tags.get("site_id", "")
+        for row in series.rows():
+            if site_id in days:
                 day = int(number(row.get("time")))
                 last[site_id] = max(day, last.get(site_id, day))
     return days, last
