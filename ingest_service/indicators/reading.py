@@ -214,9 +214,20 @@ class YearReader:
             found.add(Aggregates(masses=aggregates.mass_sums(self._query, gap, piece.types)))
             if piece.main:
                 found.ledger |= aggregates.ledger_sites(self._query, gap)
-                days, last = aggregates.days_reported(self._query, gap, self._tz)
-                found.add(Aggregates(days=days, last_day=last))
+                for stretch in self._months(gap):  # a month per query, as roll-ups do
+                    days, last = aggregates.days_reported(self._query, stretch, self._tz)
+                    found.add(Aggregates(days=days, last_day=last))
         return found
+
+    def _months(self, span: Span) -> list[Span]:
+        """``span`` cut at the month boundaries of ``tz`` inside it."""
+        assert span.start is not None
+        month = Month.of(span.start, self._tz).next()
+        bounds = []
+        while month.start(self._tz) < span.end:
+            bounds.append(month.start(self._tz))
+            month = month.next()
+        return _split(span, bounds)
 
     def _attribute(self, registry: Registry, piece: Piece, found: Aggregates) -> list[Attributed]:
         """Each site's masses to its registry row at the time; split where the row changes."""
