@@ -509,3 +509,25 @@ def test_site_id_is_quoted_in_queries() -> None:
     IndicatorEngine(query, lambda: registry, Settings()).events(
         IndicatorId.FILM_RECOVERY_RATE, 2025, hostile, now=LATER)
     assert query.queries and all("'x\\' OR site_id =~ /.*/ --'" in q for q in query.queries)
+
+
+class _OverflowingSite:
+    """InfluxDB answering a sum it overflowed (+Inf) for site d1 (平城区) and nothing else."""
+
+    def query(self, q: str) -> list[Series]:
+        if 'sum("mass_t") AS mass_t' in q and "film_applied" in q and "2025-" in q:
+            return [Series("event", {"site_id": "d1", "type": "film_applied", "crop": "",
+                                     "season": ""}, ["time", "mass_t", "grain_t"],
+                           [[0, math.inf, None]])]
+        return []
+
+
+def test_an_overflowed_site_sum_refuses_only_its_scopes() -> None:
+    registry = Registry.from_csv(SITES_CSV, DEVICES_CSV)
+    engine = IndicatorEngine(_OverflowingSite(), lambda: registry, Settings())
+    for county in (None, PC):
+        with pytest.raises(QueryError, match="not finite"):
+            engine.compute(2025, county, now=LATER)
+    rows = engine.compute(2025, YZ, now=LATER)
+    assert [row.county for row in rows] == [YZ] * 4
+    assert engine.members(2025, YZ, now=LATER)

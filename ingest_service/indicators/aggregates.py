@@ -112,11 +112,20 @@ class Aggregates:
 
 def mass_sums(
     querier: Querier, span: Span, types: Iterable[EventType] = MASS_TYPES,
-    site_id: str | None = None,
+    site_id: str | None = None, finite: bool = True,
 ) -> dict[MassKey, Mass]:
     """Film and straw tonnes per site, type, crop and season: one query, plus one for thin
-    applied film when ``film_applied`` is among ``types``."""
+    applied film when ``film_applied`` is among ``types``.
+
+    ``finite=False`` passes a sum InfluxDB overflowed (±Inf) through instead of raising, so
+    the engine can refuse only the figures that site is part of."""
     types = tuple(types)
+
+    def value(raw: object) -> float:
+        if not finite and isinstance(raw, float) and math.isinf(raw):
+            return raw
+        return number(raw)
+
     where = f"{types_clause(types)} AND {span.condition()}{site_clause(site_id)}"
     group = ", ".join(quote_ident(tag) for tag in ("site_id", "type", "crop", "season"))
     q = (
@@ -130,7 +139,7 @@ def mass_sums(
         key = (tags.get("site_id", ""), tags.get("type", ""), tags.get("crop", ""),
                tags.get("season", ""))
         for row in series.rows():
-            add_mass(sums, key, (number(row.get("mass_t")), number(row.get("grain_t")), 0.0))
+            add_mass(sums, key, (value(row.get("mass_t")), value(row.get("grain_t")), 0.0))
     if EventType.FILM_APPLIED in types:
         q = (
             f"SELECT sum({quote_ident('mass_t')}) AS thin_t FROM {quote_ident(schema.EVENT)} "
@@ -143,7 +152,7 @@ def mass_sums(
             key = (tags.get("site_id", ""), tags.get("type", ""), tags.get("crop", ""),
                    tags.get("season", ""))
             for row in series.rows():
-                add_mass(sums, key, (0.0, 0.0, number(row.get("thin_t"))))
+                add_mass(sums, key, (0.0, 0.0, value(row.get("thin_t"))))
     return sums
 
 

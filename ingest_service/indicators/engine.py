@@ -86,6 +86,15 @@ class Figures:
     counties: list[str]
     members: dict[IndicatorId, list[Member]] = field(default_factory=dict)
     rows: list[IndicatorValue] = field(default_factory=list)
+    errors: dict[str | None, QueryError] = field(default_factory=dict)
+    """Scopes (None: the city) whose totals are absurd: asking for them raises."""
+
+    def check(self, county: str | None) -> None:
+        """Raise the error of ``county``'s figures (of any scope when None)."""
+        error = self.errors.get(county) if county is not None else next(
+            iter(self.errors.values()), None)
+        if error is not None:
+            raise error
 
 
 def _tonnes(value: float) -> float:
@@ -125,6 +134,7 @@ class IndicatorEngine:
         :class:`~ingest_service.influxql.QueryError` when InfluxDB fails.
         """
         figures = self._figures(year, self._now(now), county)
+        figures.check(county)
         if county is None:
             return figures.rows
         return [row for row in figures.rows if row.county == county]
@@ -137,6 +147,7 @@ class IndicatorEngine:
         numerators and denominators add up (``math.fsum``) to the county's figure, and over
         all counties to the city's (before the city's 100 % cap, see the module docstring)."""
         figures = self._figures(year, self._now(now), county)
+        figures.check(county)
         wanted = [indicator] if indicator is not None else list(IndicatorId)
         return [m for i in wanted for m in figures.members[IndicatorId(i)]
                 if county is None or m.county == county]
@@ -234,7 +245,8 @@ class IndicatorEngine:
         for name in counties:
             by_scope[name] = []
         for indicator, rows in members.items():
-            for value in self._rows(indicator, year, rows, counties, data, farm_set):
+            for value in self._rows(indicator, year, rows, counties, data, farm_set,
+                                    figures.errors):
                 value.computed_at = computed_at
                 by_scope[value.county].append(value)
         figures.rows = [row for scope in by_scope.values() for row in scope]
@@ -242,9 +254,11 @@ class IndicatorEngine:
 
     def _rows(
         self, indicator: IndicatorId, year: int, members: list[Member], counties: list[str],
-        data: YearData, farm_set: Registry,
+        data: YearData, farm_set: Registry, errors: dict[str | None, QueryError],
     ) -> list[IndicatorValue]:
-        """The city row then one per county, from the members."""
+        """The city row then one per county, from the members; a scope whose totals are
+        absurd (events written around ingest's maxima) gets its error in ``errors``, not a
+        row, so other counties' figures still answer."""
         manure = indicator in (IndicatorId.MANURE_FACILITY_RATE,
                                IndicatorId.MANURE_LEDGER_COVERAGE)
         no_data = manure and not any(m.detail.get("reported") for m in members)
@@ -254,7 +268,11 @@ class IndicatorEngine:
         county_rows: list[IndicatorValue] = []
         for name in counties:
             own = [m for m in members if m.county == name]
-            row = self._row(indicator, "county", name, year, own, data, farm_set, no_data)
+            try:
+                row = self._row(indicator, "county", name, year, own, data, farm_set, no_data)
+            except QueryError as exc:
+                errors.setdefault(name, exc)
+                continue
             county_rows.append(row)
             if row.value is not None and row.value > 1.0 + 1e-12:
                 row.flags.append("above_100_percent")
@@ -262,7 +280,11 @@ class IndicatorEngine:
                 capped_sum.append(row.denominator)
             else:
                 capped_sum.append(row.numerator)
-        city = self._row(indicator, "city", None, year, members, data, farm_set, no_data)
+        try:
+            city = self._row(indicator, "city", None, year, members, data, farm_set, no_data)
+        except QueryError as exc:
+            errors.setdefault(None, exc)
+            return county_rows
         if capped:
             uncapped = city.numerator
             city = self._row(indicator, "city", None, year, members, data, farm_set, no_data,
@@ -279,8 +301,11 @@ class IndicatorEngine:
         members: list[Member], data: YearData, farm_set: Registry, no_data: bool,
         numerator: float | None = None,
     ) -> IndicatorValue:
-        num = math.fsum(m.numerator for m in members) if numerator is None else numerator
-        den = math.fsum(m.denominator for m in members)
+        try:
+            num = math.fsum(m.numerator for m in members) if numerator is None else numerator
+            den = math.fsum(m.denominator for m in members)
+        except OverflowError:  # fsum refuses sums beyond the float range
+            num = den = math.inf
         _check_total(f"{indicator} numerator", num, county)
         _check_total(f"{indicator} denominator", den, county)
         row = IndicatorValue.of(indicator, scope, county, year, num, den)

@@ -211,7 +211,8 @@ class YearReader:
         data.rollup_months += len(months)
         for gap in gaps(span, months, self._tz):
             data.raw_spans += 1
-            found.add(Aggregates(masses=aggregates.mass_sums(self._query, gap, piece.types)))
+            found.add(Aggregates(masses=aggregates.mass_sums(self._query, gap, piece.types,
+                                                             finite=False)))
             if piece.main:
                 found.ledger |= aggregates.ledger_sites(self._query, gap)
                 for stretch in self._months(gap):  # a month per query, as roll-ups do
@@ -253,7 +254,7 @@ class YearReader:
                 site = row_at(registry, site_id, part.start)
                 if site is None:
                     continue
-                sums = aggregates.mass_sums(self._query, part, piece.types, site_id)
+                sums = aggregates.mass_sums(self._query, part, piece.types, site_id, finite=False)
                 out += [Attributed(site, key, mass, piece) for key, mass in sorted(sums.items())]
         return out
 
