@@ -92,7 +92,7 @@ class Aggregates:
     days: dict[str, int] = field(default_factory=dict)
     """Days (in ``tz``) on which a manure site's telemetry reported."""
     last_day: dict[str, int] = field(default_factory=dict)
-    """The start (epoch ms) of the last such day."""
+    """The time (epoch ms) of a manure site's last reading."""
 
     def add(self, other: Aggregates) -> None:
         """Combine with the aggregates of a disjoint stretch of time."""
@@ -166,15 +166,13 @@ def ledger_sites(querier: Querier, span: Span) -> set[str]:
     return {s.tags["site_id"] for s in run(querier, q) if s.tags.get("site_id") and s.values}
 
 
-def days_reported(querier: Querier, span: Span, tz: ZoneInfo) -> tuple[dict[str, int],
-                                                                       dict[str, int]]:
-    """Per manure site: on how many days of ``tz`` its telemetry reported in the span, and
-    the start (epoch ms) of the last of them.
+def days_reported(querier: Querier, span: Span, tz: ZoneInfo) -> dict[str, int]:
+    """Per manure site: on how many days of ``tz`` its telemetry reported in the span.
 
     InfluxDB counts per site and local day (``GROUP BY time(1d) tz(…)``: days aligned on
     local midnight, InfluxDB 1.6 included) in a subquery, and the outer query counts those
-    days (and finds the last): one row per site comes back, never one per site and day.
-    ``span`` must have a start (InfluxDB needs a lower bound for ``GROUP BY time``).
+    days: one row per site comes back, never one per site and day. Read a month at a time
+    (the roll-ups do). ``span`` must have a start (``GROUP BY time`` needs a lower bound).
     """
     if span.start is None:
         raise ValueError("days_reported needs a span with a start")
@@ -183,21 +181,25 @@ def days_reported(querier: Querier, span: Span, tz: ZoneInfo) -> tuple[dict[str,
         f"WHERE {quote_ident('site_type')} = {quote_literal('manure')} AND {span.condition()} "
         f"GROUP BY {quote_ident('site_id')}, time(1d) fill(none) tz({quote_literal(tz.key)})"
     )
-    by_site = f"GROUP BY {quote_ident('site_id')}"
     days: dict[str, int] = {}
-    last: dict[str, int] = {}
-    for series in run(querier, f"SELECT count(n) AS days FROM ({per_day}) {by_site}"):
+    q = f"SELECT count(n) AS days FROM ({per_day}) GROUP BY {quote_ident('site_id')}"
+    for series in run(querier, q):
         site_id = series.tags.get("site_id", "")
         for row in series.rows():
             if site_id and number(row.get("days")) > 0:
                 days[site_id] = days.get(site_id, 0) + int(number(row.get("days")))
-    for series in run(querier, f"SELECT last(n) FROM ({per_day}) {by_site}"):
-        site_id = series.tags.get("site_id", "")
-        for row in series.rows():
-            if site_id in days:
-                day = int(number(row.get("time")))
-                last[site_id] = max(day, last.get(site_id, day))
-    return days, last
+    return days
+
+
+def last_readings(querier: Querier, span: Span) -> dict[str, int]:
+    """Per manure site: the time (epoch ms) of its last telemetry in the span."""
+    q = (
+        f"SELECT last({quote_ident('seq')}) FROM {quote_ident(schema.TELEMETRY)} "
+        f"WHERE {quote_ident('site_type')} = {quote_literal('manure')} AND {span.condition()} "
+        f"GROUP BY {quote_ident('site_id')}"
+    )
+    return {s.tags["site_id"]: int(number(row.get("time")))
+            for s in run(querier, q) if s.tags.get("site_id") for row in s.rows()}
 
 
 FacilityEvent = tuple[float, float, str]

@@ -216,8 +216,9 @@ class YearReader:
             if piece.main:
                 found.ledger |= aggregates.ledger_sites(self._query, gap)
                 for stretch in self._months(gap):  # a month per query, as roll-ups do
-                    days, last = aggregates.days_reported(self._query, stretch, self._tz)
-                    found.add(Aggregates(days=days, last_day=last))
+                    found.add(Aggregates(days=aggregates.days_reported(
+                        self._query, stretch, self._tz)))
+                found.add(Aggregates(last_day=aggregates.last_readings(self._query, gap)))
         return found
 
     def _months(self, span: Span) -> list[Span]:

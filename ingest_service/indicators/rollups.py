@@ -17,7 +17,7 @@ together:
   :data:`LEDGER_PART` per point), ``sites`` — a set, because a site is counted
   once however many months it kept its ledger in
 - ``kind=days``, ``site_id``: ``days`` (days of the month a manure site's telemetry
-  reported on), ``last_day`` (epoch ms of the last of them)
+  reported on), ``last_day`` (epoch ms of its last reading)
 - ``kind=month``, ``month``: ``marks``, ``events``, ``readings``, ``format`` — the
   manifest, written last; a manifest of another :data:`FORMAT` is not valid
 
@@ -271,7 +271,8 @@ class RollupMaintainer:
             found.masses = aggregates.mass_sums(self._query, span)
             found.ledger = aggregates.ledger_sites(self._query, span)
         if readings:
-            found.days, found.last_day = aggregates.days_reported(self._query, span, self._tz)
+            found.days = aggregates.days_reported(self._query, span, self._tz)
+            found.last_day = aggregates.last_readings(self._query, span)
         points = rollup_points(month, found, build, self._tz)
         if points:
             self._writer.write(encode(points))
