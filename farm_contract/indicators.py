@@ -31,7 +31,17 @@ DEFAULT_STRAW_RATIOS: dict[str, float] = {
     "oats": 1.3,
     "other": 1.0,
 }
-"""Straw-to-grain ratios (草谷比) used when ``FARM_STRAW_RATIOS`` does not set a crop."""
+"""The system's earlier straw-to-grain ratios (草谷比), unsourced; kept for the simulators'
+plans. The indicators read ``farm_contract/params/straw.toml``
+(:mod:`farm_contract.indicator_params`)."""
+
+FORMULAS: dict[IndicatorId, str] = {
+    IndicatorId.MANURE_FACILITY_RATE: "manure_facility_rate/2",
+    IndicatorId.MANURE_LEDGER_COVERAGE: "manure_ledger_coverage/2",
+    IndicatorId.FILM_RECOVERY_RATE: "film_recovery_rate/2",
+    IndicatorId.STRAW_UTILIZATION_RATE: "straw_utilization_rate/2",
+}
+"""The version id of each definition (docs/indicators.md); a changed definition gets a new one."""
 
 Scope = Literal["city", "county"]
 
@@ -47,7 +57,8 @@ class IndicatorValue(BaseModel):
     numerator: float
     denominator: float
     target: float
-    met: bool
+    met: bool | None
+    """Null when the value is (n/a: nothing to measure, shown as "无数据 n/a")."""
     computed_at: datetime | None = None
     """When the figure was computed (UTC)."""
     formula: str = ""
@@ -60,6 +71,9 @@ class IndicatorValue(BaseModel):
     """Registered sites that reported in the year ÷ registered sites (null: none registered)."""
     flags: list[str] = Field(default_factory=list)
     """Data-quality flags, e.g. ``above_100_percent``: shown wherever the figure is."""
+    quality: dict[str, float | str | None] = Field(default_factory=dict)
+    """Data-quality figures the row carries, e.g. the film rows' ``thin_film_share`` (applied
+    film below the 0.01 mm standard) and the city straw row's ``uncapped_numerator``."""
     closed: bool = False
     """The year is closed: this is the frozen figure (contract §8)."""
 
@@ -73,10 +87,10 @@ class IndicatorValue(BaseModel):
         numerator: float,
         denominator: float,
     ) -> IndicatorValue:
-        """Build a result; the value is null and ``met`` false when the denominator is 0."""
+        """Build a result; the value and ``met`` are null when the denominator is 0."""
         target = TARGETS[indicator]
         value = numerator / denominator if denominator > 0 else None
-        met = value is not None and value >= target - 1e-12
+        met = None if value is None else value >= target - 1e-12
         return cls(
             indicator=indicator,
             scope=scope,

@@ -300,6 +300,8 @@ class EventRecord(_Model):
     facility: Facility | None = None
     metric: str | None = None
     """``counter_reset`` only: the never-decreasing metric whose meter was replaced."""
+    season: Annotated[StrictInt, Field(ge=2000, le=2100)] | None = None
+    """``film_recovered`` only: the year whose film this recovers (issue 13; contract §8)."""
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> Self:
@@ -314,6 +316,8 @@ class EventRecord(_Model):
                 raise ValueError(
                     f"metric {self.metric[:70]!r} is not one of {', '.join(counters)}"
                 )
+        if self.season is not None and self.type is not EventType.FILM_RECOVERED:
+            raise ValueError(f"{self.type.value} event takes no season")
         if self.use is not None:
             uses: type[StrEnum] | None = {
                 EventType.STRAW_UTILIZED: StrawUse,

@@ -21,7 +21,7 @@ YEAR_FROZEN = "year_frozen"
 
 TELEMETRY_TAGS = ("site_id", "device_id", "site_type", "county")
 """The tags of a device's points: its site, itself, the site's type and county."""
-EVENT_OWN_TAGS = ("type", "use", "crop", "facility", "metric")
+EVENT_OWN_TAGS = ("type", "use", "crop", "facility", "metric", "season")
 """An event point's tags beyond :data:`TELEMETRY_TAGS`: its payload fields of these
 names, when present (``type`` always)."""
 DEVICE_STATUS_TAGS = ("site_id", "device_id", "county")

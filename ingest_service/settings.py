@@ -6,14 +6,15 @@ are tuning knobs with defaults that suit one small machine.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from farm_contract.indicators import DEFAULT_STRAW_RATIOS
+from farm_contract.indicator_params import Divisions, StrawParams, load_divisions, load_straw
 from farm_contract.mqtt_url import MqttEndpoint, parse_mqtt_url
 
 DEFAULT_CLIENT_ID = "farm-ingest"
@@ -24,6 +25,8 @@ class Settings(BaseSettings):
     """Everything the ingest service, the API and the tools read from the environment."""
 
     model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore")
+    _straw: StrawParams = PrivateAttr()
+    _divisions: Divisions = PrivateAttr()
 
     # contract §6
     topic_prefix: str = Field(default="farm", pattern=r"^[A-Za-z0-9_-]+$")
@@ -40,7 +43,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     stale_hours: float = Field(default=24, gt=0)
-    straw_ratios: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STRAW_RATIOS))
+    straw_ratios: dict[str, float] = Field(default_factory=dict)
+    """City-wide straw-to-grain ratios overriding the parameter file's (JSON, by crop); once
+    read, every crop's ratio in effect (the collectable coefficients are in :attr:`straw`)."""
 
     # the project's own
     api_token: SecretStr | None = None
@@ -73,6 +78,18 @@ class Settings(BaseSettings):
     publish_indicators: bool = True
     """Write the indicators to InfluxDB every ``indicator_interval_s``. With several ingest
     workers sharing a subscription, set false on all but one: they compute the same rows."""
+    facility_min_days: int = Field(default=30, ge=1, le=366)
+    """A large-scale farm is equipped in a year when its facility telemetry reported on this
+    many days of it (pro rata while the year runs) ... (docs/indicators.md)."""
+    fault_grace_days: float = Field(default=30, ge=0)
+    """... and no facility fault stayed open longer than this many consecutive days in it."""
+    film_recovery_until: str = Field(default="05-31", pattern=r"^\d{2}-\d{2}$")
+    """``MM-DD``: a recovery without a ``season`` up to this day counts for the year before."""
+    straw_params_file: Path | None = None
+    """Straw ratios and collectable coefficients; default ``farm_contract/params/straw.toml``."""
+    counties_file: Path | None = None
+    """The county-level divisions always listed; default ``farm_contract/params/counties.toml``
+    (Datong's ten)."""
     rollups: bool = True
     """Keep monthly roll-ups of the indicators' aggregates and read them for complete months
     (the worker that publishes indicators builds them; every worker reads them)."""
@@ -123,15 +140,32 @@ class Settings(BaseSettings):
         ZoneInfo(value)
         return value
 
-    @field_validator("straw_ratios")
+    @field_validator("film_recovery_until")
     @classmethod
-    def _ratios(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = set(value) - set(DEFAULT_STRAW_RATIOS)
-        if unknown:
-            raise ValueError(f"unknown crop(s) {', '.join(sorted(unknown))}")
-        if any(ratio <= 0 for ratio in value.values()):
+    def _month_day(cls, value: str) -> str:
+        month, day = (int(part) for part in value.split("-"))
+        date(2001, month, day)  # a real day of a common year (no 02-29)
+        return value
+
+    @model_validator(mode="after")
+    def _params(self) -> Settings:
+        """Read the parameter files once, so a broken one stops the service at start."""
+        if any(ratio <= 0 for ratio in self.straw_ratios.values()):
             raise ValueError("straw-to-grain ratios must be positive")
-        return {**DEFAULT_STRAW_RATIOS, **value}
+        self._straw = load_straw(self.straw_params_file, self.straw_ratios)
+        # every crop's ratio in effect, as readers of ``straw_ratios`` have always seen it
+        self.straw_ratios = {crop: params.ratio for crop, params in self._straw.crops.items()}
+        self._divisions = load_divisions(self.counties_file)
+        return self
+
+    @property
+    def straw(self) -> StrawParams:
+        """Straw ratios and collectable coefficients in effect (file, then ``straw_ratios``)."""
+        return self._straw
+
+    @property
+    def divisions(self) -> Divisions:
+        return self._divisions
 
     @model_validator(mode="after")
     def _client_id(self) -> Settings:

@@ -95,7 +95,7 @@ def test_an_absurd_event_mass_is_rejected_and_the_city_rate_stands(
     assert send(pipeline, f"{STRAW}/event", harvest) == 1
     assert send(pipeline, f"{STRAW}/event", used) == 1
     before = straw_rate(influxd, registry_dir)
-    assert before == (pytest.approx(0.5), False)  # 60 / (100 × 1.2)
+    assert before == (pytest.approx(60 / (100 * 0.84 * 0.81)), False)  # collectable straw
 
     for seq, mass in ((3, 1e308), (4, 1e308), (5, 100_001)):
         absurd = {**used, "seq": seq, "ts": at(seq), "mass_t": mass}

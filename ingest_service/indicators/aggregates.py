@@ -1,11 +1,12 @@
-"""The indicators' raw-event aggregates over one time span, computed by InfluxDB.
+"""The indicators' raw aggregates over one time span, computed by InfluxDB, per site.
 
-The indicator engine runs them over the spans no valid roll-up covers, and the
-roll-up builder runs the very same functions over one month: each aggregate is
-defined once, so a roll-up holds exactly what the raw computation would read.
-Every piece is monthly-additive: sums add up, "has a ledger event" is a union,
-and the latest facility event of a union of months is the latest of each
-month's latest.
+The indicator engine runs them over the spans no valid roll-up covers, and the roll-up
+builder runs the very same functions over one month: each aggregate is defined once, so a
+roll-up holds exactly what the raw computation would read. Everything is keyed by
+``site_id``, never by the stored ``county`` tag: the engine maps sites to counties through
+the registry history at the data's time (issue 12), so a corrected or moved site carries its
+data with it. Every piece is additive over disjoint spans: sums add up, "has a ledger event"
+is a union, days reported (counted in whole days of ``tz``) add up.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 from farm_contract import schema
 from farm_contract.payloads import EventType
@@ -28,13 +30,13 @@ MASS_TYPES = (
 )
 LEDGER_TYPES = (EventType.MANURE_TREATED, EventType.MANURE_UTILIZED)
 FACILITY_TYPES = (EventType.FACILITY_FAULT, EventType.FACILITY_OK)
+THIN_FILM_MM = 0.01
+"""The plan's standard: film thinner than this is counted and shown (农膜 ≥ 0.01 mm)."""
 
-MassKey = tuple[str, str, str]
-"""``county``, ``type``, ``crop`` tags (``""`` where absent)."""
-FacilityKey = tuple[str, str, str]
-"""``site_id``, ``facility``, ``type`` tags."""
-Latest = tuple[float, float]
-"""A facility event's time (epoch ms) and ``seq``: later is greater."""
+MassKey = tuple[str, str, str, str]
+"""``site_id``, ``type``, ``crop``, ``season`` tags (``""`` where absent)."""
+Mass = tuple[float, float, float]
+"""Σ ``mass_t``, Σ ``grain_t`` and Σ ``mass_t`` of film below :data:`THIN_FILM_MM`."""
 
 
 class Querier(Protocol):
@@ -71,48 +73,86 @@ def types_clause(types: Iterable[EventType]) -> str:
     return "(" + " OR ".join(f"{quote_ident('type')} = {quote_literal(t)}" for t in types) + ")"
 
 
+def site_clause(site_id: str | None) -> str:
+    return "" if site_id is None else f" AND {quote_ident('site_id')} = {quote_literal(site_id)}"
+
+
+def add_mass(into: dict[MassKey, Mass], key: MassKey, more: Mass) -> None:
+    old = into.get(key, (0.0, 0.0, 0.0))
+    into[key] = (old[0] + more[0], old[1] + more[1], old[2] + more[2])
+
+
 @dataclass(slots=True)
 class Aggregates:
-    """What the indicators need from events, for some stretch of time."""
+    """What the indicators need from InfluxDB for some stretch of time, per site."""
 
-    masses: dict[MassKey, tuple[float, float]] = field(default_factory=dict)
-    """Σ ``mass_t`` and Σ ``grain_t`` per county, type and crop."""
+    masses: dict[MassKey, Mass] = field(default_factory=dict)
     ledger: set[str] = field(default_factory=set)
     """Sites with a ``manure_treated`` or ``manure_utilized`` event."""
-    latest: dict[FacilityKey, Latest] = field(default_factory=dict)
-    """The latest ``facility_fault`` / ``facility_ok`` per site, facility and type."""
+    days: dict[str, int] = field(default_factory=dict)
+    """Days (in ``tz``) on which a manure site's telemetry reported."""
+    last_day: dict[str, int] = field(default_factory=dict)
+    """The time (epoch ms) of a manure site's last reading."""
 
     def add(self, other: Aggregates) -> None:
         """Combine with the aggregates of a disjoint stretch of time."""
-        for key, (mass, grain) in other.masses.items():
-            old_mass, old_grain = self.masses.get(key, (0.0, 0.0))
-            self.masses[key] = (old_mass + mass, old_grain + grain)
+        for key, more in other.masses.items():
+            add_mass(self.masses, key, more)
         self.ledger |= other.ledger
-        for fkey, when in other.latest.items():
-            if fkey not in self.latest or self.latest[fkey] < when:
-                self.latest[fkey] = when
+        for site_id, days in other.days.items():
+            self.days[site_id] = self.days.get(site_id, 0) + days
+        for site_id, day in other.last_day.items():
+            self.last_day[site_id] = max(day, self.last_day.get(site_id, day))
+
+    def without_site(self, site_id: str) -> None:
+        """Drop a site's masses (re-read split at its registry changes)."""
+        for key in [key for key in self.masses if key[0] == site_id]:
+            del self.masses[key]
 
 
 def mass_sums(
-    querier: Querier, span: Span, county: str | None = None
-) -> dict[MassKey, tuple[float, float]]:
-    """Film and straw tonnes per county tag, type and crop: one query for the four types."""
-    where = f"{types_clause(MASS_TYPES)} AND {span.condition()}"
-    if county is not None:
-        where += f" AND {quote_ident('county')} = {quote_literal(county)}"
+    querier: Querier, span: Span, types: Iterable[EventType] = MASS_TYPES,
+    site_id: str | None = None, finite: bool = True,
+) -> dict[MassKey, Mass]:
+    """Film and straw tonnes per site, type, crop and season: one query, plus one for thin
+    applied film when ``film_applied`` is among ``types``.
+
+    ``finite=False`` passes a sum InfluxDB overflowed (±Inf) through instead of raising, so
+    the engine can refuse only the figures that site is part of."""
+    types = tuple(types)
+
+    def value(raw: object) -> float:
+        if not finite and isinstance(raw, float) and math.isinf(raw):
+            return raw
+        return number(raw)
+
+    where = f"{types_clause(types)} AND {span.condition()}{site_clause(site_id)}"
+    group = ", ".join(quote_ident(tag) for tag in ("site_id", "type", "crop", "season"))
     q = (
         f"SELECT sum({quote_ident('mass_t')}) AS mass_t, "
         f"sum({quote_ident('grain_t')}) AS grain_t "
-        f"FROM {quote_ident(schema.EVENT)} WHERE {where} "
-        f"GROUP BY {quote_ident('county')}, {quote_ident('type')}, {quote_ident('crop')}"
+        f"FROM {quote_ident(schema.EVENT)} WHERE {where} GROUP BY {group}"
     )
-    sums: dict[MassKey, tuple[float, float]] = {}
+    sums: dict[MassKey, Mass] = {}
     for series in run(querier, q):
-        key = (series.tags.get("county", ""), series.tags.get("type", ""),
-               series.tags.get("crop", ""))
+        tags = series.tags
+        key = (tags.get("site_id", ""), tags.get("type", ""), tags.get("crop", ""),
+               tags.get("season", ""))
         for row in series.rows():
-            mass, grain = sums.get(key, (0.0, 0.0))
-            sums[key] = (mass + number(row.get("mass_t")), grain + number(row.get("grain_t")))
+            add_mass(sums, key, (value(row.get("mass_t")), value(row.get("grain_t")), 0.0))
+    if EventType.FILM_APPLIED in types:
+        q = (
+            f"SELECT sum({quote_ident('mass_t')}) AS thin_t FROM {quote_ident(schema.EVENT)} "
+            f"WHERE {quote_ident('type')} = {quote_literal(EventType.FILM_APPLIED)} "
+            f"AND {quote_ident('thickness_mm')} < {THIN_FILM_MM} AND {span.condition()}"
+            f"{site_clause(site_id)} GROUP BY {group}"
+        )
+        for series in run(querier, q):
+            tags = series.tags
+            key = (tags.get("site_id", ""), tags.get("type", ""), tags.get("crop", ""),
+                   tags.get("season", ""))
+            for row in series.rows():
+                add_mass(sums, key, (0.0, 0.0, value(row.get("thin_t"))))
     return sums
 
 
@@ -126,38 +166,95 @@ def ledger_sites(querier: Querier, span: Span) -> set[str]:
     return {s.tags["site_id"] for s in run(querier, q) if s.tags.get("site_id") and s.values}
 
 
-def latest_facility_events(querier: Querier, span: Span) -> dict[FacilityKey, Latest]:
-    """The latest ``facility_fault`` and ``facility_ok`` per site and facility in the span."""
+def days_reported(querier: Querier, span: Span, tz: ZoneInfo) -> dict[str, int]:
+    """Per manure site: on how many days of ``tz`` its telemetry reported in the span.
+
+    InfluxDB counts per site and local day (``GROUP BY time(1d) tz(…)``: days aligned on
+    local midnight, InfluxDB 1.6 included) in a subquery, and the outer query counts those
+    days: one row per site comes back, never one per site and day. Read a month at a time
+    (the roll-ups do). ``span`` must have a start (``GROUP BY time`` needs a lower bound).
+    """
+    if span.start is None:
+        raise ValueError("days_reported needs a span with a start")
+    per_day = (
+        f"SELECT count({quote_ident('seq')}) AS n FROM {quote_ident(schema.TELEMETRY)} "
+        f"WHERE {quote_ident('site_type')} = {quote_literal('manure')} AND {span.condition()} "
+        f"GROUP BY {quote_ident('site_id')}, time(1d) fill(none) tz({quote_literal(tz.key)})"
+    )
+    days: dict[str, int] = {}
+    q = f"SELECT count(n) AS days FROM ({per_day}) GROUP BY {quote_ident('site_id')}"
+    for series in run(querier, q):
+        site_id = series.tags.get("site_id", "")
+        for row in series.rows():
+            if site_id and number(row.get("days")) > 0:
+                days[site_id] = days.get(site_id, 0) + int(number(row.get("days")))
+    return days
+
+
+def last_readings(querier: Querier, span: Span) -> dict[str, int]:
+    """Per manure site: the time (epoch ms) of its last telemetry in the span."""
+    q = (
+        f"SELECT last({quote_ident('seq')}) FROM {quote_ident(schema.TELEMETRY)} "
+        f"WHERE {quote_ident('site_type')} = {quote_literal('manure')} AND {span.condition()} "
+        f"GROUP BY {quote_ident('site_id')}"
+    )
+    return {s.tags["site_id"]: int(number(row.get("time")))
+            for s in run(querier, q) if s.tags.get("site_id") for row in s.rows()}
+
+
+FacilityEvent = tuple[float, float, str]
+"""A facility event's time (epoch ms), ``seq`` and type: sorts in the order it happened."""
+
+
+def facility_events(
+    querier: Querier, span: Span, site_id: str | None = None
+) -> dict[tuple[str, str], list[FacilityEvent]]:
+    """Every ``facility_fault`` / ``facility_ok`` in the span per site and facility, in order.
+
+    Facility events are rare (a fault, its repair), so they are read raw.
+    """
+    q = (
+        f"SELECT {quote_ident('seq')} FROM {quote_ident(schema.EVENT)} "
+        f"WHERE {types_clause(FACILITY_TYPES)} AND {span.condition()}{site_clause(site_id)} "
+        f"GROUP BY {quote_ident('site_id')}, {quote_ident('facility')}, {quote_ident('type')}"
+    )
+    found: dict[tuple[str, str], list[FacilityEvent]] = {}
+    for series in run(querier, q):
+        key = (series.tags.get("site_id", ""), series.tags.get("facility", ""))
+        kind = series.tags.get("type", "")
+        found.setdefault(key, []).extend(
+            (number(row.get("time")), number(row.get("seq")), kind) for row in series.rows())
+    for events in found.values():
+        events.sort()
+    return found
+
+
+def latest_facility_events(
+    querier: Querier, span: Span
+) -> dict[tuple[str, str], FacilityEvent]:
+    """The latest ``facility_fault`` or ``facility_ok`` per site and facility in the span:
+    the state a facility is in when the span ends."""
     q = (
         f"SELECT last({quote_ident('seq')}) FROM {quote_ident(schema.EVENT)} "
         f"WHERE {types_clause(FACILITY_TYPES)} AND {span.condition()} "
         f"GROUP BY {quote_ident('site_id')}, {quote_ident('facility')}, {quote_ident('type')}"
     )
-    latest: dict[FacilityKey, Latest] = {}
+    latest: dict[tuple[str, str], FacilityEvent] = {}
     for series in run(querier, q):
         if not series.values:
             continue
         row = series.rows()[0]
-        key = (series.tags.get("site_id", ""), series.tags.get("facility", ""),
-               series.tags.get("type", ""))
-        latest[key] = (number(row.get("time")), number(row.get("last")))
+        key = (series.tags.get("site_id", ""), series.tags.get("facility", ""))
+        found = (number(row.get("time")), number(row.get("last")), series.tags.get("type", ""))
+        if key not in latest or latest[key] < found:
+            latest[key] = found
     return latest
 
 
-def open_fault_sites(latest: dict[FacilityKey, Latest]) -> set[str]:
-    """Sites where some facility's latest fault has no later ``facility_ok``.
-
-    Ties within a millisecond (the query's time resolution) are broken by
-    ``seq``, the device's rising counter.
-    """
-    open_sites: set[str] = set()
-    for (site_id, facility, kind), fault in latest.items():
-        if kind != EventType.FACILITY_FAULT:
-            continue
-        ok = latest.get((site_id, facility, EventType.FACILITY_OK))
-        if ok is None or ok < fault:
-            open_sites.add(site_id)
-    return open_sites
+def open_fault_sites(latest: dict[tuple[str, str], FacilityEvent]) -> set[str]:
+    """Sites where some facility's latest event is a fault (ties in a millisecond: ``seq``)."""
+    return {site_id for (site_id, _), (_, _, kind) in latest.items()
+            if kind == EventType.FACILITY_FAULT}
 
 
 def event_count(querier: Querier, span: Span) -> int:
@@ -168,3 +265,11 @@ def event_count(querier: Querier, span: Span) -> int:
     )
     return sum(int(number(row.get("count"))) for s in run(querier, q) for row in s.rows())
 
+
+def manure_reading_count(querier: Querier, span: Span) -> int:
+    """How many manure telemetry points the span holds (the audit of a month's days)."""
+    q = (
+        f"SELECT count({quote_ident('seq')}) FROM {quote_ident(schema.TELEMETRY)} "
+        f"WHERE {quote_ident('site_type')} = {quote_literal('manure')} AND {span.condition()}"
+    )
+    return sum(int(number(row.get("count"))) for s in run(querier, q) for row in s.rows())

@@ -1,27 +1,34 @@
-"""The plan's indicators (contract §8), computed by InfluxDB aggregates.
+"""The plan's indicators (contract §8, docs/indicators.md), computed from InfluxDB aggregates.
 
-Every number comes from an InfluxQL aggregate (``sum``, ``count``, ``last`` with
-``GROUP BY`` tags), so the cost of a computation grows with the number of sites,
-not with the number of stored points.
+Every number comes from InfluxQL aggregates grouped by ``site_id`` (sums, counts, days
+counted per site), so the cost grows with the number of sites, not of stored points.
+A figure is built from its *members*, one row per site (and county, for a site that moved
+during the year): a county's numerator and denominator are the exact sums (``math.fsum``)
+of its members', the city's the sums of all members'. :meth:`IndicatorEngine.members` lists
+them and :meth:`IndicatorEngine.events` the events behind one site's part.
 
-Rules, decided here and documented in the API:
+Rules, decided here and documented in docs/indicators.md:
 
-- A year is a calendar year in ``settings.tz`` (Asia/Shanghai by default).
-- "As of" is the end of that year, or now for the current year. Events count
-  when ``start <= time < as_of``. For a year that has not begun, nothing has
-  happened yet: every numerator is 0 (the manure denominators still come from
-  the registry).
-- Film and straw masses are attributed by the ``county`` tag written at ingest;
-  only counties of the registry are reported. The manure indicators count
-  registry sites (large-scale manure sites), attributed to their registry county.
-- The city row adds the counties' numerators and denominators (it never
-  averages rates), so it always agrees with the county rows.
-- ``compute(year, county=NAME)`` returns only that county's four rows (no city row).
-- With ``FARM_ROLLUPS`` (default on), complete months are read from their monthly
-  roll-ups (:mod:`ingest_service.indicators.rollups`) where valid, and raw events only for the
-  rest; both go through the same aggregates (:mod:`ingest_service.indicators.aggregates`).
-  Each county, type and crop's tonnes are rounded to the gram (6 decimals) before
-  use, so the order in which InfluxDB or the roll-ups add them never shows.
+- A year is a calendar year in ``settings.tz`` (Asia/Shanghai). "As of" is the end of that
+  year, or now for the current year; events count when ``start <= time < as_of``.
+- Film and straw tonnes count for the site's registry row in effect at the data's own time
+  (:mod:`ingest_service.indicators.reading`): a move or a dated change applies from its day
+  on, an undated correction to all time; the stored ``county`` tag is never read.
+- The year's farm set (manure denominators; registered sites for coverage) is the registry
+  in effect on the year's last day (on "as of" for the current year), each in its county of
+  that day.
+- Manure facility rate: a farm of the set is equipped when its manure telemetry reported on
+  at least ``facility_min_days`` days of the year (pro rata while the year runs) and no
+  facility fault stayed open longer than ``fault_grace_days`` consecutive days in it.
+  Ledger coverage: farms of the set with a ``manure_treated``/``manure_utilized`` event.
+- Straw: collectable straw = grain × straw-to-grain ratio × collectable coefficient, per
+  crop and county (``farm_contract/params/straw.toml``).
+- n/a: a zero denominator, or a year in which no farm of the set reported anything for the
+  manure indicators, gives ``value`` and ``met`` null. A rate above 100 % is flagged
+  ``above_100_percent``; in the city sum each county's numerator is capped at its
+  denominator (flag ``county_capped``; ``quality.uncapped_numerator`` keeps the plain sum).
+- Every county of the divisions file (Datong's ten) is listed, then any other county the
+  registry names; ``compute(year, county=NAME)`` returns only that county's four rows.
 """
 
 from __future__ import annotations
@@ -29,52 +36,30 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from farm_contract import schema
-from farm_contract.indicators import IndicatorId, IndicatorValue, Scope
+from farm_contract.catalog import SiteType
+from farm_contract.indicators import FORMULAS, IndicatorId, IndicatorValue, Member, Scope
 from farm_contract.payloads import EventType
-from farm_contract.registry import Registry
+from farm_contract.registry import Registry, Site, day_of
 from ingest_service.indicators import aggregates
-from ingest_service.indicators.aggregates import Aggregates, MassKey, Querier, run
-from ingest_service.indicators.months import Span, gaps
-from ingest_service.indicators.rollups import RollupReader
+from ingest_service.indicators.aggregates import LEDGER_TYPES, THIN_FILM_MM, Querier, run
+from ingest_service.indicators.months import Span
+from ingest_service.indicators.reading import (
+    Window,
+    YearData,
+    YearReader,
+    counts,
+    year_window,
+)
 from ingest_service.influxql import QueryError, Series, quote_ident, quote_literal, time_literal
 from ingest_service.settings import Settings
 
+__all__ = ["IndicatorEngine", "UnknownCountyError", "Window", "year_window"]
+
 log = logging.getLogger(__name__)
-
-
-class UnknownCountyError(LookupError):
-    """A county that has no site in the registry."""
-
-    def __init__(self, county: str, known: list[str]) -> None:
-        super().__init__(f"unknown county {county!r}; known counties: {', '.join(known) or 'none'}")
-        self.county = county
-        self.known = known
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """The events that count for a year: ``start <= time < as_of``."""
-
-    start: datetime
-    as_of: datetime
-
-    @property
-    def empty(self) -> bool:
-        """True for a year that has not begun yet."""
-        return self.as_of <= self.start
-
-
-def year_window(year: int, tz: ZoneInfo, now: datetime) -> Window:
-    """Calendar ``year`` in ``tz``, cut at ``now`` for the current (or a future) year."""
-    start = datetime(year, 1, 1, tzinfo=tz)
-    end = datetime(year + 1, 1, 1, tzinfo=tz)
-    return Window(start=start, as_of=min(end, now))
-
 
 MAX_TOTAL_T = 1e12
 """No scope's yearly total comes near this: the world grows ~10¹⁰ t of crops a year,
@@ -82,54 +67,52 @@ and ingest refuses any event over 10⁵ t (farm_contract/catalog.py)."""
 
 MASS_DECIMALS = 6
 """Tonnes are rounded to the gram: sums in another order differ only far below that."""
+DAY_MS = 86_400_000
+
+
+class UnknownCountyError(LookupError):
+    """A county that is neither a listed division nor named by the registry."""
+
+    def __init__(self, county: str, known: list[str]) -> None:
+        super().__init__(f"unknown county {county!r}; known counties: {', '.join(known) or 'none'}")
+        self.county = county
+        self.known = known
 
 
 @dataclass(slots=True)
-class Totals:
-    """Numerators and denominators of one scope, added up before any division."""
+class Figures:
+    """One year's members, rows and the counties listed."""
 
-    film_applied_t: float = 0.0
-    film_recovered_t: float = 0.0
-    straw_produced_t: float = 0.0
-    straw_utilized_t: float = 0.0
-    manure_sites: int = 0
-    ledger_sites: int = 0
-    working_sites: int = 0
+    counties: list[str]
+    members: dict[IndicatorId, list[Member]] = field(default_factory=dict)
+    rows: list[IndicatorValue] = field(default_factory=list)
+    errors: dict[str | None, QueryError] = field(default_factory=dict)
+    """Scopes (None: the city) whose totals are absurd: asking for them raises."""
 
-    def add(self, other: Totals) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+    def check(self, county: str | None) -> None:
+        """Raise the error of ``county``'s figures (of any scope when None)."""
+        error = self.errors.get(county) if county is not None else next(
+            iter(self.errors.values()), None)
+        if error is not None:
+            raise error
 
-    def values(self, year: int, county: str | None) -> list[IndicatorValue]:
-        """The four indicators, in contract order; ``county`` None means the city.
 
-        Raises :class:`QueryError` if a total is not finite or above
-        :data:`MAX_TOTAL_T`: only events stored before the catalog's maxima (or
-        written around ingest) add up to that, and a rate of 8e307 ("met") or
-        Inf/Inf must not be reported as a figure.
-        """
-        for name in self.__slots__:
-            total = getattr(self, name)
-            if not math.isfinite(total) or abs(total) > MAX_TOTAL_T:
-                raise QueryError(
-                    f"{name} of {county or 'the city'} is not finite: stored events hold "
-                    "absurd values (delete them; see docs/contract.md §4)"
-                )
-        scope: Scope = "city" if county is None else "county"
-        pairs = {
-            IndicatorId.MANURE_FACILITY_RATE: (self.working_sites, self.manure_sites),
-            IndicatorId.MANURE_LEDGER_COVERAGE: (self.ledger_sites, self.manure_sites),
-            IndicatorId.FILM_RECOVERY_RATE: (self.film_recovered_t, self.film_applied_t),
-            IndicatorId.STRAW_UTILIZATION_RATE: (self.straw_utilized_t, self.straw_produced_t),
-        }
-        return [
-            IndicatorValue.of(indicator, scope, county, year, float(num), float(den))
-            for indicator, (num, den) in pairs.items()
-        ]
+def _tonnes(value: float) -> float:
+    return round(value, MASS_DECIMALS)
+
+
+def _check_total(name: str, total: float, county: str | None) -> None:
+    """A total that is not finite or absurdly large comes from events written around
+    ingest's maxima: report it as an error, never as a figure (contract §4)."""
+    if not math.isfinite(total) or abs(total) > MAX_TOTAL_T:
+        raise QueryError(
+            f"{name} of {county or 'the city'} is not finite: stored events hold "
+            "absurd values (delete them; see docs/contract.md §4)"
+        )
 
 
 class IndicatorEngine:
-    """Computes the indicators for a year from InfluxDB and the current registry."""
+    """Computes the indicators of a year from InfluxDB and the registry's history."""
 
     def __init__(
         self, query: Querier, registry: Callable[[], Registry], settings: Settings
@@ -137,112 +120,363 @@ class IndicatorEngine:
         self._query = query
         self._registry = registry
         self._settings = settings
-        self._rollups = RollupReader(query, settings.tz)
+        self._reader = YearReader(query, settings.tz, settings.rollups,
+                                  settings.film_recovery_until)
+
+    # --- public -------------------------------------------------------------------------
 
     def compute(
         self, year: int, county: str | None = None, now: datetime | None = None
     ) -> list[IndicatorValue]:
-        """City then counties (sorted), four rows each; only ``county``'s rows if given.
+        """City then counties (listed order), four rows each; only ``county``'s if given.
 
-        Raises :class:`UnknownCountyError` for a county without sites and
+        Raises :class:`UnknownCountyError` for a county not listed and
         :class:`~ingest_service.influxql.QueryError` when InfluxDB fails.
         """
-        registry = self._registry()
-        known = registry.counties
-        if county is not None and county not in known:
-            raise UnknownCountyError(county, known)
-        counties = [county] if county is not None else known
-        moment = now or datetime.now(UTC)
-        if moment.tzinfo is None:  # a naive "now" is taken as UTC
-            moment = moment.replace(tzinfo=UTC)
-        window = year_window(year, self._settings.tz, moment)
-        totals = {name: Totals() for name in counties}
-        for name in counties:
-            totals[name].manure_sites = len(registry.large_scale_manure_sites(name))
-        if not window.empty:
-            found = self.aggregates(window, county)
-            self._add_masses(found.masses, totals)
-            self._add_manure(window, registry, totals, found)
-        rows: list[IndicatorValue] = []
+        figures = self._figures(year, self._now(now), county)
+        figures.check(county)
         if county is None:
-            city = Totals()
-            for part in totals.values():
-                city.add(part)
-            rows += city.values(year, None)
-        for name in counties:
-            rows += totals[name].values(year, name)
-        return rows
+            return figures.rows
+        return [row for row in figures.rows if row.county == county]
+
+    def members(
+        self, year: int, county: str | None = None, indicator: IndicatorId | None = None,
+        now: datetime | None = None,
+    ) -> list[Member]:
+        """The sites behind the figures: one row per site (and county) and indicator, whose
+        numerators and denominators add up (``math.fsum``) to the county's figure, and over
+        all counties to the city's (before the city's 100 % cap, see the module docstring)."""
+        figures = self._figures(year, self._now(now), county)
+        figures.check(county)
+        wanted = [indicator] if indicator is not None else list(IndicatorId)
+        return [m for i in wanted for m in figures.members[IndicatorId(i)]
+                if county is None or m.county == county]
+
+    def events(
+        self, indicator: IndicatorId, year: int, site_id: str, now: datetime | None = None
+    ) -> list[dict[str, object]]:
+        """The events that make up a site's part in a year's figure, oldest first: each with
+        ``device_id``, ``seq``, ``ts``, ``type``, ``role`` (numerator, denominator or, for
+        the facility rate, fault) and ``values`` (its fields and tags)."""
+        moment = self._now(now)
+        window = year_window(year, self._settings.tz, moment)
+        if window.empty:
+            return []
+        indicator = IndicatorId(indicator)
+        main = Span(window.start, window.as_of)
+        found: list[dict[str, object]] = []
+        if indicator is IndicatorId.FILM_RECOVERY_RATE:
+            found += self._site_events(site_id, main, (EventType.FILM_APPLIED,), "denominator")
+            for piece in self._reader.pieces(year, window, moment):
+                for item in self._site_events(site_id, piece.span, (EventType.FILM_RECOVERED,),
+                                              "numerator"):
+                    values = item["values"]
+                    season = values.get("season", "") if isinstance(values, dict) else ""
+                    if counts(piece, EventType.FILM_RECOVERED, str(season or ""), year):
+                        found.append(item)
+        elif indicator is IndicatorId.STRAW_UTILIZATION_RATE:
+            found += self._site_events(site_id, main, (EventType.HARVEST,), "denominator")
+            found += self._site_events(site_id, main, (EventType.STRAW_UTILIZED,), "numerator")
+        elif indicator is IndicatorId.MANURE_LEDGER_COVERAGE:
+            found += self._site_events(site_id, main, LEDGER_TYPES, "numerator")
+        else:
+            span = Span(window.start, window.as_of, inclusive=True)
+            found += self._site_events(site_id, span, aggregates.FACILITY_TYPES, "fault")
+        found.sort(key=lambda item: (str(item["ts"]), float(str(item["seq"]))))
+        return found
+
+    def facility_live(self, now: datetime | None = None) -> dict[str, bool]:
+        """The operational state, not the plan's indicator: per large-scale manure farm in
+        effect today, whether its telemetry reported in the last ``stale_hours`` and no
+        facility fault is open now."""
+        moment = self._now(now)
+        registry = self._registry().on(moment)
+        farms = [s.site_id for s in registry.large_scale_manure_sites()]
+        since = moment - timedelta(hours=self._settings.stale_hours)
+        q = (
+            f"SELECT count({quote_ident('seq')}) FROM {quote_ident(schema.TELEMETRY)} "
+            f"WHERE {quote_ident('site_type')} = {quote_literal('manure')} "
+            f"AND time > {time_literal(since)} AND time <= {time_literal(moment)} "
+            f"GROUP BY {quote_ident('site_id')}"
+        )
+        reporting = {s.tags["site_id"] for s in self.query(q) if s.tags.get("site_id")
+                     and s.values}
+        latest = aggregates.latest_facility_events(self._query, Span(None, moment, True))
+        faulty = aggregates.open_fault_sites(latest)
+        return {site_id: site_id in reporting and site_id not in faulty for site_id in farms}
+
+    def straw_factor(self, county: str | None, crop: str) -> float:
+        """Collectable straw per tonne of grain of ``crop`` in ``county``."""
+        return self._settings.straw.of(county, crop).factor
 
     def query(self, q: str) -> list[Series]:
         """Run a query; a database nothing was written to yet simply has no data."""
         return run(self._query, q)
 
-    def aggregates(self, window: Window, county: str | None) -> Aggregates:
-        """The year's event aggregates: valid roll-ups, raw events for everything else.
+    # --- the year -----------------------------------------------------------------------
 
-        Masses and ledger cover ``start <= time < as_of``; facility events every
-        time up to and including ``as_of``.
-        """
-        found, months, facility_months = Aggregates(), set(), set()
-        if self._settings.rollups:
-            rolled = self._rollups.read(window.start, window.as_of, county)
-            found, months, facility_months = rolled.found, rolled.months, rolled.facility_months
-        tz = self._settings.tz
-        for span in gaps(Span(window.start, window.as_of), months, tz):
-            found.add(Aggregates(
-                masses=aggregates.mass_sums(self._query, span, county),
-                ledger=aggregates.ledger_sites(self._query, span),
-            ))
-        for span in gaps(Span(None, window.as_of, inclusive=True), facility_months, tz):
-            found.add(Aggregates(latest=aggregates.latest_facility_events(self._query, span)))
+    @staticmethod
+    def _now(now: datetime | None) -> datetime:
+        moment = now or datetime.now(UTC)
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+    def _figures(self, year: int, now: datetime, county: str | None) -> Figures:
+        registry = self._registry()
+        named = registry.counties_ever
+        listed = self._settings.divisions.listed(named)
+        if county is not None and county not in listed:
+            raise UnknownCountyError(county, listed)
+        computed_at = datetime.now(UTC)
+        data = self._reader.read(registry, year, now)
+        farm_set = registry.at(data.set_day)
+        members = {
+            IndicatorId.MANURE_FACILITY_RATE: self._facility_members(year, data, farm_set),
+            IndicatorId.MANURE_LEDGER_COVERAGE: self._ledger_members(year, data, farm_set),
+            IndicatorId.FILM_RECOVERY_RATE: self._film_members(year, data, farm_set),
+            IndicatorId.STRAW_UTILIZATION_RATE: self._straw_members(year, data, farm_set),
+        }
+        counties = self._settings.divisions.listed(
+            sorted(set(named) | {m.county for ms in members.values() for m in ms}))
+        order = {name: index for index, name in enumerate(counties)}
+        for rows in members.values():
+            rows.sort(key=lambda m: (order[m.county], m.site_id))
+        figures = Figures(counties, members)
+        by_scope: dict[str | None, list[IndicatorValue]] = {None: []}
+        for name in counties:
+            by_scope[name] = []
+        for indicator, rows in members.items():
+            for value in self._rows(indicator, year, rows, counties, data, farm_set,
+                                    figures.errors):
+                value.computed_at = computed_at
+                by_scope[value.county].append(value)
+        figures.rows = [row for scope in by_scope.values() for row in scope]
+        return figures
+
+    def _rows(
+        self, indicator: IndicatorId, year: int, members: list[Member], counties: list[str],
+        data: YearData, farm_set: Registry, errors: dict[str | None, QueryError],
+    ) -> list[IndicatorValue]:
+        """The city row then one per county, from the members; a scope whose totals are
+        absurd (events written around ingest's maxima) gets its error in ``errors``, not a
+        row, so other counties' figures still answer."""
+        manure = indicator in (IndicatorId.MANURE_FACILITY_RATE,
+                               IndicatorId.MANURE_LEDGER_COVERAGE)
+        no_data = manure and not any(m.detail.get("reported") for m in members)
+        out: list[IndicatorValue] = []
+        capped_sum: list[float] = []
+        capped: list[str] = []
+        county_rows: list[IndicatorValue] = []
+        for name in counties:
+            own = [m for m in members if m.county == name]
+            try:
+                row = self._row(indicator, "county", name, year, own, data, farm_set, no_data)
+            except QueryError as exc:
+                errors.setdefault(name, exc)
+                continue
+            county_rows.append(row)
+            if row.value is not None and row.value > 1.0 + 1e-12:
+                row.flags.append("above_100_percent")
+                capped.append(name)
+                capped_sum.append(row.denominator)
+            else:
+                capped_sum.append(row.numerator)
+        try:
+            city = self._row(indicator, "city", None, year, members, data, farm_set, no_data)
+        except QueryError as exc:
+            errors.setdefault(None, exc)
+            return county_rows
+        if capped:
+            uncapped = city.numerator
+            city = self._row(indicator, "city", None, year, members, data, farm_set, no_data,
+                             numerator=math.fsum(capped_sum))
+            city.flags.append("county_capped")
+            city.quality["uncapped_numerator"] = uncapped
+            city.quality["capped_counties"] = ",".join(capped)
+        out.append(city)
+        out += county_rows
+        return out
+
+    def _row(
+        self, indicator: IndicatorId, scope: Scope, county: str | None, year: int,
+        members: list[Member], data: YearData, farm_set: Registry, no_data: bool,
+        numerator: float | None = None,
+    ) -> IndicatorValue:
+        try:
+            num = math.fsum(m.numerator for m in members) if numerator is None else numerator
+            den = math.fsum(m.denominator for m in members)
+        except OverflowError:  # fsum refuses sums beyond the float range
+            num = den = math.inf
+        _check_total(f"{indicator} numerator", num, county)
+        _check_total(f"{indicator} denominator", den, county)
+        row = IndicatorValue.of(indicator, scope, county, year, num, den)
+        if no_data:
+            row.value, row.met = None, None
+            row.flags.append("no_data")
+        row.formula = FORMULAS[indicator]
+        row.source = data.source
+        row.parameters = self._parameters(indicator, county, data)
+        registered = [m for m in members if m.detail.get("registered")]
+        row.coverage = (sum(1 for m in registered if m.detail.get("reported")) / len(registered)
+                        if registered else None)
+        if indicator is IndicatorId.FILM_RECOVERY_RATE:
+            thin = math.fsum(float(m.detail.get("thin_applied_t") or 0.0) for m in members)
+            row.quality["thin_applied_t"] = thin
+            row.quality["thin_film_share"] = thin / den if den > 0 else None
+        return row
+
+    def _parameters(
+        self, indicator: IndicatorId, county: str | None, data: YearData
+    ) -> dict[str, float | str]:
+        settings = self._settings
+        common: dict[str, float | str] = {
+            "timezone": settings.timezone, "as_of": data.window.as_of.isoformat(),
+            "farm_set_day": data.set_day.isoformat(),
+        }
+        if indicator is IndicatorId.MANURE_FACILITY_RATE:
+            return {**common, "facility_min_days": float(settings.facility_min_days),
+                    "days_required": float(self._days_required(data.window)),
+                    "fault_grace_days": settings.fault_grace_days}
+        if indicator is IndicatorId.MANURE_LEDGER_COVERAGE:
+            return common
+        if indicator is IndicatorId.FILM_RECOVERY_RATE:
+            return {**common, "film_recovery_until": settings.film_recovery_until,
+                    "thin_film_mm": THIN_FILM_MM}
+        return {**common, **settings.straw.parameters(county)}
+
+    def _days_required(self, window: Window) -> int:
+        """``facility_min_days``, pro rata to the part of the year that has passed."""
+        full = self._settings.facility_min_days
+        year_ms = (window.start.replace(year=window.start.year + 1) - window.start)
+        passed = max(window.as_of - window.start, timedelta(0))
+        return max(1, math.ceil(full * passed / year_ms - 1e-9))
+
+    # --- members --------------------------------------------------------------------------
+
+    @staticmethod
+    def _member(indicator: IndicatorId, year: int, site: Site, registered: bool) -> Member:
+        return Member(indicator=indicator, year=year, county=site.county, site_id=site.site_id,
+                      name=site.name, numerator=0.0, denominator=0.0,
+                      detail={"registered": int(registered), "reported": 0})
+
+    def _manure_farms(self, farm_set: Registry) -> list[Site]:
+        return sorted(farm_set.large_scale_manure_sites(), key=lambda s: s.site_id)
+
+    def _reported(self, data: YearData, site_id: str) -> bool:
+        return (data.days.get(site_id, 0) > 0 or site_id in data.ledger
+                or site_id in data.facility_sites)
+
+    def _facility_members(self, year: int, data: YearData, farm_set: Registry) -> list[Member]:
+        required = self._days_required(data.window)
+        grace = self._settings.fault_grace_days
+        out = []
+        for site in self._manure_farms(farm_set):
+            member = self._member(IndicatorId.MANURE_FACILITY_RATE, year, site, True)
+            days = data.days.get(site.site_id, 0)
+            fault = round(data.faults.get(site.site_id, 0.0), 3)
+            equipped = days >= required and fault <= grace
+            last = data.last_day.get(site.site_id)
+            member.denominator = 1.0
+            member.numerator = 1.0 if equipped else 0.0
+            member.status = "equipped" if equipped else "not_equipped"
+            member.detail.update({
+                "reported": int(self._reported(data, site.site_id)),
+                "days_reported": days, "days_required": required,
+                "longest_open_fault_days": fault,
+                "last_reading": (day_of(datetime.fromtimestamp(last / 1000, UTC)).isoformat()
+                                 if last is not None else None),
+            })
+            out.append(member)
+        return out
+
+    def _ledger_members(self, year: int, data: YearData, farm_set: Registry) -> list[Member]:
+        out = []
+        for site in self._manure_farms(farm_set):
+            member = self._member(IndicatorId.MANURE_LEDGER_COVERAGE, year, site, True)
+            member.denominator = 1.0
+            member.numerator = 1.0 if site.site_id in data.ledger else 0.0
+            member.detail["reported"] = int(self._reported(data, site.site_id))
+            out.append(member)
+        return out
+
+    def _mass_members(
+        self, indicator: IndicatorId, site_type: SiteType, year: int, data: YearData,
+        farm_set: Registry,
+    ) -> dict[tuple[str, str], tuple[Member, dict[tuple[str, str], float]]]:
+        """Members keyed by (site, county), each with its tonnes per (type, crop)."""
+        found: dict[tuple[str, str], tuple[Member, dict[tuple[str, str], float]]] = {}
+        for site in farm_set.sites.values():
+            if site.site_type == site_type:
+                found[site.site_id, site.county] = (
+                    self._member(indicator, year, site, True), {})
+        types = ({EventType.FILM_APPLIED, EventType.FILM_RECOVERED}
+                 if site_type == SiteType.DRIP
+                 else {EventType.HARVEST, EventType.STRAW_UTILIZED})
+        for item in data.masses:
+            site_id, kind, crop, season = item.key
+            if kind not in types or not counts(item.piece, kind, season, year):
+                continue
+            key = (site_id, item.site.county)
+            if key not in found:
+                found[key] = (self._member(indicator, year, item.site, False), {})
+            sums = found[key][1]
+            mass, grain, thin = item.mass
+            if kind == EventType.HARVEST:
+                sums[kind, crop or "other"] = sums.get((kind, crop or "other"), 0.0) + grain
+            else:
+                sums[kind, ""] = sums.get((kind, ""), 0.0) + mass
+            if thin:
+                sums["thin", ""] = sums.get(("thin", ""), 0.0) + thin
         return found
 
-    def _add_masses(
-        self, masses: dict[MassKey, tuple[float, float]], totals: dict[str, Totals]
-    ) -> None:
-        """Film and straw tonnes per county tag, in a fixed order, rounded to the gram."""
-        ratios = self._settings.straw_ratios
-        for (county, kind, crop), (mass, grain) in sorted(masses.items()):
-            target = totals.get(county)
-            if target is None:
-                continue
-            mass, grain = round(mass, MASS_DECIMALS), round(grain, MASS_DECIMALS)
-            if kind == EventType.FILM_APPLIED:
-                target.film_applied_t += mass
-            elif kind == EventType.FILM_RECOVERED:
-                target.film_recovered_t += mass
-            elif kind == EventType.STRAW_UTILIZED:
-                target.straw_utilized_t += mass
-            elif kind == EventType.HARVEST:
-                target.straw_produced_t += grain * ratios.get(crop or "other", ratios["other"])
+    def _film_members(self, year: int, data: YearData, farm_set: Registry) -> list[Member]:
+        out = []
+        found = self._mass_members(IndicatorId.FILM_RECOVERY_RATE, SiteType.DRIP, year, data,
+                                   farm_set)
+        for member, sums in found.values():
+            member.numerator = _tonnes(sums.get((EventType.FILM_RECOVERED, ""), 0.0))
+            member.denominator = _tonnes(sums.get((EventType.FILM_APPLIED, ""), 0.0))
+            member.detail["thin_applied_t"] = _tonnes(sums.get(("thin", ""), 0.0))
+            member.detail["reported"] = int(bool(sums))
+            out.append(member)
+        return out
 
-    def _add_manure(
-        self, window: Window, registry: Registry, totals: dict[str, Totals], found: Aggregates
-    ) -> None:
-        """Ledger and facility numerators: large-scale manure sites of the registry."""
-        county_of = {
-            site.site_id: site.county
-            for name in totals
-            for site in registry.large_scale_manure_sites(name)
-        }
-        if not county_of:
-            return
-        for site_id in found.ledger & county_of.keys():
-            totals[county_of[site_id]].ledger_sites += 1
-        working = self._sites_reporting(window) - aggregates.open_fault_sites(found.latest)
-        for site_id in working & county_of.keys():
-            totals[county_of[site_id]].working_sites += 1
+    def _straw_members(self, year: int, data: YearData, farm_set: Registry) -> list[Member]:
+        out = []
+        straw = self._settings.straw
+        found = self._mass_members(IndicatorId.STRAW_UTILIZATION_RATE, SiteType.STRAW, year,
+                                   data, farm_set)
+        for member, sums in found.values():
+            member.numerator = _tonnes(sums.get((EventType.STRAW_UTILIZED, ""), 0.0))
+            parts = []
+            for (kind, crop), grain in sorted(sums.items()):
+                if kind != EventType.HARVEST:
+                    continue
+                grain = _tonnes(grain)
+                member.detail[f"grain_t.{crop}"] = grain
+                parts.append(grain * straw.of(member.county, crop).factor)
+            member.denominator = math.fsum(parts)
+            member.detail["reported"] = int(bool(sums))
+            out.append(member)
+        return out
 
-    def _sites_reporting(self, window: Window) -> set[str]:
-        """Manure sites with telemetry in ``(as_of - stale_hours, as_of]``.
-
-        Always raw: it reads only the last hours, which no roll-up would shorten.
-        """
-        since = window.as_of - timedelta(hours=self._settings.stale_hours)
+    def _site_events(
+        self, site_id: str, span: Span, types: tuple[EventType, ...], role: str
+    ) -> list[dict[str, object]]:
         q = (
-            f"SELECT count({quote_ident('seq')}) FROM {quote_ident(schema.TELEMETRY)} "
-            f"WHERE {quote_ident('site_type')} = {quote_literal('manure')} "
-            f"AND time > {time_literal(since)} AND time <= {time_literal(window.as_of)} "
-            f"GROUP BY {quote_ident('site_id')}"
+            f"SELECT * FROM {quote_ident(schema.EVENT)} WHERE {aggregates.types_clause(types)} "
+            f"AND {span.condition()}{aggregates.site_clause(site_id)}"
         )
-        return {s.tags["site_id"] for s in self.query(q) if s.tags.get("site_id") and s.values}
+        out: list[dict[str, object]] = []
+        skip = {"time", "seq", "device_id", "site_id", "county", "site_type"}
+        for series in self.query(q):
+            for row in series.rows():
+                values = {k: v for k, v in row.items() if k not in skip and v is not None}
+                ts = datetime.fromtimestamp(aggregates.number(row.get("time")) / 1000, UTC)
+                out.append({
+                    "device_id": row.get("device_id"), "seq": row.get("seq"),
+                    "ts": ts.isoformat().replace("+00:00", "Z"), "type": row.get("type"),
+                    "role": role, "values": values,
+                })
+        return out
+
+

@@ -10,21 +10,25 @@ Measurement ``rollup``; every point sits at its month's first instant in
 ``settings.tz``; ``build`` (an int, the build's start in ns) ties a month's points
 together:
 
-- ``kind=mass``, ``county``, ``type``, ``crop``: ``mass_t``, ``grain_t`` (sums)
+- ``kind=mass``, ``site_id``, ``type``, ``crop``, ``season``: ``mass_t``, ``grain_t``,
+  ``thin_t`` (sums; ``thin_t`` is applied film below 0.01 mm). Keyed by site, never by
+  the stored county tag: the engine maps sites to counties through the registry history.
 - ``kind=ledger``, ``part``: ``site_ids`` (sorted, comma-separated, at most
   :data:`LEDGER_PART` per point), ``sites`` — a set, because a site is counted
   once however many months it kept its ledger in
-- ``kind=fault``, ``site_id``, ``facility``, ``type``: ``event_ms``, ``seq`` of the
-  month's latest ``facility_fault`` / ``facility_ok``
-- ``kind=month``, ``month``: ``marks``, ``events`` — the manifest, written last
+- ``kind=days``, ``site_id``: ``days`` (days of the month a manure site's telemetry
+  reported on), ``last_day`` (epoch ms of its last reading)
+- ``kind=month``, ``month``: ``marks``, ``events``, ``readings``, ``format`` — the
+  manifest, written last; a manifest of another :data:`FORMAT` is not valid
 
 A month's roll-up is used only if its manifest exists, the month ended before
 "as of", and the month's ``late_event`` marks still number what the manifest
 recorded (:mod:`ingest_service.indicators.late_events`). Points of an older build (a group
 that vanished) are ignored; a point of a newer build than the manifest means a
 rebuild is under way, and the month is read raw instead. Writes that bypass
-ingest leave no mark: the maintainer re-counts one month's raw events per cycle
-against the manifest's ``events`` and rebuilds on a difference, and
+ingest, and late telemetry, leave no mark: the maintainer re-counts one month's raw events
+and manure readings per cycle against the manifest's ``events`` and ``readings`` and
+rebuilds on a difference, and
 ``DROP MEASUREMENT rollup`` rebuilds everything.
 """
 
@@ -56,6 +60,9 @@ LEDGER_PART = 1000
 SETTLE = timedelta(minutes=15)
 """A month is built this long after it ended: more than any clock skew between workers,
 so a worker that still took the month for the current one has finished storing."""
+FORMAT = 2
+"""The roll-up layout: 2 keys masses by site (issue 12) and keeps days reported (issue 13).
+A manifest of another format is not valid, so its month is rebuilt."""
 MONTHS_PER_CYCLE = 24
 """Months built per maintenance cycle in the service, so a first start is spread out."""
 
@@ -84,17 +91,8 @@ class Manifest:
     build: int
     marks: int
     events: int
-
-
-@dataclass(slots=True)
-class Rolled:
-    """Roll-ups read for a computation, and which months they stand for."""
-
-    found: Aggregates = field(default_factory=Aggregates)
-    months: set[Month] = field(default_factory=set)
-    """Months whose masses and ledger came from roll-ups."""
-    facility_months: set[Month] = field(default_factory=set)
-    """Months whose facility events came from roll-ups (any year up to "as of")."""
+    readings: int = 0
+    """Manure telemetry points: late telemetry leaves no mark, so the audit re-counts them."""
 
 
 class RollupReader:
@@ -108,15 +106,19 @@ class RollupReader:
         return Month.of(datetime.fromtimestamp(number(time_ms) / 1000, UTC), self._tz)
 
     def manifests(self) -> dict[Month, Manifest]:
+        """Manifests of this :data:`FORMAT` (others are rebuilt)."""
         q = (
-            f"SELECT {quote_ident('build')}, {quote_ident('marks')}, {quote_ident('events')} "
+            f"SELECT {quote_ident('build')}, {quote_ident('marks')}, {quote_ident('events')}, "
+            f"{quote_ident('readings')}, {quote_ident('format')} "
             f"FROM {quote_ident(schema.ROLLUP)} WHERE {_kind('month')}"
         )
         return {
             self._month(row["time"]): Manifest(
-                _int(row.get("build")), _int(row.get("marks")), _int(row.get("events"))
+                _int(row.get("build")), _int(row.get("marks")), _int(row.get("events")),
+                _int(row.get("readings")),
             )
             for series in run(self._query, q) for row in series.rows()
+            if _int(row.get("format")) == FORMAT
         }
 
     def marks(self) -> dict[Month, int]:
@@ -144,11 +146,12 @@ class RollupReader:
             if month.end(self._tz) <= as_of and manifest.marks == marks.get(month, 0)
         }
 
-    def read(self, start: datetime, as_of: datetime, county: str | None) -> Rolled:
-        """Valid roll-ups: masses and ledger for ``start`` ≤ month, facilities for all months."""
-        valid = self.valid(as_of)
+    def read(self, start: datetime, end: datetime, as_of: datetime) -> dict[Month, Aggregates]:
+        """The valid roll-ups of the months inside ``start <= time < end``, month by month."""
+        valid = {month: manifest for month, manifest in self.valid(as_of).items()
+                 if month.start(self._tz) >= start and month.end(self._tz) <= end}
         if not valid:
-            return Rolled()
+            return {}
         parts: dict[Month, Aggregates] = {month: Aggregates() for month in valid}
         torn: set[Month] = set()
 
@@ -162,11 +165,12 @@ class RollupReader:
             return parts[month] if _int(build) == manifest.build else None
 
         def usable_rows(
-            fields: tuple[str, ...], where: str, group: tuple[str, ...] = ()
+            fields: tuple[str, ...], kind: str, group: tuple[str, ...] = ()
         ) -> Iterator[tuple[dict[str, str], dict[str, Any], Aggregates]]:
             """(tags, row, month's part) of the roll-up rows of the months' current builds."""
             columns = ", ".join(quote_ident(name) for name in ("build", *fields))
-            q = f"SELECT {columns} FROM {quote_ident(schema.ROLLUP)} WHERE {where}"
+            q = (f"SELECT {columns} FROM {quote_ident(schema.ROLLUP)} WHERE {_kind(kind)} "
+                 f"AND time >= {time_literal(start)} AND time < {time_literal(end)}")
             if group:
                 q += " GROUP BY " + ", ".join(quote_ident(tag) for tag in group)
             for series in run(self._query, q):
@@ -174,57 +178,48 @@ class RollupReader:
                     if (part := usable(row["time"], row.get("build"))) is not None:
                         yield series.tags, row, part
 
-        since = f"time >= {time_literal(start)} AND time < {time_literal(as_of)}"
-        where = f"{_kind('mass')} AND {since}"
-        if county is not None:
-            where += f" AND {quote_ident('county')} = {quote_literal(county)}"
-        for tags, row, part in usable_rows(
-            ("mass_t", "grain_t"), where, ("county", "type", "crop")
-        ):
-            key = (tags.get("county", ""), tags.get("type", ""), tags.get("crop", ""))
-            part.masses[key] = (number(row.get("mass_t")), number(row.get("grain_t")))
-        for _tags, row, part in usable_rows(("site_ids",), f"{_kind('ledger')} AND {since}"):
+        for tags, row, part in usable_rows(("mass_t", "grain_t", "thin_t"), "mass",
+                                           ("site_id", "type", "crop", "season")):
+            key = (tags.get("site_id", ""), tags.get("type", ""), tags.get("crop", ""),
+                   tags.get("season", ""))
+            part.masses[key] = (number(row.get("mass_t")), number(row.get("grain_t")),
+                                number(row.get("thin_t")))
+        for _tags, row, part in usable_rows(("site_ids",), "ledger"):
             part.ledger.update(filter(None, str(row.get("site_ids") or "").split(",")))
-        for tags, row, part in usable_rows(
-            ("event_ms", "seq"),
-            f"{_kind('fault')} AND time < {time_literal(as_of)}",
-            ("site_id", "facility", "type"),
-        ):
-            fkey = (tags.get("site_id", ""), tags.get("facility", ""), tags.get("type", ""))
-            part.latest[fkey] = (number(row.get("event_ms")), number(row.get("seq")))
-        rolled = Rolled()
-        for month in sorted(valid.keys() - torn):
-            if month.start(self._tz) >= start:  # earlier months: only facility events
-                rolled.months.add(month)
-            rolled.facility_months.add(month)
-            rolled.found.add(parts[month])
-        return rolled
+        for tags, row, part in usable_rows(("days", "last_day"), "days", ("site_id",)):
+            site_id = tags.get("site_id", "")
+            part.days[site_id] = _int(row.get("days"))
+            part.last_day[site_id] = _int(row.get("last_day"))
+        return {month: parts[month] for month in sorted(valid.keys() - torn)}
 
 
 def rollup_points(month: Month, found: Aggregates, build: int, tz: ZoneInfo) -> list[Point]:
     """A month's aggregates as ``rollup`` points (the manifest excluded)."""
     at = _start_ns(month, tz)
     points: list[Point] = []
-    for (county, kind, crop), (mass, grain) in sorted(found.masses.items()):
-        tags = {"kind": "mass", "county": county, "type": kind, "crop": crop}
-        points.append(Point(schema.ROLLUP, tags, {"build": build, "mass_t": mass,
-                                                  "grain_t": grain}, at))
+    for (site_id, kind, crop, season), (mass, grain, thin) in sorted(found.masses.items()):
+        tags = {"kind": "mass", "site_id": site_id, "type": kind, "crop": crop,
+                "season": season}
+        points.append(Point(schema.ROLLUP, {k: v for k, v in tags.items() if v},
+                            {"build": build, "mass_t": mass, "grain_t": grain, "thin_t": thin},
+                            at))
     sites = sorted(found.ledger)
     for part, first in enumerate(range(0, len(sites), LEDGER_PART)):
         chunk = sites[first:first + LEDGER_PART]
         fields: dict[str, FieldValue] = {"build": build, "sites": len(chunk),
                                          "site_ids": ",".join(chunk)}
         points.append(Point(schema.ROLLUP, {"kind": "ledger", "part": str(part)}, fields, at))
-    for (site_id, facility, kind), (event_ms, seq) in sorted(found.latest.items()):
-        tags = {"kind": "fault", "site_id": site_id, "facility": facility, "type": kind}
-        points.append(Point(schema.ROLLUP, tags, {"build": build, "event_ms": int(event_ms),
-                                                  "seq": int(seq)}, at))
+    for site_id, days in sorted(found.days.items()):
+        points.append(Point(schema.ROLLUP, {"kind": "days", "site_id": site_id},
+                            {"build": build, "days": days,
+                             "last_day": found.last_day.get(site_id, 0)}, at))
     return points
 
 
 def manifest_point(month: Month, manifest: Manifest, tz: ZoneInfo) -> Point:
     fields: dict[str, FieldValue] = {
         "build": manifest.build, "marks": manifest.marks, "events": manifest.events,
+        "readings": manifest.readings, "format": FORMAT,
     }
     return Point(schema.ROLLUP, {"kind": "month", "month": month.key}, fields,
                  _start_ns(month, tz))
@@ -270,15 +265,18 @@ class RollupMaintainer:
         build = time.time_ns()
         span = Span(month.start(self._tz), month.end(self._tz))
         events = aggregates.event_count(self._query, span)  # counted first: never over-counts
+        readings = aggregates.manure_reading_count(self._query, span)
         found = Aggregates()
         if events:
             found.masses = aggregates.mass_sums(self._query, span)
             found.ledger = aggregates.ledger_sites(self._query, span)
-            found.latest = aggregates.latest_facility_events(self._query, span)
+        if readings:
+            found.days = aggregates.days_reported(self._query, span, self._tz)
+            found.last_day = aggregates.last_readings(self._query, span)
         points = rollup_points(month, found, build, self._tz)
         if points:
             self._writer.write(encode(points))
-        self._writer.write(encode([manifest_point(month, Manifest(build, marks, events),
+        self._writer.write(encode([manifest_point(month, Manifest(build, marks, events, readings),
                                                   self._tz)]))
         return len(points) + 1
 
@@ -303,7 +301,9 @@ class RollupMaintainer:
         if audit is not None:
             done.audited = audit
             span = Span(audit.start(self._tz), audit.end(self._tz))
-            if aggregates.event_count(self._query, span) != manifests[audit].events:
+            if (aggregates.event_count(self._query, span) != manifests[audit].events
+                    or aggregates.manure_reading_count(self._query, span)
+                    != manifests[audit].readings):
                 log.info("roll-up of %s no longer matches its events; rebuilding", audit.key)
                 done.points += self.build(audit, marks.get(audit, 0))
                 done.built.append(audit)

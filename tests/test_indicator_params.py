@@ -1,0 +1,70 @@
+"""The indicators' shipped parameter files (farm_contract/params): sourced, loadable,
+overridable per county and per city."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from farm_contract.indicator_params import NO_SOURCE, load_divisions, load_straw
+from farm_contract.payloads import Crop
+from ingest_service.settings import Settings
+
+DATONG = ("平城区", "云冈区", "新荣区", "云州区", "阳高县", "天镇县", "广灵县", "灵丘县",
+          "浑源县", "左云县")
+
+
+def test_every_crop_has_values_and_says_where_they_come_from() -> None:
+    straw = load_straw()
+    assert set(straw.crops) == {crop.value for crop in Crop}
+    for name, params in straw.crops.items():
+        assert params.ratio > 0 and 0 < params.coefficient <= 1, name
+        for source in (params.ratio_source, params.coefficient_source):
+            assert source and (NO_SOURCE in source or "20" in source), (name, source)
+    corn = straw.of("平城区", "corn")
+    assert (corn.ratio, corn.coefficient) == (0.84, 0.81)
+    assert "霍丽丽" in corn.ratio_source and "农业工程学报" in corn.ratio_source
+    assert straw.of(None, "unknown-crop") == straw.crops["other"]
+
+
+def test_a_county_table_overrides_one_value_and_keeps_the_rest(tmp_path: Path) -> None:
+    shipped = (Path(__file__).parents[1] / "farm_contract/params/straw.toml").read_text("utf-8")
+    custom = tmp_path / "straw.toml"
+    custom.write_text(shipped + '[counties."云州区".corn]\nratio = 1.1\n', encoding="utf-8")
+    straw = load_straw(custom)
+    local = straw.of("云州区", "corn")
+    assert (local.ratio, local.coefficient) == (1.1, 0.81)
+    assert local.ratio_source == NO_SOURCE  # a new value without its source says so
+    assert local.coefficient_source == straw.crops["corn"].coefficient_source
+    assert straw.of("平城区", "corn").ratio == 0.84
+    assert straw.parameters(None)["云州区.straw_ratio.corn"] == 1.1
+    assert straw.parameters("云州区")["straw_ratio.corn"] == 1.1
+
+
+@pytest.mark.parametrize("text", ["[crops.corn]\nratio = 1\ncoefficient = 0.5\n",  # no other
+                                  "[crops.other]\nratio = 1\ncoefficient = 1.5\n",
+                                  "[crops.other]\nratio = 0\ncoefficient = 0.5\n",
+                                  "not toml ["])
+def test_a_broken_file_is_refused_at_start(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "straw.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValidationError):
+        Settings(straw_params_file=path)
+
+
+def test_the_ten_divisions_and_another_city(tmp_path: Path) -> None:
+    datong = load_divisions()
+    assert datong.city == "大同市" and datong.counties == DATONG
+    assert datong.listed(["大同县", "平城区"]) == [*DATONG, "大同县"]
+    other = tmp_path / "counties.toml"
+    other.write_text('city = "朔州市"\ncounties = ["朔城区", "平鲁区"]\n', encoding="utf-8")
+    assert Settings(counties_file=other).divisions.listed([]) == ["朔城区", "平鲁区"]
+
+
+def test_recovery_until_must_be_a_day() -> None:
+    assert Settings(film_recovery_until="04-30").film_recovery_until == "04-30"
+    for wrong in ("02-30", "13-01", "5-31", "02-29"):
+        with pytest.raises(ValidationError):
+            Settings(film_recovery_until=wrong)
