@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from farm_contract import schema
-from farm_contract.indicators import IndicatorId, IndicatorValue
+from farm_contract.indicators import IndicatorId, IndicatorValue, Member
 from farm_contract.payloads import EventType
 from farm_contract.registry import Registry
 from ingest_service.indicators.aggregates import number, types_clause
@@ -89,6 +89,10 @@ class Report:
     manure_sites: dict[str, list[tuple[str, str, bool]]] = field(default_factory=dict)
     """County → its manure sites as (site_id, name, large_scale), so a farm with no
     ledger entry still appears in the manure sheet."""
+    members: list[Member] = field(default_factory=list)
+    """The sites behind every figure (:meth:`IndicatorEngine.members`): the members sheets."""
+    registry_digest: str = ""
+    """:meth:`Registry.digest` of the registry the figures used: the parameters sheet."""
 
     def entries(self, *types: EventType) -> list[LedgerEntry]:
         return [e for e in self.ledger if e.type in types]
@@ -132,7 +136,8 @@ def build_report(
         for county in current.counties
     }
     return Report(year=year, as_of=window.as_of, generated=moment, counties=current.counties,
-                  indicators=indicators, ledger=ledger, manure_sites=manure_sites)
+                  indicators=indicators, ledger=ledger, manure_sites=manure_sites,
+                  members=engine.members(year, now=moment), registry_digest=current.digest())
 
 
 def _ledger(engine: IndicatorEngine, registry: Registry, settings: Settings, start: datetime,
