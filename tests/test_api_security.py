@@ -24,13 +24,13 @@ from ingest_service.api.security import (
     check_listen_allowed,
     reads_open,
 )
-from ingest_service.indicators.engine import IndicatorEngine
 from ingest_service.influxql import InfluxQL
 from ingest_service.model import Point
 from ingest_service.outputs.influx import make_writer
 from ingest_service.outputs.lineprotocol import encode
 from ingest_service.settings import Settings
 from ingest_service.state import RegistryHolder, ServiceState
+from tests.engine_standin import StandInEngine
 
 PC, YZ = "平城区", "云州区"
 SITES_CSV = f"""site_id,name,county,site_type,lat,lon,large_scale,area_mu
@@ -81,7 +81,8 @@ def _client(influx_url: str, base_url: str = LOCAL, **overrides: object) -> Test
     query = InfluxQL(config)
     state = ServiceState(config, RegistryHolder(Registry.from_csv(SITES_CSV, DEVICES_CSV)),
                          broker_connected=lambda: True, influx_reachable=query.ping)
-    return TestClient(create_app(state, IndicatorEngine(query, state.registry.get, config)),
+    # the stand-in adds members/events until the issue-13 engine lands (then IndicatorEngine)
+    return TestClient(create_app(state, StandInEngine(query, state.registry.get, config)),
                       base_url=base_url)
 
 
@@ -105,7 +106,7 @@ def _get_routes(client: TestClient) -> list[str]:
     return sorted(path for path, ops in spec["paths"].items() if "get" in ops)
 
 
-PATH_VALUES = {"{device_id}": "d1-dev"}
+PATH_VALUES = {"{device_id}": "d1-dev", "{indicator}": "film_recovery_rate"}
 """A real value for each path parameter, so a templated route is called, not refused (422)."""
 
 
@@ -119,12 +120,19 @@ def _concrete(path: str) -> str:
 def _data_reads(client: TestClient) -> list[str]:
     reads = [_concrete(path) for path in _get_routes(client) if path not in OPEN_PATHS]
     assert {"/metrics", "/api/v1/rejections", "/api/v1/report", "/api/v1/registry/sites",
-            "/api/v1/registry/devices", "/api/v1/indicators", "/api/v1/stats"} <= set(reads)
+            "/api/v1/registry/devices", "/api/v1/indicators", "/api/v1/stats",
+            MEMBERS, EVENTS} <= set(reads)
     return reads
 
 
+MEMBERS = "/api/v1/indicators/film_recovery_rate/members"
+EVENTS = "/api/v1/indicators/film_recovery_rate/events"
+
+
 def _params(path: str) -> dict[str, str]:
-    return {"year": "2024"} if path in ("/api/v1/indicators", "/api/v1/report") else {}
+    if path == EVENTS:
+        return {"year": "2024", "site_id": "d1"}
+    return {"year": "2024"} if path in ("/api/v1/indicators", "/api/v1/report", MEMBERS) else {}
 
 
 # --- finding 8: reads need the token whenever the API listens beyond loopback ----------
@@ -254,7 +262,7 @@ def test_a_stopped_influxdb_is_503_with_a_one_line_message(
     assert client.get("/api/v1/indicators", params={"year": "2025"}).status_code == 200
     server.stop()
     queried = ["/api/v1/indicators", "/api/v1/rejections", "/api/v1/report",
-               "/api/v1/devices/d1-dev/latest"]
+               "/api/v1/devices/d1-dev/latest", MEMBERS, EVENTS]
     for path in queried:
         for fmt in ({}, {"format": "csv"}):
             response = client.get(path, params={**_params(path), **fmt})
