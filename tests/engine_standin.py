@@ -74,9 +74,11 @@ class StandInEngine(IndicatorEngine):
         q = (f"SELECT * FROM {quote_ident(schema.EVENT)} WHERE "
              f"{quote_ident('site_id')} = {quote_literal(site_id)} "
              f"AND {_types(EVENT_TYPES[indicator])} AND {_window(window)}")
-        return [
-            {**{k: v for k, v in row.items() if v is not None and k != "time"},
-             "ts": row["time"]}
+        skip = {"time", "seq", "device_id", "site_id", "county", "site_type"}
+        return [  # the shape of the issue-13 engine's events: values nested, ts ISO text
+            {"device_id": row["device_id"], "seq": row["seq"], "type": row["type"],
+             "ts": datetime.fromtimestamp(row["time"] / 1000, UTC).isoformat(),
+             "values": {k: v for k, v in row.items() if k not in skip and v is not None}}
             for series in self.query(q) for row in series.rows()
         ]
 

@@ -85,11 +85,22 @@ def as_utc(value: object) -> datetime | None:
 
 
 def event_values(event: Mapping[str, Any]) -> dict[str, Any]:
-    """An event's values: its ``values`` mapping if it has one, else its non-identity keys."""
+    """An event's values: its keys beyond its identity (e.g. ``type``, ``role``) and those
+    of its ``values`` mapping, if it has one (an engine may nest them or not)."""
     nested = event.get("values")
-    source = nested if isinstance(nested, Mapping) else event
-    return {key: value for key, value in source.items()
+    merged = {**event, **(nested if isinstance(nested, Mapping) else {})}
+    return {key: value for key, value in merged.items()
             if key not in _IDENTITY and value is not None and value != ""}
+
+
+def received_at(event: Mapping[str, Any]) -> datetime | None:
+    """When ingest received the event, from its own keys or its ``values``."""
+    nested = event.get("values")
+    for source in (event, nested if isinstance(nested, Mapping) else {}):
+        for key in ("received", RECEIVED_FIELD):
+            if source.get(key) is not None:
+                return as_utc(source[key])
+    return None
 
 
 def members_csv(members: Iterable[Member]) -> str:
@@ -188,7 +199,7 @@ def indicator_events(
             continue
         out.append(FigureEvent(
             device_id=device_id, seq=seq, ts=ts,
-            received=as_utc(event.get("received", event.get(RECEIVED_FIELD))),
+            received=received_at(event),
             values=event_values(event), corrections=corrections.get((device_id, seq), []),
         ))
     return sorted(out, key=lambda e: (e.ts, e.device_id, e.seq))
