@@ -34,6 +34,7 @@ from ingest_service.outputs.influx import make_writer
 from ingest_service.outputs.lineprotocol import encode
 from ingest_service.report.build import CITY_LABEL, INDICATOR_LABELS, Report
 from ingest_service.report.excel import (
+    CAPPED_LABEL,
     MEMBER_SHEETS,
     NOT_AVAILABLE,
     PARAMETERS_SHEET,
@@ -165,6 +166,14 @@ def _members(client: TestClient, indicator: str, **params: object) -> list[dict[
     return rows
 
 
+def _plain_numerator(figure: dict[str, Any]) -> float:
+    """The numerator before the city counts a county above 100 % at 100 % (flag
+    ``county_capped``, from the issue-13 engine): what the members add up to."""
+    plain: float = figure.get("quality", {}).get("uncapped_numerator", figure["numerator"])
+    assert ("county_capped" in figure["flags"]) == (plain != figure["numerator"])
+    return plain
+
+
 def _figure(figures: list[dict[str, Any]], indicator: str, county: str | None
             ) -> dict[str, Any]:
     (row,) = [r for r in figures if r["indicator"] == indicator and r["county"] == county]
@@ -190,7 +199,7 @@ def test_members_add_up_to_every_figure(
                                                                       county=county)
             assert mine == by_county[county], (indicator, county)
             assert sum(m["numerator"] for m in mine) == pytest.approx(
-                figure["numerator"], rel=REL, abs=1e-12), (indicator, county)
+                _plain_numerator(figure), rel=REL, abs=1e-12), (indicator, county)
             assert sum(m["denominator"] for m in mine) == pytest.approx(
                 figure["denominator"], rel=REL, abs=1e-12), (indicator, county)
 
@@ -218,7 +227,8 @@ def test_facility_members_say_why(client: TestClient) -> None:
     assert farms["m2"]["detail"]["longest_open_fault_days"] > 0
     assert farms["m3"]["detail"]["last_reading"] is None
     film = _members(client, IndicatorId.FILM_RECOVERY_RATE)
-    assert {m["site_id"] for m in film} == {"f1", "f2", "f3"}
+    assert {m["site_id"] for m in film if m["numerator"] or m["denominator"]} == {
+        "f1", "f2", "f3"}
     assert all(m["status"] is None for m in film)
 
 
@@ -391,9 +401,10 @@ def test_workbook_members_sheets_add_up_to_the_summary(
     for indicator, title in MEMBER_SHEETS.items():
         totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         shown_totals: dict[str, tuple[float, float]] = {}
+        counted: dict[str, tuple[float, float]] = {}
         for county, site, _name, num, den, _status, _detail in _sheet_rows(book, title):
-            if site == TOTAL_LABEL:
-                shown_totals[county] = (num, den)
+            if site in (TOTAL_LABEL, CAPPED_LABEL):
+                (shown_totals if site == TOTAL_LABEL else counted)[county] = (num, den)
                 continue
             for key in (county, CITY_LABEL):
                 totals[key][0] += num
@@ -402,10 +413,13 @@ def test_workbook_members_sheets_add_up_to_the_summary(
         assert {PC, YZ, XR, CITY_LABEL} <= set(shown_totals)
         for scope, (num, den) in shown_totals.items():
             row = summary[(indicator, scope)]
-            assert (num, den) == pytest.approx((row[2], row[3]), rel=REL, abs=1e-12), scope
             assert (num, den) == pytest.approx(tuple(totals[scope]), rel=REL, abs=1e-12)
             figure = _figure(figures, indicator, None if scope == CITY_LABEL else scope)
-            assert num == pytest.approx(figure["numerator"], rel=REL, abs=1e-12)
+            assert num == pytest.approx(_plain_numerator(figure), rel=REL, abs=1e-12)
+            # the summary's figure: the members' total, or the city's counted row if capped
+            num, den = counted.get(scope, (num, den))
+            assert (num, den) == pytest.approx((row[2], row[3]), rel=REL, abs=1e-12), scope
+        assert set(counted) <= {CITY_LABEL}
     facility = {r[1]: r for r in _sheet_rows(book, MEMBER_SHEETS[IndicatorId.MANURE_FACILITY_RATE])}
     assert facility["m1"][5].startswith("✓") and "days_reported=36" in facility["m1"][6]
     assert facility["m2"][5].startswith("✗")
@@ -439,13 +453,19 @@ def test_workbook_shows_flags_parameters_and_formulas() -> None:
             "flags": ["above_100_percent"] if num > den else []})
 
     no_data = figure(XR, 0, 0, 1.2).model_copy(update={"met": None})  # as the engine will
+    city = figure(None, 12.5, 12, 1.2)  # PC counted at 100 % in the city: 10 + 0.5 + 0
+    city = city.model_copy(update={"flags": [*city.flags, "county_capped"]})
     report = Report(year=YEAR, as_of=when, generated=when, counties=[PC, YZ, XR],
-                    indicators=[figure(None, 13, 12, 1.2), figure(PC, 12.5, 10, 1.2),
+                    indicators=[city, figure(PC, 12.5, 10, 1.2),
                                 figure(YZ, 0.5, 2, 0.84), no_data],
                     ledger=[], registry_digest="abc123")
     book = load_workbook(io.BytesIO(workbook_bytes(report)))
     summary = {r[0]: r for r in _sheet_rows(book, SHEETS[0]) if r[1] is not None}
-    assert summary[PC][8] == "⚠ >100 %" and summary[CITY_LABEL][8] == "⚠ >100 %"
+    assert summary[PC][8] == "⚠ >100 %"
+    assert summary[CITY_LABEL][8] == "⚠ >100 % ⚠ 区县按 100 % 计 counties capped at 100 %"
+    counted = [r for r in _sheet_rows(book, MEMBER_SHEETS[IndicatorId.STRAW_UTILIZATION_RATE])
+               if r[1] == CAPPED_LABEL]
+    assert [(r[0], r[3], r[4]) for r in counted] == [(CITY_LABEL, 12.5, 12)]
     assert summary[YZ][8] in (None, "")
     assert summary[XR][5] == summary[XR][7] == NOT_AVAILABLE
     params = _sheet_rows(book, PARAMETERS_SHEET)

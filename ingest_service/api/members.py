@@ -193,10 +193,10 @@ def indicator_events(
     corrections = stored_corrections(engine.query, site_id) if found else {}
     out = []
     for event in found:
-        device_id, seq = str(event.get("device_id", "")), int(event.get("seq", 0))
-        ts = as_utc(event.get("ts", event.get("time")))
-        if ts is None:
-            continue
+        seq, ts = event.get("seq"), as_utc(event.get("ts", event.get("time")))
+        if ts is None or not isinstance(seq, int | float) or isinstance(seq, bool):
+            continue  # not an event a reader could find again
+        device_id, seq = str(event.get("device_id", "")), int(seq)
         out.append(FigureEvent(
             device_id=device_id, seq=seq, ts=ts,
             received=received_at(event),

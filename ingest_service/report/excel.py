@@ -80,10 +80,14 @@ USE_ZH = {"fertilizer": "肥料化", "feed": "饲料化", "fuel": "燃料化", "
           "material": "原料化", "energy": "能源化", "bedding": "垫料", "other": "其他"}
 NOT_AVAILABLE = "无数据 n/a"
 """A figure whose denominator is 0: no data, which is neither 0 % nor "not met"."""
-FLAG_LABELS = {"above_100_percent": "⚠ >100 %"}
+FLAG_LABELS = {"above_100_percent": "⚠ >100 %",
+               "county_capped": "⚠ 区县按 100 % 计 counties capped at 100 %"}
 """How a data-quality flag reads in the workbook; any other flag as "⚠ <flag>"."""
 STATUS_LABELS = {"equipped": "✓ 配套 equipped", "not_equipped": "✗ 未配套 not equipped"}
 TOTAL_LABEL = "合计 Total"
+CAPPED_LABEL = "计入全市 Counted"
+"""The city's figure when it counts a county above 100 % at 100 % (flag ``county_capped``):
+below the members' plain total, so the sheet shows both."""
 MEMBER_SHEETS: dict[IndicatorId, str] = {
     IndicatorId.MANURE_FACILITY_RATE: "名单 设施 Facility farms",
     IndicatorId.MANURE_LEDGER_COVERAGE: "名单 台账 Ledger farms",
@@ -465,6 +469,11 @@ def members_sheet(sheet: Worksheet, report: Report, indicator: IndicatorId) -> N
     row += 1
     _total_row(sheet, row, [CITY_LABEL, TOTAL_LABEL, "", sum(m.numerator for m in mine),
                             sum(m.denominator for m in mine), "", ""], fmts)
+    for city in report.indicators:
+        if city.indicator == indicator and city.county is None and "county_capped" in city.flags:
+            row += 1
+            _total_row(sheet, row, [CITY_LABEL, CAPPED_LABEL, "", city.numerator,
+                                    city.denominator, flag_text(city.flags), ""], fmts)
     _fit_columns(sheet, len(fmts))
     sheet.freeze_panes = "A5"
     _print_setup(sheet, len(fmts))
