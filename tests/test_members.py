@@ -425,15 +425,18 @@ def test_workbook_members_sheets_add_up_to_the_summary(
     assert facility["m2"][5].startswith("✗")
 
 
-def test_workbook_shows_na_as_no_data(client: TestClient) -> None:
+def test_workbook_shows_na_as_no_data(
+    client: TestClient, figures: list[dict[str, Any]],
+) -> None:
     book = load_workbook(io.BytesIO(client.get("/api/v1/report", params={"year": YEAR}).content))
     rows = {(r[0], r[1]): r for r in _sheet_rows(book, SHEETS[0]) if r[1] is not None}
     straw = "秸秆综合利用率 Straw utilization rate"
     for county in (YZ, XR):
         row = rows[(county, straw)]
         assert row[5] == NOT_AVAILABLE and row[7] == NOT_AVAILABLE, row
-    measured = rows[(PC, straw)]
-    assert measured[5] == pytest.approx(0.75) and measured[7].startswith("✗")
+    measured, figure = rows[(PC, straw)], _figure(figures, "straw_utilization_rate", PC)
+    assert measured[5] == pytest.approx(figure["value"], rel=REL)
+    assert measured[7].startswith("✓" if figure["met"] else "✗")
     assert not any(r[7].startswith(("✗", "✓")) for r in rows.values() if r[5] == NOT_AVAILABLE)
     params = {r[0]: r[4] for r in _sheet_rows(book, PARAMETERS_SHEET)}
     registry = Registry.from_csv(SITES_CSV, DEVICES_CSV)

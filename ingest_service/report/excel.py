@@ -455,7 +455,9 @@ def members_sheet(sheet: Worksheet, report: Report, indicator: IndicatorId) -> N
     number = TONNES if unit == "t" else FARMS
     fmts = [None, None, None, number, number, None, None]
     mine = [m for m in report.members if m.indicator == indicator]
-    counties = [*report.counties, *sorted({m.county for m in mine} - set(report.counties))]
+    counties = list(dict.fromkeys([  # the summary's counties, in its order, then any other
+        *[v.county for v in report.indicators if v.indicator == indicator and v.county],
+        *report.counties, *sorted({m.county for m in mine})]))
     for county in counties:
         members = sorted((m for m in mine if m.county == county), key=lambda m: m.site_id)
         for member in members:
