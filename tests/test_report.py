@@ -35,7 +35,14 @@ from ingest_service.report.build import (
     build_report,
     county_totals,
 )
-from ingest_service.report.excel import MEMBER_SHEETS, NOT_AVAILABLE, SHEETS, workbook_bytes
+from ingest_service.report.excel import (
+    CAPPED_LABEL,
+    MEMBER_SHEETS,
+    NOT_AVAILABLE,
+    SHEETS,
+    TOTAL_LABEL,
+    workbook_bytes,
+)
 from tests.engine_standin import StandInEngine
 from tests.simulated_year import SimulatedYear, simulated_year
 
@@ -119,6 +126,28 @@ def test_workbook_summary_is_the_api(
             assert got["达标 Met"].startswith("✓" if want["met"] else "✗")
         assert got["目标 Target"] == want["target"]
     assert {r["范围 Scope"] for r in rows} == {CITY_LABEL, *year.counties}
+
+
+def test_members_sheets_add_up_to_the_summary(workbook_file: Path) -> None:
+    """Each members sheet's county totals are the summary's numerator and denominator (the
+    city's: its counted row where a county above 100 % counts as 100 %)."""
+    book = load_workbook(workbook_file)
+    summary = {(indicator_of(r["指标 Indicator"]), r["范围 Scope"]): r
+               for r in summary_rows(workbook_file)}
+    for indicator, title in MEMBER_SHEETS.items():
+        rows = [r for r in book[title].iter_rows(min_row=5, values_only=True) if r[0]]
+        members = [r for r in rows if r[1] not in (TOTAL_LABEL, CAPPED_LABEL)]
+        assert members, title
+        totals = {r[0]: (r[3], r[4]) for r in rows if r[1] == TOTAL_LABEL}
+        totals.update({r[0]: (r[3], r[4]) for r in rows if r[1] == CAPPED_LABEL})
+        assert set(totals) == {scope for (i, scope) in summary if i == indicator}
+        for scope, (num, den) in totals.items():
+            want = summary[(indicator, scope)]
+            assert (num, den) == pytest.approx(
+                (want["分子 Numerator"], want["分母 Denominator"]), rel=1e-9, abs=1e-12), scope
+            if scope != CITY_LABEL:
+                mine = [r for r in members if r[0] == scope]
+                assert num == pytest.approx(sum(r[3] for r in mine), rel=1e-9, abs=1e-12)
 
 
 def test_workbook_has_ledgers_and_native_charts(workbook_file: Path, year: SimulatedYear) -> None:
