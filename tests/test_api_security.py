@@ -106,7 +106,8 @@ def _get_routes(client: TestClient) -> list[str]:
 
 
 PATH_VALUES = {"{device_id}": "d1-dev", "{year}": "2025", "{seq}": "1",
-               "{digest}": Registry.from_csv(SITES_CSV, DEVICES_CSV).digest()}
+               "{digest}": Registry.from_csv(SITES_CSV, DEVICES_CSV).digest(),
+               "{indicator}": "film_recovery_rate"}
 """A real value for each path parameter, so a templated route is called, not refused (422)."""
 
 
@@ -120,12 +121,19 @@ def _concrete(path: str) -> str:
 def _data_reads(client: TestClient) -> list[str]:
     reads = [_concrete(path) for path in _get_routes(client) if path not in OPEN_PATHS]
     assert {"/metrics", "/api/v1/rejections", "/api/v1/report", "/api/v1/registry/sites",
-            "/api/v1/registry/devices", "/api/v1/indicators", "/api/v1/stats"} <= set(reads)
+            "/api/v1/registry/devices", "/api/v1/indicators", "/api/v1/stats",
+            MEMBERS, EVENTS} <= set(reads)
     return reads
 
 
+MEMBERS = "/api/v1/indicators/film_recovery_rate/members"
+EVENTS = "/api/v1/indicators/film_recovery_rate/events"
+
+
 def _params(path: str) -> dict[str, str]:
-    return {"year": "2024"} if path in ("/api/v1/indicators", "/api/v1/report") else {}
+    if path == EVENTS:
+        return {"year": "2024", "site_id": "d1"}
+    return {"year": "2024"} if path in ("/api/v1/indicators", "/api/v1/report", MEMBERS) else {}
 
 
 # --- finding 8: reads need the token whenever the API listens beyond loopback ----------
@@ -256,7 +264,7 @@ def test_a_stopped_influxdb_is_503_with_a_one_line_message(
     server.stop()
     queried = ["/api/v1/indicators", "/api/v1/rejections", "/api/v1/report",
                "/api/v1/devices/d1-dev/latest", "/api/v1/years", "/api/v1/years/2025",
-               "/api/v1/devices/d1-dev/events/1"]
+               "/api/v1/devices/d1-dev/events/1", MEMBERS, EVENTS]
     for path in queried:
         for fmt in ({}, {"format": "csv"}):
             response = client.get(path, params={**_params(path), **fmt})

@@ -22,6 +22,7 @@ from ingest_service.api import (
     devices,
     health,
     indicators,
+    members,
     registry,
     rejections,
     report,
@@ -53,7 +54,8 @@ _TAGS = [
     {"name": "devices", "description": "Did it arrive? A device's newest data and rejections."},
 ]
 
-_ROUTERS = (stats, health, indicators, years, rejections, devices, registry, admin, report)
+_ROUTERS = (stats, health, indicators, members, years, rejections, devices, registry, admin,
+            report)
 """In the order the OpenAPI document lists them."""
 
 

@@ -31,11 +31,21 @@ class UnknownCounty(BaseModel):
     known_counties: list[str]
 
 
+def unknown_county_answer(exc: UnknownCountyError) -> JSONResponse:
+    """The 404 for a county the registry does not know, naming the ones it does."""
+    return JSONResponse(
+        UnknownCounty(detail=str(exc), known_counties=exc.known).model_dump(),
+        status_code=status.HTTP_404_NOT_FOUND,
+    )
+
+
 def indicators_csv(values: Iterable[IndicatorValue]) -> str:
-    """Indicator rows as CSV with a header row; a null value or city county is empty.
+    """Indicator rows as CSV with a header row; a null value, ``met`` or city county is
+    empty (n/a is not 0 and not "not met").
 
     Numbers are rounded for display as in the report's CSV; ``met`` is the engine's,
-    decided on the exact values.
+    decided on the exact values. ``parameters`` is compact JSON and ``flags`` a
+    JSON list (:func:`~ingest_service.report.spreadsheet.csv_cell`).
     """
     return csv_text(
         INDICATOR_COLUMNS,
@@ -74,8 +84,11 @@ def wants_csv(accept: str | None) -> bool:
         "numerators and denominators are summed, never rates averaged), then every "
         "county of the registry. With `county`, only that county's four rows.\n\n"
         "A year is a calendar year in Asia/Shanghai; values are as of its end, or as "
-        "of now for the current year. `value` is null and `met` false when the "
-        "denominator is 0.\n\nCSV (UTF-8, header row) with `format=csv` or "
+        "of now for the current year. `value` and `met` are null (n/a, 无数据: "
+        "neither 0 nor not met) when the denominator is 0. Each row carries its "
+        "lineage: `computed_at`, `formula`, `parameters`, `source`, `coverage`, `flags` "
+        "(e.g. `above_100_percent`), `closed`; `GET /api/v1/indicators/{indicator}/members` "
+        "opens a figure to its sites.\n\nCSV (UTF-8, header row) with `format=csv` or "
         "`Accept: text/csv`; it starts with a UTF-8 byte-order mark so Excel reads the Chinese "
         "names (`bom=false` leaves it out)."
     ),
@@ -109,10 +122,7 @@ def indicators(
     try:
         rows, closed_headers = year_figures(engine, year, county)  # frozen if closed
     except UnknownCountyError as exc:
-        return JSONResponse(
-            UnknownCounty(detail=str(exc), known_counties=exc.known).model_dump(),
-            status_code=status.HTTP_404_NOT_FOUND,
-        )
+        return unknown_county_answer(exc)
     ensure_finite(rows)
     as_csv = output_format == "csv" or (
         output_format is None and wants_csv(request.headers.get("accept"))

@@ -50,10 +50,13 @@ router = APIRouter(tags=["indicators"], dependencies=[reads])
     description=(
         "The city report of a calendar year: `xlsx` is a workbook with the summary "
         "(city and every county: indicator, numerator, denominator, value, target, "
-        "met), the film, straw and manure ledgers per site and native charts of the "
-        "indicators against their targets; `csv` is the summary (the API's indicator "
-        "columns plus the Chinese name), `ledger-csv` the ledgers. CSV starts with a "
-        "UTF-8 byte-order mark so Excel shows Chinese names intact."
+        "met, flags; n/a as 无数据 n/a), the film, straw and manure ledgers per site, "
+        "native charts of the indicators against their targets, a members sheet per "
+        "indicator (the sites behind each figure, adding up to it) and a parameters "
+        "sheet (parameters, formula ids, when computed, the registry's digest); `csv` "
+        "is the summary (the API's indicator columns plus the Chinese name), "
+        "`ledger-csv` the ledgers. CSV starts with a UTF-8 byte-order mark so Excel "
+        "shows Chinese names intact."
     ),
     response_class=Response,
     responses={

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from farm_contract import schema
-from farm_contract.indicators import IndicatorId, IndicatorValue
+from farm_contract.indicators import IndicatorId, IndicatorValue, Member
 from farm_contract.payloads import EventType
 from farm_contract.registry import Registry
 from ingest_service.indicators.aggregates import number, types_clause
@@ -95,6 +95,10 @@ class Report:
     ledger entry still appears in the manure sheet."""
     closed: str = ""
     """For a closed year, "closed on …, digest …" (its indicators are the frozen ones)."""
+    members: list[Member] = field(default_factory=list)
+    """The sites behind every figure (:meth:`IndicatorEngine.members`): the members sheets."""
+    registry_digest: str = ""
+    """:meth:`Registry.digest` of the registry the figures used: the parameters sheet."""
 
     def entries(self, *types: EventType) -> list[LedgerEntry]:
         return [e for e in self.ledger if e.type in types]
@@ -127,8 +131,16 @@ def build_report(
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     current = registry()
-    frozen = ClosedYears(engine.query).figures(engine, year)  # a closed year's, as frozen
-    indicators = frozen.rows if frozen is not None else engine.compute(year, now=moment)
+    book = ClosedYears(engine.query)
+    frozen = book.figures(engine, year)  # a closed year's, as frozen
+    if frozen is not None:  # the figures, their members and the registry version signed
+        indicators = frozen.rows
+        members = book.frozen_members(year) or []
+        registry_digest = str(book.document(year, frozen.digest)["registry"]["sha256"])
+    else:
+        indicators = engine.compute(year, now=moment)
+        members = engine.members(year, now=moment)
+        registry_digest = current.digest()
     window = year_window(year, settings.tz, moment)
     ledger: list[LedgerEntry] = []
     if not window.empty:
@@ -140,7 +152,8 @@ def build_report(
     }
     return Report(year=year, as_of=window.as_of, generated=moment, counties=current.counties,
                   indicators=indicators, ledger=ledger, manure_sites=manure_sites,
-                  closed=frozen.note if frozen is not None else "")
+                  closed=frozen.note if frozen is not None else "",
+                  members=members, registry_digest=registry_digest)
 
 
 def _ledger(engine: IndicatorEngine, registry: Registry, settings: Settings, start: datetime,

@@ -1,9 +1,15 @@
 """The annual report as an Excel workbook (openpyxl), for the city's reviewers.
 
 Sheets, in order: 汇总 Summary (city and every county: indicator, numerator,
-denominator, value, target, met — the API's numbers), 农膜 Film, 秸秆 Straw,
-粪污 Manure (the ledgers behind them, per site, with county totals) and 图表 Charts
-(native Excel bar charts of each indicator per county against its target line).
+denominator, value, target, met, flags — the API's numbers), 农膜 Film, 秸秆 Straw,
+粪污 Manure (the ledgers behind them, per site, with county totals), 图表 Charts
+(native Excel bar charts of each indicator per county against its target line), one
+名单 members sheet per indicator (the sites behind each figure, whose county and city
+totals are the summary's numerators and denominators) and 参数 Parameters (every
+parameter, formula id, data source, when computed and the registry's digest).
+
+A figure whose denominator is 0 is "无数据 n/a" — never 0 % and never "not met" — and
+a data-quality flag is shown beside the figure (e.g. "⚠ >100 %").
 
 Cells hold numbers, not formulas, so any reader — openpyxl, LibreOffice, a
 script — sees the same values without recalculating; percentages are numbers
@@ -37,7 +43,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.page import PageMargins
 from openpyxl.worksheet.worksheet import Worksheet
 
-from farm_contract.indicators import TARGETS, IndicatorId
+from farm_contract.indicators import TARGETS, IndicatorId, IndicatorValue, Member
 from farm_contract.payloads import EventType, ManureUse, StrawUse
 from ingest_service.report.build import (
     CITY_LABEL,
@@ -55,6 +61,7 @@ HEADER_FILL = PatternFill("solid", fgColor="2F5597")
 CITY_FILL = PatternFill("solid", fgColor="DDEBF7")
 MET_FILL = PatternFill("solid", fgColor="C6EFCE")
 MISSED_FILL = PatternFill("solid", fgColor="FFC7CE")
+NA_FILL = PatternFill("solid", fgColor="EDEDED")
 TOTAL_FONT = Font(bold=True)
 THIN = Side(style="thin", color="BFBFBF")
 BORDER = Border(left=THIN, right=THIN, top=THIN, bottom=THIN)
@@ -71,7 +78,25 @@ STRAW_USES = [u.value for u in StrawUse]
 MANURE_USES = [u.value for u in ManureUse]
 USE_ZH = {"fertilizer": "肥料化", "feed": "饲料化", "fuel": "燃料化", "substrate": "基料化",
           "material": "原料化", "energy": "能源化", "bedding": "垫料", "other": "其他"}
-SHEETS = ("汇总 Summary", "农膜 Film", "秸秆 Straw", "粪污 Manure", "图表 Charts")
+NOT_AVAILABLE = "无数据 n/a"
+"""A figure whose denominator is 0: no data, which is neither 0 % nor "not met"."""
+FLAG_LABELS = {"above_100_percent": "⚠ >100 %",
+               "county_capped": "⚠ 区县按 100 % 计 counties capped at 100 %"}
+"""How a data-quality flag reads in the workbook; any other flag as "⚠ <flag>"."""
+STATUS_LABELS = {"equipped": "✓ 配套 equipped", "not_equipped": "✗ 未配套 not equipped"}
+TOTAL_LABEL = "合计 Total"
+CAPPED_LABEL = "计入全市 Counted"
+"""The city's figure when it counts a county above 100 % at 100 % (flag ``county_capped``):
+below the members' plain total, so the sheet shows both."""
+MEMBER_SHEETS: dict[IndicatorId, str] = {
+    IndicatorId.MANURE_FACILITY_RATE: "名单 设施 Facility farms",
+    IndicatorId.MANURE_LEDGER_COVERAGE: "名单 台账 Ledger farms",
+    IndicatorId.FILM_RECOVERY_RATE: "名单 农膜 Film sites",
+    IndicatorId.STRAW_UTILIZATION_RATE: "名单 秸秆 Straw sites",
+}
+PARAMETERS_SHEET = "参数 Parameters"
+SHEETS = ("汇总 Summary", "农膜 Film", "秸秆 Straw", "粪污 Manure", "图表 Charts",
+          *MEMBER_SHEETS.values(), PARAMETERS_SHEET)
 
 
 def _put(sheet: Worksheet, row: int, col: int, value: object) -> Cell:
@@ -181,47 +206,60 @@ def _local(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
+def flag_text(flags: Iterable[str]) -> str:
+    """Data-quality flags as the workbook shows them, e.g. "⚠ >100 %"."""
+    return " ".join(FLAG_LABELS.get(flag, f"⚠ {flag}") for flag in flags)
+
+
+def met_text(item: IndicatorValue) -> str:
+    if item.value is None or item.met is None:
+        return NOT_AVAILABLE
+    return "✓ 达标 met" if item.met else "✗ 未达标 not met"
+
+
 def summary_sheet(sheet: Worksheet, report: Report) -> None:
     row = _title(sheet, report,
                  f"大同市农业绿色发展指标 {report.year} 年度报告 / "
                  f"Datong green-agriculture indicators, {report.year}")
     _header(sheet, row, ["范围 Scope", "指标 Indicator", "分子 Numerator", "分母 Denominator",
-                         "单位 Unit", "数值 Value", "目标 Target", "达标 Met"])
+                         "单位 Unit", "数值 Value", "目标 Target", "达标 Met", "标记 Flags"])
     for item in report.indicators:
         row += 1
         zh, en, unit = INDICATOR_LABELS[item.indicator]
-        met = "✓ 达标 met" if item.met else "✗ 未达标 not met"
+        met = met_text(item)
         _row(sheet, row, [item.county or CITY_LABEL, f"{zh} {en}", item.numerator,
-                          item.denominator, "吨 t" if unit == "t" else "场 farms", item.value,
-                          item.target, met],
+                          item.denominator, "吨 t" if unit == "t" else "场 farms",
+                          NOT_AVAILABLE if item.value is None else item.value,
+                          item.target, met, flag_text(item.flags)],
              [None, None, *[TONNES if unit == "t" else FARMS] * 2, None,
-              percent_format(item.value, item.target, item.met), "0%", None])
+              percent_format(item.value, item.target, item.met), "0%", None, None])
         if item.county is None:
             for col in range(1, 6):
                 sheet.cell(row=row, column=col).fill = CITY_FILL
             sheet.cell(row=row, column=1).font = TOTAL_FONT
-        sheet.cell(row=row, column=8).fill = MET_FILL if item.met else MISSED_FILL
+        sheet.cell(row=row, column=8).fill = (
+            NA_FILL if met == NOT_AVAILABLE else MET_FILL if item.met else MISSED_FILL)
         if item.value is None:
-            sheet.cell(row=row, column=6, value="—").alignment = Alignment(horizontal="right")
-    _fit_columns(sheet, 8)
+            sheet.cell(row=row, column=6).alignment = Alignment(horizontal="right")
+    _fit_columns(sheet, 9)
     row += 2
     notes = [
-        "数值 = 分子 ÷ 分母；分母为 0 时无数值且不达标。Value = numerator ÷ denominator; "
-        "none (and not met) when the denominator is 0.",
+        "数值 = 分子 ÷ 分母；分母为 0 时为“无数据 n/a”，既非 0 % 也非未达标。Value = numerator ÷ "
+        "denominator; n/a (neither 0 % nor not met) when the denominator is 0.",
         "全市合计各区县分子与分母后再相除，不对比率取平均。The city adds up the counties' "
         "numerators and denominators; it never averages rates.",
-        "与 GET /api/v1/indicators 数据一致；明细见各台账工作表。Same numbers as the API; "
-        "ledgers on the following sheets.",
+        "与 GET /api/v1/indicators 数据一致；明细见各台账与名单工作表，参数见“参数”表。Same "
+        "numbers as the API; ledgers, members and parameters on the following sheets.",
     ]
     for note in notes:
         cell = sheet.cell(row=row, column=1, value=note)
         cell.font = Font(size=9, color="595959")
         cell.alignment = Alignment(wrap_text=True, vertical="top")
-        sheet.merge_cells(start_row=row, start_column=1, end_row=row, end_column=8)
+        sheet.merge_cells(start_row=row, start_column=1, end_row=row, end_column=9)
         sheet.row_dimensions[row].height = 26
         row += 1
     sheet.freeze_panes = "A5"
-    _print_setup(sheet, 8)
+    _print_setup(sheet, 9)
 
 
 def film_sheet(sheet: Worksheet, report: Report) -> None:
@@ -406,6 +444,93 @@ def charts_sheet(sheet: Worksheet, report: Report) -> None:
     _print_setup(sheet, columns, title_rows=None, pages_tall=1)
 
 
+def detail_text(detail: dict[str, float | int | str | None]) -> str:
+    """A member's ``detail`` on one line: ``days_reported=31; last_reading=…``."""
+    return "; ".join(f"{key}={'—' if value is None else value}" for key, value in detail.items())
+
+
+def members_sheet(sheet: Worksheet, report: Report, indicator: IndicatorId) -> None:
+    """The sites behind one indicator, per county with a county total, then the city's."""
+    zh, en, unit = INDICATOR_LABELS[indicator]
+    row = _title(sheet, report, f"{zh} 名单 / {en}: the sites behind the figure")
+    _header(sheet, row, ["区县 County", "站点 Site", "名称 Name", "分子 Numerator",
+                         "分母 Denominator", "状态 Status", "说明 Detail"])
+    number = TONNES if unit == "t" else FARMS
+    fmts = [None, None, None, number, number, None, None]
+    mine = [m for m in report.members if m.indicator == indicator]
+    counties = list(dict.fromkeys([  # the summary's counties, in its order, then any other
+        *[v.county for v in report.indicators if v.indicator == indicator and v.county],
+        *report.counties, *sorted({m.county for m in mine})]))
+    for county in counties:
+        members = sorted((m for m in mine if m.county == county), key=lambda m: m.site_id)
+        for member in members:
+            row += 1
+            _row(sheet, row, [county, member.site_id, member.name, member.numerator,
+                              member.denominator, _status(member), detail_text(member.detail)],
+                 fmts)
+        row += 1
+        _total_row(sheet, row, [county, TOTAL_LABEL, "", sum(m.numerator for m in members),
+                                sum(m.denominator for m in members), "", ""], fmts)
+    row += 1
+    _total_row(sheet, row, [CITY_LABEL, TOTAL_LABEL, "", sum(m.numerator for m in mine),
+                            sum(m.denominator for m in mine), "", ""], fmts)
+    for city in report.indicators:
+        if city.indicator == indicator and city.county is None and "county_capped" in city.flags:
+            row += 1
+            _total_row(sheet, row, [CITY_LABEL, CAPPED_LABEL, "", city.numerator,
+                                    city.denominator, flag_text(city.flags), ""], fmts)
+    _fit_columns(sheet, len(fmts))
+    sheet.freeze_panes = "A5"
+    _print_setup(sheet, len(fmts))
+
+
+def _status(member: Member) -> str:
+    if member.status is None:
+        return ""
+    return STATUS_LABELS.get(member.status, member.status)
+
+
+def _joined(values: Iterable[str]) -> str:
+    return ", ".join(sorted({v for v in values if v})) or "—"
+
+
+def parameters_sheet(sheet: Worksheet, report: Report) -> None:
+    """Lineage: the registry's digest, when the figures were computed, and per indicator
+    its formula id, data source and every parameter with the scopes that used each value."""
+    row = _title(sheet, report, "参数与来源 / Parameters, formulas and lineage")
+    _header(sheet, row, ["指标 Indicator", "公式 Formula", "数据来源 Source", "参数 Parameter",
+                         "值 Value", "范围 Scopes"])
+    computed = sorted(v.computed_at for v in report.indicators if v.computed_at)
+    when = " … ".join(dict.fromkeys(_local(t) for t in computed[:1] + computed[-1:])) or "—"
+    for label, value in (("登记册摘要 Registry digest (SHA-256)", report.registry_digest or "—"),
+                         ("计算时间 Computed at (first … last)", when)):
+        row += 1
+        _row(sheet, row, [label, "", "", "", value, "全部 all"])
+    for indicator in IndicatorId:
+        items = [v for v in report.indicators if v.indicator == indicator]
+        if not items:
+            continue
+        zh, en, _ = INDICATOR_LABELS[indicator]
+        formula = _joined(v.formula for v in items)
+        source = _joined(v.source for v in items)
+        names = sorted({name for v in items for name in v.parameters})
+        if not names:
+            row += 1
+            _row(sheet, row, [f"{zh} {en}", formula, source, "—", "", "全部 all"])
+        for name in names:
+            scopes: dict[float | str, list[str]] = {}
+            for item in items:
+                if name in item.parameters:
+                    scopes.setdefault(item.parameters[name], []).append(item.county or CITY_LABEL)
+            for setting, where in scopes.items():
+                row += 1
+                _row(sheet, row, [f"{zh} {en}", formula, source, name, setting,
+                                  "全部 all" if len(where) == len(items) else ", ".join(where)])
+    _fit_columns(sheet, 6)
+    sheet.freeze_panes = "A5"
+    _print_setup(sheet, 6)
+
+
 def _column_after(sheet: Worksheet, centimetres: float) -> int:
     """The first column starting at least ``centimetres`` from the left edge."""
     edge, col = 0.0, 1
@@ -426,6 +551,9 @@ def workbook(report: Report) -> Workbook:
     straw_sheet(book.create_sheet(SHEETS[2]), report)
     manure_sheet(book.create_sheet(SHEETS[3]), report)
     charts_sheet(book.create_sheet(SHEETS[4]), report)
+    for indicator, title in MEMBER_SHEETS.items():
+        members_sheet(book.create_sheet(title), report, indicator)
+    parameters_sheet(book.create_sheet(PARAMETERS_SHEET), report)
     book.properties.title = f"Datong green-agriculture indicators {report.year}"
     book.properties.creator = "farm-iot-collector"
     return book

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable
 
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
@@ -26,11 +27,14 @@ def defuse(text: str) -> str:
 
 
 def csv_cell(value: object) -> str:
-    """One CSV cell: empty for None, ``true``/``false``, numbers as is, text defused."""
+    """One CSV cell: empty for None, ``true``/``false``, numbers as is, text defused;
+    a mapping or list (an indicator's ``parameters``, ``flags``) as compact JSON."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     if isinstance(value, str):
         return defuse(value)
     return str(value)
@@ -69,22 +73,23 @@ def round_mass(value: float) -> float:
     return round(value, MASS_DECIMALS) + 0.0
 
 
-def rate_decimals(value: float, target: float, met: bool, least: int = RATE_DECIMALS) -> int:
+def rate_decimals(value: float, target: float, met: bool | None,
+                  least: int = RATE_DECIMALS) -> int:
     """Fewest decimals, at least ``least``, at which ``value`` rounded agrees with ``met``."""
     for decimals in range(least, MOST_DECIMALS + 1):
-        if (round(value, decimals) >= target) == met:
+        if (round(value, decimals) >= target) == bool(met):
             return decimals
     return MOST_DECIMALS
 
 
-def round_rate(value: float | None, target: float, met: bool) -> float | None:
+def round_rate(value: float | None, target: float, met: bool | None) -> float | None:
     """A rate to :data:`RATE_DECIMALS` decimals, or more where fewer would misstate ``met``."""
     if value is None:
         return None
     return round(value, rate_decimals(value, target, met)) + 0.0
 
 
-def percent_format(value: float | None, target: float, met: bool) -> str:
+def percent_format(value: float | None, target: float, met: bool | None) -> str:
     """An Excel percent format with one decimal, or more where one would misstate ``met``."""
     if value is None:
         return "0.0%"
@@ -99,4 +104,8 @@ def rounded_indicator(item: IndicatorValue) -> dict[str, object]:
     data["numerator"] = round_mass(item.numerator)
     data["denominator"] = round_mass(item.denominator)
     data["target"] = round(item.target, RATE_DECIMALS)
+    if item.coverage is not None:
+        data["coverage"] = round(item.coverage, RATE_DECIMALS) + 0.0
+    if item.value is None:
+        data["met"] = None  # n/a: neither met nor not met (issue 13)
     return data
