@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from devstack.servers import Influxd, free_port
+from farm_contract.indicator_params import load_divisions
 from farm_contract.registry import Registry
 from ingest_service.api.app import create_app
 from ingest_service.api.indicators import wants_csv
@@ -28,7 +30,9 @@ from ingest_service.state import RegistryHolder, ServiceState
 PC, YZ = "平城区", "云州区"
 FIELDS = ["indicator", "scope", "county", "year", "value", "numerator", "denominator",
           "target", "met", "computed_at", "formula", "parameters", "source", "coverage", "flags",
-          "closed"]
+          "quality", "closed"]
+DIVISIONS = list(load_divisions().counties)
+"""Datong's ten county-level divisions, always listed (issue 13, farm_contract/params)."""
 SITES_CSV = f"""site_id,name,county,site_type,lat,lon,large_scale,area_mu
 m1,一号牛场,{PC},manure,40.1,113.3,true,
 d1,滴灌一号,{PC},drip,40.1,113.3,,300
@@ -134,7 +138,8 @@ def test_indicators_json_has_exactly_the_contract_fields(client: TestClient) -> 
     response = client.get("/api/v1/indicators", params={"year": 2025})
     assert response.status_code == 200
     rows = response.json()
-    assert len(rows) == 12
+    assert len(rows) == 4 * (1 + len(DIVISIONS)) == 44  # the city and all ten divisions
+    assert [row["county"] for row in rows[4::4]] == DIVISIONS
     assert all(list(row) == FIELDS for row in rows)
     film = {row["county"]: row for row in rows if row["indicator"] == "film_recovery_rate"}
     assert {key: film[None][key] for key in FIELDS[:9]} == {
@@ -144,7 +149,8 @@ def test_indicators_json_has_exactly_the_contract_fields(client: TestClient) -> 
     }
     assert film[PC]["value"] == pytest.approx(0.9) and film[PC]["met"] is True
     manure = {row["county"]: row for row in rows if row["indicator"] == "manure_facility_rate"}
-    assert manure[YZ]["value"] is None and manure[YZ]["met"] is False
+    assert manure[YZ]["value"] is None and manure[YZ]["met"] is None  # n/a, not "not met"
+    assert manure["新荣区"]["value"] is None and manure["新荣区"]["denominator"] == 0  # no sites
     assert {row["indicator"] for row in rows} == {
         "manure_facility_rate", "manure_ledger_coverage", "film_recovery_rate",
         "straw_utilization_rate",
@@ -161,6 +167,11 @@ def _parse_csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text.removeprefix("\ufeff"))))
 
 
+def _without_computed_at(text: str) -> list[dict[str, str]]:
+    """The CSV's rows without ``computed_at``, which differs between two requests."""
+    return [{k: v for k, v in row.items() if k != "computed_at"} for row in _parse_csv(text)]
+
+
 @pytest.mark.integration
 def test_indicators_csv_by_accept_header_and_by_format(client: TestClient) -> None:
     by_accept = client.get(
@@ -170,19 +181,21 @@ def test_indicators_csv_by_accept_header_and_by_format(client: TestClient) -> No
     for response in (by_accept, by_format):
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/csv; charset=utf-8"
-        assert response.content.decode("utf-8") == by_format.content.decode("utf-8")
+        assert _without_computed_at(response.text) == _without_computed_at(by_format.text)
     text = by_accept.content.decode("utf-8")
     assert text.startswith("\ufeff")  # Excel on Windows reads the Chinese names
     assert text.removeprefix("\ufeff").splitlines()[0] == ",".join(FIELDS)
     rows = _parse_csv(text)
-    assert len(rows) == 12
+    assert len(rows) == 44
     film_pc = next(r for r in rows if r["county"] == PC and r["indicator"] == "film_recovery_rate")
     assert film_pc["scope"] == "county" and film_pc["met"] == "true"
     assert float(film_pc["value"]) == pytest.approx(0.9)
     city = next(
         r for r in rows if r["scope"] == "city" and r["indicator"] == "manure_ledger_coverage"
     )
-    assert city["county"] == "" and city["numerator"] == "0.0" and city["met"] == "false"
+    # no manure data at all in 2025: n/a (flag no_data), not 0 % and not "not met"
+    assert city["county"] == "" and city["numerator"] == "0.0" and city["met"] == ""
+    assert city["value"] == "" and "no_data" in json.loads(city["flags"])
     empty = next(r for r in rows if r["county"] == YZ and r["indicator"] == "manure_facility_rate")
     assert empty["value"] == ""
 
@@ -224,7 +237,7 @@ def test_year_defaults_to_the_current_one(client: TestClient) -> None:
 def test_unknown_county_is_404_listing_the_known_ones(client: TestClient) -> None:
     response = client.get("/api/v1/indicators", params={"year": 2025, "county": "大同县"})
     assert response.status_code == 404
-    assert response.json()["known_counties"] == sorted([PC, YZ])
+    assert response.json()["known_counties"] == DIVISIONS  # all ten, in official order
     assert "大同县" in response.json()["detail"]
 
 
@@ -330,7 +343,9 @@ def test_registry_import_needs_the_right_token(make_client: Factory) -> None:
     sites = client.get("/api/v1/registry/sites", headers=auth).json()
     assert [s["name"] for s in sites] == ["九号牛场"]
     rows = client.get("/api/v1/indicators", params={"year": 2025}, headers=auth).json()
-    assert {row["county"] for row in rows} == {None, YZ}
+    assert {row["county"] for row in rows} == {None, *DIVISIONS}
+    assert next(r for r in rows if r["county"] == PC and r["indicator"] == "manure_facility_rate"
+                )["denominator"] == 0  # the imported registry has no farm in 平城区
 
 
 @pytest.mark.integration
