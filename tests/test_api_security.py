@@ -314,8 +314,12 @@ def test_a_sum_that_overflows_inside_influxdb_is_503_not_500(make_client: Factor
         response = client.get(path, params=params)
         assert response.status_code == 503, (path, params, response.text)
         assert response.json()["detail"].startswith("InfluxDB query failed")
+    # Per-site sums (issue 12): InfluxDB's answer breaks off for the whole city-wide query,
+    # so the other county's figures for that year are refused too (docs/reliability.md);
+    # other years still answer.
     assert client.get("/api/v1/indicators", params={"year": "2023", "county": YZ}).status_code \
-        == 200
+        == 503
+    assert client.get("/api/v1/indicators", params={"year": "2024"}).status_code == 200
 
 
 @pytest.mark.integration
