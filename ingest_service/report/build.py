@@ -159,7 +159,6 @@ def build_report(
 def _ledger(engine: IndicatorEngine, registry: Registry, settings: Settings, start: datetime,
             as_of: datetime) -> list[LedgerEntry]:
     known = set(registry.counties)
-    ratios = settings.straw_ratios
     out = []
     for series in engine.query(ledger_query(start, as_of)):
         tags = series.tags
@@ -180,7 +179,8 @@ def _ledger(engine: IndicatorEngine, registry: Registry, settings: Settings, sta
             type=kind, item=tags.get("use") or crop,
             mass_t=number(row.get("mass_t")), grain_t=number(row.get("grain_t")),
             entries=int(number(row.get("entries"))),
-            straw_ratio=ratios.get(crop, ratios["other"]) if kind == EventType.HARVEST else None,
+            straw_ratio=(engine.straw_factor(county, crop) if kind == EventType.HARVEST
+                         else None),  # collectable straw per tonne of grain (issue 13)
         ))
     out.sort(key=lambda e: (e.county, e.site_id, e.type, e.item))
     return out

@@ -318,7 +318,7 @@ def straw_sheet(sheet: Worksheet, report: Report) -> None:
     sheet.cell(row=row, column=1, value="收获明细 Harvests").font = TOTAL_FONT
     row += 1
     _header(sheet, row, ["区县 County", "站点 Site", "名称 Name", "作物 Crop", "粮食 Grain t",
-                         "草谷比 Ratio", "秸秆产生 Produced t"])
+                         "草谷比×可收集系数 Collectable per t", "可收集秸秆 Collectable t"])
     for e in report.entries(EventType.HARVEST):
         row += 1
         _row(sheet, row, [e.county, e.site_id, e.site_name, e.item, e.grain_t, e.straw_ratio,
