@@ -266,6 +266,23 @@ def event_count(querier: Querier, span: Span) -> int:
     return sum(int(number(row.get("count"))) for s in run(querier, q) for row in s.rows())
 
 
+AUDITED_FIELDS = ("mass_t", "grain_t", "thickness_mm", "area_mu", "seq")
+"""The event fields the figures read (and ``seq``): their sums are a month's value audit."""
+
+
+def event_value_sum(querier: Querier, span: Span) -> float:
+    """Σ of the audited fields of the span's events, to the gram: a value overwritten
+    around ingest (same series and time, other number) changes it, a count would not."""
+    q = (
+        "SELECT " + ", ".join(f"sum({quote_ident(name)}) AS {quote_ident(name)}"
+                              for name in AUDITED_FIELDS)
+        + f" FROM {quote_ident(schema.EVENT)} WHERE {span.condition()}"
+    )
+    total = math.fsum(number(row.get(name)) for s in run(querier, q) for row in s.rows()
+                      for name in AUDITED_FIELDS)
+    return round(total, 6)
+
+
 def manure_reading_count(querier: Querier, span: Span) -> int:
     """How many manure telemetry points the span holds (the audit of a month's days)."""
     q = (

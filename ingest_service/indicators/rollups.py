@@ -18,7 +18,7 @@ together:
   once however many months it kept its ledger in
 - ``kind=days``, ``site_id``: ``days`` (days of the month a manure site's telemetry
   reported on), ``last_day`` (epoch ms of its last reading)
-- ``kind=month``, ``month``: ``marks``, ``events``, ``readings``, ``format`` — the
+- ``kind=month``, ``month``: ``marks``, ``events``, ``readings``, ``value_sum``, ``format`` — the
   manifest, written last; a manifest of another :data:`FORMAT` is not valid
 
 A month's roll-up is used only if its manifest exists, the month ended before
@@ -27,8 +27,9 @@ recorded (:mod:`ingest_service.indicators.late_events`). Points of an older buil
 that vanished) are ignored; a point of a newer build than the manifest means a
 rebuild is under way, and the month is read raw instead. Writes that bypass
 ingest, and late telemetry, leave no mark: the maintainer re-counts one month's raw events
-and manure readings per cycle against the manifest's ``events`` and ``readings`` and
-rebuilds on a difference, and
+and manure readings, and re-sums its events' numbers, per cycle against the manifest's
+``events``, ``readings`` and ``value_sum`` and rebuilds on a difference (a value
+overwritten in place keeps the count, not the sum), and
 ``DROP MEASUREMENT rollup`` rebuilds everything.
 """
 
@@ -93,6 +94,14 @@ class Manifest:
     events: int
     readings: int = 0
     """Manure telemetry points: late telemetry leaves no mark, so the audit re-counts them."""
+    values: float = 0.0
+    """Σ of the events' audited fields (:func:`aggregates.event_value_sum`): the audit
+    catches a value overwritten around ingest, which leaves the count as it was."""
+
+    def matches(self, events: int, readings: int, values: float) -> bool:
+        """True if a month's raw events still are what this roll-up was built from."""
+        return (events, readings) == (self.events, self.readings) and math.isclose(
+            values, self.values, rel_tol=1e-12, abs_tol=1e-6)
 
 
 class RollupReader:
@@ -109,13 +118,13 @@ class RollupReader:
         """Manifests of this :data:`FORMAT` (others are rebuilt)."""
         q = (
             f"SELECT {quote_ident('build')}, {quote_ident('marks')}, {quote_ident('events')}, "
-            f"{quote_ident('readings')}, {quote_ident('format')} "
+            f"{quote_ident('readings')}, {quote_ident('value_sum')}, {quote_ident('format')} "
             f"FROM {quote_ident(schema.ROLLUP)} WHERE {_kind('month')}"
         )
         return {
             self._month(row["time"]): Manifest(
                 _int(row.get("build")), _int(row.get("marks")), _int(row.get("events")),
-                _int(row.get("readings")),
+                _int(row.get("readings")), number(row.get("value_sum")),
             )
             for series in run(self._query, q) for row in series.rows()
             if _int(row.get("format")) == FORMAT
@@ -219,7 +228,7 @@ def rollup_points(month: Month, found: Aggregates, build: int, tz: ZoneInfo) -> 
 def manifest_point(month: Month, manifest: Manifest, tz: ZoneInfo) -> Point:
     fields: dict[str, FieldValue] = {
         "build": manifest.build, "marks": manifest.marks, "events": manifest.events,
-        "readings": manifest.readings, "format": FORMAT,
+        "readings": manifest.readings, "value_sum": float(manifest.values), "format": FORMAT,
     }
     return Point(schema.ROLLUP, {"kind": "month", "month": month.key}, fields,
                  _start_ns(month, tz))
@@ -266,6 +275,7 @@ class RollupMaintainer:
         span = Span(month.start(self._tz), month.end(self._tz))
         events = aggregates.event_count(self._query, span)  # counted first: never over-counts
         readings = aggregates.manure_reading_count(self._query, span)
+        values = aggregates.event_value_sum(self._query, span) if events else 0.0
         found = Aggregates()
         if events:
             found.masses = aggregates.mass_sums(self._query, span)
@@ -276,7 +286,8 @@ class RollupMaintainer:
         points = rollup_points(month, found, build, self._tz)
         if points:
             self._writer.write(encode(points))
-        self._writer.write(encode([manifest_point(month, Manifest(build, marks, events, readings),
+        self._writer.write(encode([manifest_point(month, Manifest(build, marks, events, readings,
+                                                                   values),
                                                   self._tz)]))
         return len(points) + 1
 
@@ -301,9 +312,10 @@ class RollupMaintainer:
         if audit is not None:
             done.audited = audit
             span = Span(audit.start(self._tz), audit.end(self._tz))
-            if (aggregates.event_count(self._query, span) != manifests[audit].events
-                    or aggregates.manure_reading_count(self._query, span)
-                    != manifests[audit].readings):
+            events = aggregates.event_count(self._query, span)
+            if not manifests[audit].matches(
+                    events, aggregates.manure_reading_count(self._query, span),
+                    aggregates.event_value_sum(self._query, span) if events else 0.0):
                 log.info("roll-up of %s no longer matches its events; rebuilding", audit.key)
                 done.points += self.build(audit, marks.get(audit, 0))
                 done.built.append(audit)
