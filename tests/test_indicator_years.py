@@ -23,9 +23,10 @@ from dashboards import shapes
 from dashboards.panel_queries import iter_panels, panel_queries, variable_queries
 from devstack.servers import Influxd
 from farm_contract import schema
-from farm_contract.indicators import IndicatorId, IndicatorValue, Member
+from farm_contract.indicator_params import load_divisions
+from farm_contract.indicators import IndicatorId, IndicatorValue
 from farm_contract.registry import Registry
-from ingest_service.indicators.engine import IndicatorEngine, year_window
+from ingest_service.indicators.engine import IndicatorEngine
 from ingest_service.indicators.late_events import LateEventMarker
 from ingest_service.indicators.publisher import (
     INDICATOR_MEMBER,
@@ -33,7 +34,7 @@ from ingest_service.indicators.publisher import (
     YearSchedule,
     indicator_points,
 )
-from ingest_service.influxql import InfluxQL, quote_literal, time_literal
+from ingest_service.influxql import InfluxQL
 from ingest_service.model import FieldValue, Point
 from ingest_service.outputs.influx import make_writer
 from ingest_service.outputs.lineprotocol import encode
@@ -53,17 +54,24 @@ NOW = datetime(2026, 5, 1, tzinfo=UTC)
 """The publisher's "now": 2026 is the current year, 2024 and 2025 are past."""
 
 
-def sites_csv(m1_large_scale: bool) -> str:
+DIVISIONS = list(load_divisions().counties)
+"""Datong's ten county-level divisions: every year lists all of them (docs/indicators.md §1)."""
+assert PC in DIVISIONS and YG in DIVISIONS
+
+
+def sites_csv(m1_large_scale: bool, with_d2: bool = True) -> str:
     return ("site_id,name,county,site_type,lat,lon,large_scale,area_mu\n"
             f"d1,滴灌一号,{PC},drip,40.1,113.3,,300\n"
-            f"d2,滴灌二号,{YG},drip,40.4,113.8,,200\n"
-            f"s1,秸秆一号,{PC},straw,40.1,113.3,,500\n"
+            + (f"d2,滴灌二号,{YG},drip,40.4,113.8,,200\n" if with_d2 else "")
+            + f"s1,秸秆一号,{PC},straw,40.1,113.3,,500\n"
             f"m1,一号牛场,{PC},manure,40.1,113.3,{str(m1_large_scale).lower()},\n")
 
 
-DEVICES_CSV = "device_id,site_id,dev_eui,model\n" + "".join(
-    f"{s}-dev,{s},,sim\n" for s in ("d1", "d2", "s1", "m1"))
-REGISTRY = Registry.from_csv(sites_csv(True), DEVICES_CSV)
+def devices_csv(sites: tuple[str, ...] = ("d1", "d2", "s1", "m1")) -> str:
+    return "device_id,site_id,dev_eui,model\n" + "".join(f"{s}-dev,{s},,sim\n" for s in sites)
+
+
+REGISTRY = Registry.from_csv(sites_csv(True), devices_csv())
 SITE_TYPE = {s.site_id: str(s.site_type) for s in REGISTRY.sites.values()}
 _seq = iter(range(1, 10**6))
 
@@ -83,73 +91,73 @@ def event(site: str, kind: str, ts: str, **extra: float | str) -> Point:
     return Point("event", tags, fields, int(moment.timestamp()) * 10**9 + seq)
 
 
-BOUNDARY = event("d1", "film_recovered", "2025-12-31T20:00:00Z", mass_t=4.0)
-"""2026-01-01 04:00 in Datong: counts for 2026, not for 2025 (as in UTC)."""
+BOUNDARY = event("d1", "film_applied", "2025-12-31T20:00:00Z", mass_t=4.0)
+"""2026-01-01 04:00 in Datong: film applied in 2026, not in 2025 (as in UTC)."""
+CUTOFF = event("d1", "film_recovered", "2025-05-31T17:00:00Z", mass_t=5.0)
+"""2025-06-01 01:00 in Datong, after 31 May: 2025's own film, not 2024's (as on 31 May
+in UTC)."""
+M1_DAYS = 30
+"""Days of April 2026 on which m1's telemetry reports: on 1 May the facility rate asks
+⌈30 × 120/365⌉ = 10 (FARM_FACILITY_MIN_DAYS pro rata), so m1 is equipped for 2026."""
 
 POINTS = [
-    # 2024: 平城区 film 6 / 10; straw corn 10 t grain × 1.2 = 12 t, 9 t used; 阳高县 nothing
+    # 2024: 平城区 film 7 / 10; straw corn 10 t grain × 0.84 × 0.81 = 6.804 t collectable,
+    # 5 t used; 阳高县 nothing
     event("d1", "film_applied", "2024-05-01T02:00:00Z", mass_t=10.0),
     event("d1", "film_recovered", "2024-10-01T02:00:00Z", mass_t=6.0),
     event("s1", "harvest", "2024-09-20T02:00:00Z", crop="corn", grain_t=10.0),
-    event("s1", "straw_utilized", "2024-10-20T02:00:00Z", use="feed", mass_t=9.0),
-    # 2025: 平城区 film 8 / 10, straw 12 / 12; 阳高县 film 5 / 5
+    event("s1", "straw_utilized", "2024-10-20T02:00:00Z", use="feed", mass_t=5.0),
+    # 2025: 平城区 film 8 / 10, straw 6 / 6.804; 阳高县 film 5 / 5
+    event("d1", "film_recovered", "2025-03-01T02:00:00Z", mass_t=1.0),  # spring: 2024's
     event("d1", "film_applied", "2025-05-01T02:00:00Z", mass_t=10.0),
-    event("d1", "film_recovered", "2025-10-01T02:00:00Z", mass_t=8.0),
+    CUTOFF,
     event("d2", "film_applied", "2025-05-01T02:00:00Z", mass_t=5.0),
     event("d2", "film_recovered", "2025-10-01T02:00:00Z", mass_t=5.0),
     event("s1", "harvest", "2025-09-20T02:00:00Z", crop="corn", grain_t=10.0),
-    event("s1", "straw_utilized", "2025-10-20T02:00:00Z", use="feed", mass_t=12.0),
+    event("s1", "straw_utilized", "2025-10-20T02:00:00Z", use="feed", mass_t=6.0),
     BOUNDARY,
-    # 2026 (to NOW): 平城区 film (5 + 4) / 10, no straw; 阳高县 nothing; m1 reports
-    event("d1", "film_applied", "2026-03-01T02:00:00Z", mass_t=10.0),
-    event("d1", "film_recovered", "2026-04-01T02:00:00Z", mass_t=5.0),
-    Point("telemetry", {"site_id": "m1", "device_id": "m1-dev", "site_type": "manure",
-                        "county": PC}, {"lagoon_level_pct": 40.0, "seq": 1},
-          int((NOW - timedelta(hours=2)).timestamp()) * 10**9),
+    # 2026 (to NOW): 平城区 film 9 / (4 + 6), no straw; 阳高县 nothing; m1 reports
+    event("d1", "film_applied", "2026-03-01T02:00:00Z", mass_t=6.0),
+    event("d1", "film_recovered", "2026-04-01T02:00:00Z", mass_t=3.0),  # spring: 2025's
+    event("d1", "film_recovered", "2026-04-15T02:00:00Z", mass_t=9.0, season="2026"),
+    *(Point("telemetry", {"site_id": "m1", "device_id": "m1-dev", "site_type": "manure",
+                          "county": PC}, {"lagoon_level_pct": 40.0, "seq": day},
+            int(datetime(2026, 4, day, 2, tzinfo=UTC).timestamp()) * 10**9)
+      for day in range(1, M1_DAYS + 1)),
 ]
 
 FILM_BY_HAND: dict[tuple[int, str], float | None] = {
-    (2024, PC): 0.6, (2024, YG): None, (2024, ALL): 0.6,
+    (2024, PC): 0.7, (2024, YG): None, (2024, ALL): 0.7,
     (2025, PC): 0.8, (2025, YG): 1.0, (2025, ALL): 13 / 15,
     (2026, PC): 0.9, (2026, YG): None, (2026, ALL): 0.9,
 }
-"""Film recovery worked out by hand from :data:`POINTS`, with Datong's year boundary."""
+"""Film recovery worked out by hand from :data:`POINTS`, with Datong's time and the
+season rule (docs/indicators.md §4: a recovery without ``season`` made up to 31 May, in
+Datong, recovers the previous year's film; one naming its season counts for it):
+
+- 2024: applied 10 (1 May 2024); recovered 6 (1 Oct 2024) + 1 (1 Mar 2025, spring) = 7.
+- 2025: d1 applied 10 (1 May 2025); recovered 5 (CUTOFF, 1 June in Datong) + 3 (1 Apr
+  2026, spring) = 8; d2 5 / 5; the city (8 + 5) / (10 + 5).
+- 2026: applied 4 (BOUNDARY, 1 Jan in Datong) + 6 (1 Mar) = 10; recovered 9 (15 Apr,
+  ``season=2026``); the 3 t of 1 April are 2025's.
+
+In UTC instead, BOUNDARY would be 2025's and CUTOFF 2024's: 12 / 10, 3 / 14, 9 / 6.
+"""
 
 
-class MemberEngine(IndicatorEngine):
-    """An engine with ``members`` (issue 13) for the film rate, from the stored events.
-
-    ``hidden`` sites are left out, as a correction moving a site's events would.
-    """
+class CountingEngine(IndicatorEngine):
+    """The real engine (its ``members`` too) over a registry the test replaces, noting
+    which years the publisher computed."""
 
     def __init__(self, query: InfluxQL, registry: Registry, settings: Settings) -> None:
         super().__init__(query, lambda: self.registry, settings)
         self.registry = registry
-        self.settings = settings
-        self.hidden: set[str] = set()
         self.computed: list[int] = []
 
     def compute(self, year: int, county: str | None = None,
                 now: datetime | None = None) -> list[IndicatorValue]:
         self.computed.append(year)
         return super().compute(year, county, now)
-
-    def members(self, year: int, now: datetime | None = None) -> list[Member]:
-        window = year_window(year, self.settings.tz, now or datetime.now(UTC))
-        tonnes: dict[tuple[str, str], list[float]] = {}
-        for index, kind in enumerate(("film_recovered", "film_applied")):
-            q = (f'SELECT sum("mass_t") FROM "event" WHERE "type" = {quote_literal(kind)}'
-                 f" AND time >= {time_literal(window.start)}"
-                 f" AND time < {time_literal(window.as_of)} GROUP BY \"site_id\", \"county\"")
-            for series in self.query(q):
-                key = (series.tags["site_id"], series.tags["county"])
-                tonnes.setdefault(key, [0.0, 0.0])[index] = float(series.rows()[0]["sum"])
-        return [
-            Member(indicator=IndicatorId.FILM_RECOVERY_RATE, year=year, county=county,
-                   site_id=site, name=self.registry.sites[site].name,
-                   numerator=num, denominator=den)
-            for (site, county), (num, den) in sorted(tonnes.items()) if site not in self.hidden
-        ]
 
 
 @pytest.fixture
@@ -161,13 +169,13 @@ def server(tmp_path: Path) -> Iterator[Influxd]:
     influxd.stop()
 
 
-def setup(influxd: Influxd, points: list[Point] = POINTS) -> tuple[Settings, MemberEngine]:
+def setup(influxd: Influxd, points: list[Point] = POINTS) -> tuple[Settings, CountingEngine]:
     settings = Settings(influx_url=influxd.url, influx_api="v1", rollups=False)
     make_writer(settings).write(encode(points))
-    return settings, MemberEngine(InfluxQL(settings), REGISTRY, settings)
+    return settings, CountingEngine(InfluxQL(settings), REGISTRY, settings)
 
 
-def publisher(settings: Settings, engine: MemberEngine, **kwargs: Any) -> IndicatorPublisher:
+def publisher(settings: Settings, engine: CountingEngine, **kwargs: Any) -> IndicatorPublisher:
     return IndicatorPublisher(engine, make_writer(settings), settings,
                               registry=lambda: engine.registry, **kwargs)
 
@@ -227,7 +235,7 @@ def panels_of(
     return out
 
 
-def expected_rows(engine: MemberEngine, year: int) -> dict[tuple[str, str], IndicatorValue]:
+def expected_rows(engine: CountingEngine, year: int) -> dict[tuple[str, str], IndicatorValue]:
     return {(str(r.indicator), r.county or ALL): r for r in engine.compute(year, now=NOW)}
 
 
@@ -262,7 +270,7 @@ def test_every_indicator_panel_for_two_past_years_and_the_current_one(server: In
     for year in (2024, 2025, 2026):
         expected = expected_rows(engine, year)
         counties = dict(variable_queries(board, {"year": str(year)}))["county"]
-        assert sorted(tag_values(server, counties)) == sorted([ALL, PC, YG])
+        assert sorted(tag_values(server, counties)) == sorted([ALL, *DIVISIONS])
         for county in (ALL, PC, YG):
             variables = {"county": county, "year": str(year)}
             na = any(expected[i.value, county].value is None for i in IndicatorId)
@@ -280,7 +288,7 @@ def test_every_indicator_panel_for_two_past_years_and_the_current_one(server: In
 
             ranking = rows_of(city["County ranking, worst first / 区县排名（由低到高）"])
             assert {(r["indicator"], r["county"]) for r in ranking} == {
-                (i.value, c) for i in IndicatorId for c in (PC, YG)}
+                (i.value, c) for i in IndicatorId for c in DIVISIONS}
             for row in ranking:
                 want = expected[row["indicator"], row["county"]]
                 assert (row["value"], row["numerator"], row["denominator"]) == (
@@ -295,17 +303,20 @@ def test_every_indicator_panel_for_two_past_years_and_the_current_one(server: In
             produced = rows_of(straw["Straw produced vs used, by county / 秸秆产生量与利用量"])
             assert {r["county"]: (r["produced_t"], r["utilized_t"]) for r in produced} == {
                 c: (approx(expected[STRAW, c].denominator), approx(expected[STRAW, c].numerator))
-                for c in ((PC, YG) if county == ALL else (county,))}
+                for c in (DIVISIONS if county == ALL else (county,))}
 
             check_members(server, engine, year, county)
 
 
-def check_members(server: Influxd, engine: MemberEngine, year: int, county: str) -> None:
+def check_members(server: Influxd, engine: CountingEngine, year: int, county: str) -> None:
     """The drill-down of the film rate: the engine's members, summing to the figure."""
     variables = {"county": county, "year": str(year), "indicator": FILM}
     figure = engine.compute(year, None if county == ALL else county, now=NOW)
     (row,) = [r for r in figure if r.indicator == FILM and (r.county or ALL) == county]
-    members = [m for m in engine.members(year, now=NOW) if county in (ALL, m.county)]
+    members = engine.members(year, None if county == ALL else county,
+                             IndicatorId.FILM_RECOVERY_RATE, now=NOW)
+    assert {m.site_id for m in members} == ({"d1"} if county == PC else {"d2"} if county == YG
+                                            else {"d1", "d2"}), "both drip sites, every year"
     # status is only the facility rate's: null for film members (their rows are checked)
     results = panels_of(server, "indicator-members.json", variables, year, allow_null=True)
     listed = rows_of(results["Members / 构成站点"])
@@ -345,17 +356,38 @@ def test_the_gauges_open_the_drill_down_with_county_and_year() -> None:
 # --- n/a after a figure: a registry change, a restart, a site leaving -----------------
 
 
+def drill_down(server: Influxd, indicator: str, year: int) -> set[str]:
+    """The sites the drill-down lists for ``indicator`` in ``year``, all counties."""
+    members = panels_of(server, "indicator-members.json",
+                        {"county": ALL, "year": str(year), "indicator": indicator}, year,
+                        allow_null=True)
+    return {r["site_id"] for r in rows_of(members["Members / 构成站点"])}
+
+
+def latest_member_flags(server: Influxd, site_id: str) -> dict[tuple[str, str], bool]:
+    """(period, indicator) → the ``member`` field of the site's latest member point."""
+    result: Any = server.query(
+        f'SELECT last("member") FROM "{INDICATOR_MEMBER}" WHERE "site_id" = \'{site_id}\' '
+        'GROUP BY "period", "indicator"')
+    return {(s["tags"]["period"], s["tags"]["indicator"]): s["values"][0][1]
+            for s in result["results"][0].get("series", [])}
+
+
 def test_a_figure_that_became_na_shows_empty_not_its_old_value(server: Influxd) -> None:
     settings, engine = setup(server)
     publisher(settings, engine).publish_once(now=NOW)
     before = gauge_values(panels_of(server, "city-overview.json",  # 2026 straw is n/a
                                     {"county": PC, "year": "2026"}, 2026, allow_null=True))
-    assert before[MANURE] == 1.0, "m1 is large-scale and reports"
+    assert before[MANURE] == 1.0, f"m1 is large-scale and reports on {M1_DAYS} days ≥ 10"
+    manure_ids = (MANURE, IndicatorId.MANURE_LEDGER_COVERAGE.value)
+    for year in (2024, 2025, 2026):  # the engine lists every registered site of the set
+        assert "d2" in drill_down(server, FILM, year) and "m1" in drill_down(server, MANURE, year)
 
-    # m1 is no longer large-scale: no farm counts, every year. A fresh publisher (a
-    # restart) must also retire d2 from the film members it no longer lists.
-    engine.registry = Registry.from_csv(sites_csv(False), DEVICES_CSV)
-    engine.hidden = {"d2"}
+    # m1 is no longer large-scale: no farm counts, every year; d2 leaves the registry, so
+    # its events count nowhere. A fresh publisher (a restart) must retire both from the
+    # members it no longer lists (``member=false``), from what the first one stored.
+    engine.registry = Registry.from_csv(sites_csv(False, with_d2=False),
+                                        devices_csv(("d1", "s1", "m1")))
     later = NOW + timedelta(minutes=1)
     publisher(settings, engine).publish_once(now=later)
     for year in (2024, 2025, 2026):
@@ -367,10 +399,12 @@ def test_a_figure_that_became_na_shows_empty_not_its_old_value(server: Influxd) 
                 city["County ranking, worst first / 区县排名（由低到高）"])}
             assert ranking[MANURE, PC]["value"] is None and ranking[MANURE, PC]["met"] is None
             assert ranking[MANURE, PC]["denominator"] == 0
-        members = panels_of(server, "indicator-members.json",
-                            {"county": ALL, "year": str(year), "indicator": FILM}, year,
-                            allow_null=True)
-        assert "d2" not in {r["site_id"] for r in rows_of(members["Members / 构成站点"])}
+        assert drill_down(server, FILM, year) == {"d1"}, year
+        assert "m1" not in drill_down(server, MANURE, year), year
+    assert latest_member_flags(server, "d2") == {
+        (str(y), FILM): False for y in (2024, 2025, 2026)}
+    assert latest_member_flags(server, "m1") == {
+        (str(y), i): False for y in (2024, 2025, 2026) for i in manure_ids}
 
 
 def test_the_county_list_is_the_chosen_years_published_counties(server: Influxd) -> None:
@@ -380,7 +414,7 @@ def test_the_county_list_is_the_chosen_years_published_counties(server: Influxd)
     old = [IndicatorValue.of(IndicatorId.FILM_RECOVERY_RATE, "county", "旧县", 2020, 1, 2)]
     make_writer(settings).write(encode(indicator_points(old, 10**18)))
     board = BOARDS["straw.json"]
-    for year, counties in ((2020, ["旧县"]), (2026, [ALL, PC, YG])):
+    for year, counties in ((2020, ["旧县"]), (2026, [ALL, *DIVISIONS])):
         query = dict(variable_queries(board, {"year": str(year)}))["county"]
         assert sorted(tag_values(server, query)) == sorted(counties), year
 
@@ -390,33 +424,51 @@ def test_the_county_list_is_the_chosen_years_published_counties(server: Influxd)
 
 def test_late_events_and_the_periodic_refresh_update_a_past_year(server: Influxd) -> None:
     settings, engine = setup(server)
-    pub = publisher(settings, engine, schedule=YearSchedule(refresh_every=3))
+    pub = publisher(settings, engine, schedule=YearSchedule(refresh_every=4))
+    rows = len(IndicatorId) * (1 + len(DIVISIONS))  # a year's rows: the city and ten counties
     pub.publish_once(now=NOW)
     engine.computed.clear()
-    assert pub.publish_once(now=NOW + timedelta(minutes=1)) == 12, "2026's rows, no member news"
+    assert pub.publish_once(now=NOW + timedelta(minutes=1)) == rows, (
+        "2026's rows, no member news")
     assert engine.computed == [2026], "nothing changed in the past: not recomputed"
 
     # A late 2024 recovery through ingest: its mark makes 2024 due at the next cycle.
     writer = make_writer(settings)
+    marker = LateEventMarker(writer, settings.tz, "test", clock=time.time_ns)
     late = event("d1", "film_recovered", "2024-11-01T02:00:00Z", mass_t=1.0)
     writer.write(encode([late]))
-    LateEventMarker(writer, settings.tz, "test", clock=time.time_ns).stored([late.time_ns])
+    marker.stored([late.time_ns])
     pub.publish_once(now=NOW + timedelta(minutes=2))
     assert engine.computed[-2:] == [2026, 2024]
     gauges = gauge_values(panels_of(server, "city-overview.json",
-                                    {"county": PC, "year": "2024"}, 2024))
-    assert gauges[FILM] == pytest.approx(0.7)
+                                    {"county": PC, "year": "2024"}, 2024, allow_null=True))
+    assert gauges[FILM] == pytest.approx(0.8), "(6 + 1 + 1) / 10"
+
+    # A late spring recovery (April 2025, no season) is 2024's film: its mark, in a month
+    # of 2025, makes 2024 due too, not only 2025.
+    spring = event("d1", "film_recovered", "2025-04-01T02:00:00Z", mass_t=1.0)
+    writer.write(encode([spring]))
+    marker.stored([spring.time_ns])
+    engine.computed.clear()
+    pub.publish_once(now=NOW + timedelta(minutes=3))
+    assert engine.computed == [2026, 2025, 2024]
+    gauges = gauge_values(panels_of(server, "city-overview.json",
+                                    {"county": PC, "year": "2024"}, 2024, allow_null=True))
+    assert gauges[FILM] == pytest.approx(0.9), "(6 + 1 + 1 + 1) / 10"
 
     # A write that bypasses ingest leaves no mark: the periodic refresh finds it.
     writer.write(encode([event("d1", "film_recovered", "2025-11-01T02:00:00Z", mass_t=1.0)]))
     engine.computed.clear()
-    written = pub.publish_once(now=NOW + timedelta(minutes=3))  # 4th cycle: refresh_every=3
+    written = pub.publish_once(now=NOW + timedelta(minutes=4))  # 5th cycle: refresh_every=4
     assert engine.computed == [2026, 2025, 2024]
-    # 2026's 12 rows, 2025's 12 rows and its 2 members (d1 changed); 2024 is unchanged
-    assert written == 12 + 12 + 2
+    # 2026's rows; 2025's rows and all its members again (d1's film part changed): m1
+    # twice (facility, ledger), d1, d2, s1; 2024 is unchanged
+    members_2025 = engine.members(2025, now=NOW)
+    assert len(members_2025) == 5
+    assert written == rows + rows + len(members_2025)
     gauges = gauge_values(panels_of(server, "city-overview.json",
-                                    {"county": PC, "year": "2025"}, 2025))
-    assert gauges[FILM] == pytest.approx(0.9)
+                                    {"county": PC, "year": "2025"}, 2025, allow_null=True))
+    assert gauges[FILM] == pytest.approx(0.9), "(5 + 3 + 1) / 10"
 
 
 def test_a_cycle_is_bounded_however_many_years(server: Influxd) -> None:
@@ -470,6 +522,11 @@ def test_year_schedule_rules() -> None:
     assert _run(schedule, 2026, later, None) == [2026]
     assert _run(schedule, 2027, later, None) == [2027, 2026], "2026 just ended"
     assert _run(schedule, 2027, later, None) == [2027]
+
+    spring = YearSchedule(refresh_every=100, past_per_cycle=5)
+    assert _run(spring, 2026, {}, None) == [2026, 2025, 2024, 2023]
+    assert _run(spring, 2026, {"2025-04": 1}, None) == [2026, 2025, 2024], (
+        "a late recovery of April 2025 may be 2024's film")
 
     periodic = YearSchedule(refresh_every=3, past_per_cycle=5)
     assert _run(periodic, 2026, {}, None) == [2026, 2025, 2024, 2023]

@@ -398,8 +398,19 @@ def test_publisher_writes_indicator_points(influx: Influxd, registry: Registry) 
     settings = Settings(influx_url=influx.url, influx_api="v1", influx_db="farm_pub")
     engine = _engine(influx, registry)
     publisher = IndicatorPublisher(engine, make_writer(settings), settings, years=lambda: [2025])
-    assert publisher.publish_once(now=datetime(2026, 1, 2, tzinfo=UTC)) == 44
-    result = InfluxQL(settings).query(
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    members = engine.members(2025, now=now)
+    # one ``indicator`` point per indicator and scope (the city and Datong's ten), then one
+    # ``indicator_member`` point per indicator and site of the engine's members
+    # members: the six large-scale farms twice (facility, ledger), d1 and d2, s1 to s3
+    assert len(DATONG) == 10 and len(members) == 6 + 6 + 2 + 3
+    assert publisher.publish_once(now=now) == len(IndicatorId) * (1 + len(DATONG)) + len(members)
+    query = InfluxQL(settings)
+    (indicators,) = query.query('SELECT count("denominator") FROM indicator')
+    assert indicators.rows()[0]["count"] == len(IndicatorId) * (1 + len(DATONG))
+    (written,) = query.query('SELECT count("denominator") FROM indicator_member')
+    assert written.rows()[0]["count"] == len(members)
+    result = query.query(
         "SELECT value, numerator, denominator, target, year FROM indicator "
         "WHERE indicator = 'film_recovery_rate' GROUP BY scope, county"
     )

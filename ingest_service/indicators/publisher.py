@@ -3,8 +3,9 @@
 Every year with data is published, keyed by a ``period`` tag (the year in
 ``FARM_TIMEZONE``), so a panel picks a year with ``"period" = '$year'`` whatever the
 viewer's time zone. The current year is written every cycle (its figure moves with
-"as of"); a past year is recomputed when it may have changed — its months received
-late events (``late_event`` marks), the registry was replaced, the year just ended,
+"as of"); a past year is recomputed when it may have changed — its months or the next
+year's (film recovered then may be its film) received late events (``late_event``
+marks), the registry was replaced, the year just ended,
 or every ``refresh_every`` cycles in case of writes that bypass ingest — and written
 only when its figures differ from what this process wrote last. At most
 ``past_per_cycle`` past years are computed per cycle, so a cycle stays bounded
@@ -175,7 +176,9 @@ class YearSchedule:
         """The years to compute this cycle: ``current``, then due past years, newest first.
 
         ``marks`` counts ``late_event`` marks per month (``YYYY-MM``); a month whose count
-        changed since the last cycle makes its year due again.
+        changed since the last cycle makes its year due again, and the year before it: a
+        film recovery of year Y+1 may be Y's film (a ``season`` of Y, or none up to
+        ``FARM_FILM_RECOVERY_UNTIL``, contract §8).
         """
         if first_year is not None:
             self.first_year = first_year
@@ -185,7 +188,7 @@ class YearSchedule:
         if self._marks is not None:
             for month in set(marks) | set(self._marks):
                 if marks.get(month, 0) != self._marks.get(month, 0) and month[:4].isdigit():
-                    self.dirty.add(int(month[:4]))
+                    self.dirty.update((int(month[:4]), int(month[:4]) - 1))
         self._marks = dict(marks)
         if registry is not None:
             if self._registry is not None and registry is not self._registry:
