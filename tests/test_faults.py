@@ -610,6 +610,9 @@ def test_influxdb_errors_and_timeouts(
         time.sleep(20)
         proxy.faults = Faults(stall_before_rate=0.25, stall_after_rate=0.25, stall_s=3.0)
         time.sleep(25)
+        deadline = time.monotonic() + 60  # a loaded machine writes less often: until both hit
+        while not (proxy.stalled_before and proxy.stalled_after) and time.monotonic() < deadline:
+            time.sleep(1)
         proxy.faults = Faults()
         time.sleep(3)
         fleet.stop()

@@ -430,13 +430,15 @@ class _NoData:
 def test_a_failing_roll_up_cycle_does_not_stop_the_indicators() -> None:
     settings = Settings()
     writer = _Writer()
+    engine = IndicatorEngine(_NoData(), lambda: REGISTRY, settings)
     publisher = IndicatorPublisher(
-        IndicatorEngine(_NoData(), lambda: REGISTRY, settings), writer, settings,
+        engine, writer, settings,
         years=lambda: [2025], rollups=_Boom(),  # type: ignore[arg-type]
     )
     publisher.maintain_rollups()
     assert publisher.errors == 1
-    assert publisher.publish_once(now=NOW) == 4 * (1 + len(REGISTRY.counties))
+    figures = 4 * (1 + len(settings.divisions.listed(REGISTRY.counties)))  # and ten divisions
+    assert publisher.publish_once(now=NOW) == figures + len(engine.members(2025, now=NOW))
 
 
 class _Counting:
