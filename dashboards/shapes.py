@@ -209,7 +209,8 @@ def _check_panel_type(
             return ["gauge shows its noValue (null): pass allow_null where n/a is expected"]
         if last is None and defaults.get("noValue"):
             return []
-        if not _is_number(last) or not low <= last <= high:
+        rates = defaults.get("unit") == "percentunit"  # a rate may exceed 100 %, flagged
+        if not _is_number(last) or not low <= last <= (float("inf") if rates else high):
             return [f"gauge's last value {last!r} is not a number in [{low}, {high}]"]
     if kind == "timeseries":
         if expected.result_format != "time_series":
