@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from farm_contract import schema
 from farm_contract.indicators import IndicatorValue, Member
 from farm_contract.registry import Registry
+from ingest_service.daemon import DaemonLoop
 from ingest_service.indicators.closing import ClosedYears
 from ingest_service.indicators.engine import IndicatorEngine
 from ingest_service.indicators.rollups import RollupMaintainer
@@ -251,7 +252,7 @@ def stored_members(query: Query, year: int) -> set[MemberKey]:
 
 
 @dataclass
-class IndicatorPublisher:
+class IndicatorPublisher(DaemonLoop):
     """Writes the indicators to InfluxDB every ``indicator_interval_s`` for Grafana.
 
     Runs in a daemon thread; an error is logged and retried after ``retry_s``
@@ -265,6 +266,8 @@ class IndicatorPublisher:
     year with data is published, as :class:`YearSchedule` decides. ``registry`` (the
     service's current registry) lets a registry change refresh the past years.
     """
+
+    thread_name = "indicator-publisher"
 
     engine: IndicatorEngine
     writer: Writer
@@ -376,18 +379,3 @@ class IndicatorPublisher:
                 self._failing = None
             self.maintain_rollups()  # after publishing, so a first build never delays it
             self._stop.wait(interval)
-
-    def start(self) -> None:
-        """Start the background thread (once)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="indicator-publisher", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the thread to stop and wait for it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None

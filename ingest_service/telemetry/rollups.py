@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo
 
 from farm_contract import schema
 from farm_contract.catalog import CATALOG, SiteType
+from ingest_service.daemon import DaemonLoop
 from ingest_service.indicators.aggregates import Querier, run
 from ingest_service.influxql import Series, quote_ident, quote_literal, time_literal
 from ingest_service.model import FieldValue, Point
@@ -336,13 +337,15 @@ class Cycle:
     points: int = 0
 
 
-class TelemetryRollups:
+class TelemetryRollups(DaemonLoop):
     """Keeps the telemetry roll-ups and last-seen state; run by one worker.
 
     ``maintain_once`` is one cycle; ``start``/``stop`` run it every ``interval_s`` in a
     daemon thread, where a failure is logged and retried next cycle (the dashboards
     then show the roll-ups up to the last good cycle).
     """
+
+    thread_name = "telemetry-rollups"
 
     def __init__(self, querier: Querier, writer: Writer, tz: ZoneInfo,
                  settings: TelemetryRollupSettings | None = None) -> None:
@@ -619,16 +622,3 @@ class TelemetryRollups:
                 self.errors += 1
                 log.exception("maintaining the telemetry roll-ups failed; retrying next cycle")
             self._stop.wait(self.settings.interval_s)
-
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="telemetry-rollups", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
