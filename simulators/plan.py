@@ -8,7 +8,9 @@ year, so the same scenario gives the same masses whichever year it is played in.
 
 Masses are whole kilograms chosen so that each county's declared fractions hold
 exactly: a site laying ``A`` kg of film recovers ``A × f`` kg, and ``A`` is a
-multiple of ``f``'s denominator.
+multiple of ``f``'s denominator; a harvest's grain is a multiple of the denominators
+of its collectable factor (ratio × coefficient, ``farm_contract/params/straw.toml``)
+and of the county's straw fraction.
 """
 
 from __future__ import annotations
