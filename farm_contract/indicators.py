@@ -23,18 +23,6 @@ TARGETS: dict[IndicatorId, float] = {
     IndicatorId.STRAW_UTILIZATION_RATE: 0.90,
 }
 
-DEFAULT_STRAW_RATIOS: dict[str, float] = {
-    "corn": 1.2,
-    "sorghum": 1.3,
-    "millet": 1.4,
-    "potato": 0.5,
-    "oats": 1.3,
-    "other": 1.0,
-}
-"""The system's earlier straw-to-grain ratios (草谷比), unsourced; kept for the simulators'
-plans. The indicators read ``farm_contract/params/straw.toml``
-(:mod:`farm_contract.indicator_params`)."""
-
 FORMULAS: dict[IndicatorId, str] = {
     IndicatorId.MANURE_FACILITY_RATE: "manure_facility_rate/2",
     IndicatorId.MANURE_LEDGER_COVERAGE: "manure_ledger_coverage/2",

@@ -8,7 +8,9 @@ year, so the same scenario gives the same masses whichever year it is played in.
 
 Masses are whole kilograms chosen so that each county's declared fractions hold
 exactly: a site laying ``A`` kg of film recovers ``A × f`` kg, and ``A`` is a
-multiple of ``f``'s denominator.
+multiple of ``f``'s denominator; a harvest's grain is a multiple of the denominators
+of its collectable factor (ratio × coefficient, ``farm_contract/params/straw.toml``)
+and of the county's straw fraction.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any
 
 from edge.drivers.base import DriverEvent
 from edge.drivers.simulated import FILM_T_PER_MU_MM, local_time
 from farm_contract.catalog import SiteType, metrics_for
-from farm_contract.indicators import DEFAULT_STRAW_RATIOS
+from farm_contract.indicator_params import StrawParams, load_straw
 from farm_contract.payloads import Crop, EventType, Facility, ManureUse, StrawUse
 from farm_contract.registry import Device, Registry, Site
 from simulators.scenario import CountySpec, Scenario
@@ -56,11 +59,13 @@ _LAST_EVENT_DOY = 356
 
 
 class Outcome(StrEnum):
-    """What a large-scale manure farm shows at year end."""
+    """What a large-scale manure farm's year shows (docs/indicators.md §2)."""
 
     EQUIPPED = "equipped"
     OPEN_FAULT = "open_fault"
+    """A facility fault left open from autumn to year end: longer than the grace (30 days)."""
     SILENT = "silent"
+    """Reports on the year's first ``silent_farm_days`` days only: too few days (< 30)."""
 
 
 class InjectionKind(StrEnum):
@@ -320,16 +325,21 @@ def _drip_events(scenario: Scenario, spec: SiteSpec, cal: _Calendar) -> list[Pla
     return events
 
 
-def _straw_events(scenario: Scenario, spec: SiteSpec, cal: _Calendar) -> list[PlannedEvent]:
+def _straw_events(scenario: Scenario, spec: SiteSpec, cal: _Calendar, straw: StrawParams
+                  ) -> list[PlannedEvent]:
+    """A harvest and the straw used of it: used ÷ collectable straw (grain × ratio ×
+    coefficient of the shipped parameters, ``farm_contract/params/straw.toml``) is exactly
+    the county's declared fraction, in whole kilograms."""
     rng = cal.rng
     utilization = scenario.straw_for(spec.county)
     crop = rng.choices(_CROPS, _CROP_WEIGHTS)[0]
-    ratio10 = round(DEFAULT_STRAW_RATIOS[crop.value] * 10)
-    step = 10 * utilization.denominator
+    params = straw.of(spec.county.name, crop.value)
+    factor = Fraction(repr(params.ratio)) * Fraction(repr(params.coefficient))
+    step = factor.denominator * utilization.denominator
     raw_kg = (spec.site.area_mu or 500) * _YIELD_KG_PER_MU[crop] * rng.uniform(0.85, 1.15)
     grain_kg = max(1, round(raw_kg / step)) * step
-    produced_kg = grain_kg // 10 * ratio10
-    utilized_kg = produced_kg * utilization
+    collectable_kg = grain_kg * factor
+    utilized_kg = collectable_kg * utilization
     assert utilized_kg.denominator == 1
     harvest_doy = rng.randint(250, 290)
     events = [PlannedEvent(cal.at(harvest_doy), EventType.HARVEST,
@@ -391,7 +401,7 @@ def _manure_events(scenario: Scenario, spec: SiteSpec, cal: _Calendar, silent_do
             utilized += rng.randint(25, 35)
     if spec.outcome is Outcome.OPEN_FAULT:
         pairs, day = _fault_pairs(cal, rng.randint(0, 1), 20, 250)
-        open_at = cal.at(max(day + 5, rng.uniform(290, 340)))
+        open_at = cal.at(max(day + 5, rng.uniform(260, 320)))  # open 45+ days at year end
         facility = rng.choice(list(Facility))
         pairs.append(PlannedEvent(open_at, EventType.FACILITY_FAULT, {"facility": facility.value}))
         if rng.random() < 0.5:  # an ok for another facility does not close this fault
@@ -415,15 +425,16 @@ def build_plan(scenario: Scenario, year: int | None = None) -> Plan:
     year = scenario.year if year is None else year
     specs = build_sites(scenario)
     plan = Plan(scenario, year, specs, [])
-    silent_from = plan.end - timedelta(days=scenario.silent_days)
-    silent_doy = (silent_from - plan.start) / timedelta(days=1) + 1
+    straw = load_straw()
+    silent_from = plan.start + timedelta(days=scenario.silent_farm_days)
+    silent_doy = scenario.silent_farm_days + 1.0
     quiet_from = plan.end - timedelta(days=3)
     for spec in specs:
         cal = _Calendar(year, _rng(scenario, "events", spec.site.site_id))
         if spec.site.site_type is SiteType.DRIP:
             events = _drip_events(scenario, spec, cal)
         elif spec.site.site_type is SiteType.STRAW:
-            events = _straw_events(scenario, spec, cal)
+            events = _straw_events(scenario, spec, cal, straw)
         else:
             events = _manure_events(scenario, spec, cal, silent_doy)
         events.sort(key=lambda planned: planned.ts)

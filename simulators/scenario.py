@@ -61,9 +61,10 @@ class CountySpec(_Strict):
     manure_small: int = Field(default=0, ge=0, le=60)
     straw: int = Field(default=0, ge=0, le=60)
     not_equipped_fault: int = Field(default=0, ge=0)
-    """Large-scale farms with a facility fault still open at year end."""
+    """Large-scale farms with a facility fault open from autumn to year end (> 30 days)."""
     not_equipped_silent: int = Field(default=0, ge=0)
-    """Large-scale farms whose devices all fall silent days before year end."""
+    """Large-scale farms whose devices report on the year's first ``silent_farm_days`` days
+    only (fewer than the 30 an equipped farm needs)."""
     no_ledger: int = Field(default=0, ge=0)
     """Large-scale farms that record no manure_treated / manure_utilized event."""
     film_recovery: float | None = Field(default=None, ge=0, le=1)
@@ -114,8 +115,9 @@ class Scenario(_Strict):
     """Backfill telemetry interval (simulated time)."""
     live_interval_s: float = Field(default=5, gt=0)
     """Live-mode telemetry interval (real time)."""
-    silent_days: float = Field(default=5, ge=2, le=60)
-    """How long before year end the ``not_equipped_silent`` farms stop sending."""
+    silent_farm_days: int = Field(default=20, ge=1, le=29)
+    """The ``not_equipped_silent`` farms report on the year's first this many days, then
+    fall silent: fewer than the 30 days (``FARM_FACILITY_MIN_DAYS``) an equipped farm needs."""
     film_recovery: float = Field(default=0.85, ge=0, le=1)
     straw_utilization: float = Field(default=0.9, ge=0, le=1)
     counties: list[CountySpec] = Field(min_length=1)

@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from devstack.servers import Influxd, Mosquitto
+from farm_contract.indicator_params import load_divisions
 from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.service import IngestService
 from ingest_service.settings import Settings
@@ -34,7 +35,13 @@ class SimulatedYear:
 
     @property
     def counties(self) -> list[str]:
+        """The counties with sites (the registry's)."""
         return build_registry(self.scenario).counties
+
+    @property
+    def listed_counties(self) -> list[str]:
+        """The counties the indicators list: Datong's ten divisions, with sites or not."""
+        return load_divisions().listed(self.counties)
 
 
 def rollup_settings(year: int) -> TelemetryRollupSettings:

@@ -21,6 +21,8 @@ from dashboards import shapes
 from dashboards.panel_queries import panel_queries
 from devstack.servers import Influxd, Mosquitto
 from farm_contract import schema
+from farm_contract.catalog import SiteType
+from farm_contract.indicator_params import load_divisions
 from ingest_service.api.app import create_app
 from ingest_service.indicators.publisher import IndicatorPublisher
 from ingest_service.service import IngestService
@@ -106,7 +108,8 @@ def test_indicators_match_the_scenario(
     assert response.status_code == 200, response.text
     got = {(r["indicator"], r["county"]): r for r in response.json()}
     expected = expected_indicators(scenario, year)
-    assert len(got) == len(expected) == 4 * (1 + len(scenario_counties(scenario)))
+    # the city and every county listed: Datong's ten divisions, with sites or not (§8)
+    assert len(got) == len(expected) == 4 * (1 + len(listed_counties(scenario))) == 44
     for value in expected:
         row = got[(value.indicator.value, value.county)]
         assert row["scope"] == value.scope and row["year"] == year
@@ -130,12 +133,17 @@ def test_indicators_match_the_scenario(
     # The same as CSV, Chinese county names intact.
     text = client.get("/api/v1/indicators", params={"year": year, "format": "csv"}).text
     table = list(csv.DictReader(io.StringIO(text.removeprefix("\ufeff"))))
-    assert {r["county"] for r in table} == {"", *scenario_counties(scenario)}
+    assert {r["county"] for r in table} == {"", *listed_counties(scenario)}
     assert len(table) == len(expected)
 
 
 def scenario_counties(scenario: Scenario) -> set[str]:
     return set(build_registry(scenario).counties)
+
+
+def listed_counties(scenario: Scenario) -> set[str]:
+    """The counties the indicators list: the divisions file's, then the registry's others."""
+    return set(load_divisions().listed(build_registry(scenario).counties))
 
 
 def test_indicators_written_back_and_every_panel_returns_data(
@@ -144,7 +152,13 @@ def test_indicators_written_back_and_every_panel_returns_data(
     service, _ = simulated
     publisher = IndicatorPublisher(service.engine, service.writer, service.settings,
                                    years=lambda: [scenario.year])
-    assert publisher.publish_once() == 4 * (1 + len(scenario_counties(scenario)))
+    # a point per indicator row, and one per member: each large-scale farm twice (facility,
+    # ledger), each drip site (film) and each straw site (straw) once
+    sites = build_registry(scenario).sites.values()
+    members = sum(2 if s.site_type is SiteType.MANURE and s.large_scale
+                  else int(s.site_type in (SiteType.DRIP, SiteType.STRAW)) for s in sites)
+    assert members == 2 * 7 + 5 + 5
+    assert publisher.publish_once() == 4 * (1 + len(listed_counties(scenario))) + members
     stored = rows(influxd, "SELECT last(value) FROM indicator GROUP BY indicator, county")
     assert {r["county"] for r in stored} == {schema.CITY_COUNTY_TAG,
                                              *scenario_counties(scenario)}

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from edge.drivers.simulated import LOCAL
 from farm_contract.catalog import SiteType
+from farm_contract.indicator_params import load_divisions
 from farm_contract.indicators import IndicatorId
 from farm_contract.payloads import EventRecord, EventType
 from farm_contract.registry import Registry
 from farm_contract.topics import is_valid_id
-from simulators.expected import by_key, expected_indicators
+from simulators.expected import (
+    FACILITY_MIN_DAYS,
+    FAULT_GRACE_DAYS,
+    Timed,
+    by_key,
+    days_reported,
+    expected_indicators,
+    film_season,
+    longest_open_fault_days,
+)
 from simulators.fleet import build_registry
-from simulators.plan import Outcome, build_plan
+from simulators.plan import DevicePlan, Outcome, PlannedEvent, build_plan
 from simulators.scenario import COUNTIES, ScenarioError, load_scenario, scenario_names
 
 
@@ -128,7 +138,13 @@ def test_expected_indicators_match_the_declared_outcomes(name: str) -> None:
     scenario = load_scenario(name)
     expected = by_key(expected_indicators(scenario, scenario.year))
     declared = scenario.declared()
-    assert len(expected) == 4 * (len(scenario.counties) + 1)
+    # the city and every county of the divisions file (Datong's ten), with sites or not
+    assert len(expected) == 4 * (1 + len(load_divisions().counties)) == 44
+    for indicator in IndicatorId:
+        for county in set(load_divisions().counties) - {c.name for c in scenario.counties}:
+            empty = expected[indicator.value, county]
+            assert (empty.numerator, empty.denominator, empty.value, empty.met) == (
+                0, 0, None, None)
     for (indicator, county), fraction in declared.items():
         value = expected[indicator.value, county]
         assert value.year == scenario.year
@@ -155,20 +171,69 @@ def test_test_small_declares_what_the_lead_relies_on() -> None:
     assert not expected["manure_facility_rate", None].met
 
 
-def test_outcomes_come_from_the_events_not_from_labels() -> None:
-    """A silent farm's last reading is days old; an open fault has no ok after it."""
-    plan = build_plan(load_scenario("test-small"))
-    roles = {spec.site.site_id: spec.outcome for spec in plan.sites}
+@pytest.mark.parametrize("name", ["test-small", "demo"])
+def test_outcomes_come_from_the_events_not_from_labels(name: str) -> None:
+    """The official definition (docs/indicators.md §2): a silent farm reported on fewer
+    than 30 days of the year; an open-fault farm's fault has no ok after it and stayed open
+    more than 30 days; an equipped farm has both right."""
+    plan = build_plan(load_scenario(name))
+    devices: dict[str, list[DevicePlan]] = {}
     for device in plan.devices:
-        role = roles[device.site.site_id]
-        if role is Outcome.SILENT:
-            assert device.silent_from is not None
-            assert device.silent_from <= plan.end - timedelta(days=2)
-        if role is Outcome.OPEN_FAULT and device.unit_no == 1:
-            last_fault = [e for e in device.events if e.type is EventType.FACILITY_FAULT][-1]
-            closing = [e for e in device.events if e.type is EventType.FACILITY_OK
+        devices.setdefault(device.site.site_id, []).append(device)
+    seen = set()
+    for spec in plan.sites:
+        if spec.outcome is None:
+            continue
+        seen.add(spec.outcome)
+        own = devices[spec.site.site_id]
+        events = [Timed(e.ts + d.skew, e) for d in own for e in d.events]
+        days = days_reported(plan, own)
+        fault = longest_open_fault_days(events, plan.end)
+        if spec.outcome is Outcome.SILENT:
+            assert 0 < days < FACILITY_MIN_DAYS and fault <= FAULT_GRACE_DAYS
+            assert all(d.silent_from is not None and d.silent_from - plan.start
+                       < timedelta(days=FACILITY_MIN_DAYS) for d in own)
+        elif spec.outcome is Outcome.OPEN_FAULT:
+            assert days >= FACILITY_MIN_DAYS and fault > FAULT_GRACE_DAYS
+            first = own[0]
+            last_fault = [e for e in first.events if e.type is EventType.FACILITY_FAULT][-1]
+            closing = [e for e in first.events if e.type is EventType.FACILITY_OK
                        and e.fields == last_fault.fields and e.ts > last_fault.ts]
             assert not closing
+        else:
+            assert days >= FACILITY_MIN_DAYS and fault <= FAULT_GRACE_DAYS
+    assert seen == set(Outcome)
+
+
+def test_a_fault_counts_by_how_long_it_stayed_open() -> None:
+    """Per facility, from its first fault to its ok; a repeat does not restart the clock;
+    an ok of another facility closes nothing; one never repaired runs to the end."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    def at(day: float, kind: EventType, facility: str) -> Timed:
+        return Timed(start + timedelta(days=day), PlannedEvent(
+            start + timedelta(days=day), kind, {"facility": facility}))
+    fault, ok = EventType.FACILITY_FAULT, EventType.FACILITY_OK
+    end = start + timedelta(days=365)
+    assert longest_open_fault_days([], end) == 0
+    assert longest_open_fault_days(
+        [at(10, fault, "storage"), at(25, fault, "storage"), at(41, ok, "storage")], end) == 31
+    assert longest_open_fault_days(
+        [at(10, fault, "storage"), at(20, ok, "separator"), at(30, ok, "storage")], end) == 20
+    assert longest_open_fault_days([at(340, fault, "storage")], end) == 25
+    assert longest_open_fault_days(
+        [at(100, fault, "storage"), at(101, ok, "storage"), at(300, fault, "pump")], end) == 65
+
+
+def test_film_recovered_counts_for_its_season() -> None:
+    """A recovery up to 31 May (local) without a season is last year's film (§4)."""
+    def recovered(ts: datetime, **fields: object) -> int:
+        return film_season(Timed(ts, PlannedEvent(ts, EventType.FILM_RECOVERED,
+                                                  {"mass_t": 1.0, **fields})))
+    may_31_late = datetime(2025, 5, 31, 15, 59, tzinfo=UTC)  # 23:59 in Datong
+    assert recovered(may_31_late) == 2024
+    assert recovered(may_31_late + timedelta(minutes=1)) == 2025
+    assert recovered(datetime(2025, 10, 1, tzinfo=UTC)) == 2025
+    assert recovered(datetime(2025, 3, 1, tzinfo=UTC), season=2025) == 2025
 
 
 def test_other_straw_ratios_change_the_straw_rate_only() -> None:
