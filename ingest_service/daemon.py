@@ -7,17 +7,19 @@ The indicator publisher and the telemetry roll-ups each run one; the loop itself
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 
 
-class DaemonLoop:
+class DaemonLoop(ABC):
     """Mixin: ``start``/``stop`` for a class that has ``_loop``, ``_stop`` and ``_thread``."""
 
     thread_name = "daemon-loop"
     _stop: threading.Event
     _thread: threading.Thread | None
 
+    @abstractmethod
     def _loop(self) -> None:
-        raise NotImplementedError
+        """One thread's whole life: cycles until ``_stop`` is set."""
 
     def start(self) -> None:
         """Start the background thread (once)."""

@@ -145,6 +145,16 @@ class ClosedFigures:
     digest: str
     differs: bool | None
     """None: the recomputation failed (InfluxDB refused it), so nobody knows."""
+    document: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The verified frozen document the rows came from (members, registry version)."""
+
+    @property
+    def members(self) -> list[Member]:
+        return frozen_members(self.document)
+
+    @property
+    def registry_digest(self) -> str:
+        return str(self.document.get("registry", {}).get("sha256", ""))
 
     @property
     def headers(self) -> dict[str, str]:
@@ -164,6 +174,11 @@ class ClosedFigures:
         elif self.differs is None:
             text += "；无法重新计算 the recomputation failed"
         return text
+
+
+def frozen_members(document: dict[str, Any]) -> list[Member]:
+    """The document's members, as frozen."""
+    return [Member.model_validate(item) for item in document.get("members", [])]
 
 
 def frozen_rows(document: dict[str, Any], county: str | None = None) -> list[IndicatorValue]:
@@ -263,23 +278,18 @@ class ClosedYears:
         document: dict[str, Any] = json.loads(text)
         return document
 
+    def frozen_document(self, year: int) -> dict[str, Any] | None:
+        """The verified frozen document of a closed year, or None if it is open: one read
+        for its figures (:func:`frozen_rows`) and members (:func:`frozen_members`)."""
+        state = self.state(year)
+        if not state.closed or state.last is None:
+            return None
+        return self.document(year, state.last.digest)
+
     def frozen(self, year: int) -> list[IndicatorValue] | None:
-        """The frozen figures of a closed year (``closed`` true), or None if it is open.
-
-        For the Grafana publisher: publish these instead of ``engine.compute(year)``.
-        """
-        state = self.state(year)
-        if not state.closed or state.last is None:
-            return None
-        return frozen_rows(self.document(year, state.last.digest))
-
-    def frozen_members(self, year: int) -> list[Member] | None:
-        """The frozen members of a closed year, or None if it is open."""
-        state = self.state(year)
-        if not state.closed or state.last is None:
-            return None
-        document = self.document(year, state.last.digest)
-        return [Member.model_validate(item) for item in document.get("members", [])]
+        """The frozen figures of a closed year (``closed`` true), or None if it is open."""
+        document = self.frozen_document(year)
+        return None if document is None else frozen_rows(document)
 
     def figures(
         self, engine: IndicatorEngine, year: int, county: str | None = None,
@@ -302,12 +312,12 @@ class ClosedYears:
         except UnknownCountyError:  # the county left the registry since
             fresh = None
         except QueryError:  # e.g. absurd values written since: the frozen figures still stand
-            return ClosedFigures(rows, last.at, last.digest, None)
+            return ClosedFigures(rows, last.at, last.digest, None, document)
         compared = compare(frozen_rows(document, county), fresh)
         served = [row.model_copy(update={"flags": [*row.flags, RECOMPUTED_DIFFERS]})
                   if _key(row.model_dump(mode="json")) in compared.changed else row
                   for row in rows]
-        return ClosedFigures(served, last.at, last.digest, compared.differs)
+        return ClosedFigures(served, last.at, last.digest, compared.differs, document)
 
     # --- acting -------------------------------------------------------------------------
 

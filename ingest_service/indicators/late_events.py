@@ -29,7 +29,6 @@ event would let a roll-up miss the event for good.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -40,6 +39,7 @@ from ingest_service.indicators.months import Month
 from ingest_service.model import Point
 from ingest_service.outputs.influx import WriteError, Writer
 from ingest_service.outputs.lineprotocol import encode
+from ingest_service.rising_clock import RisingClock
 
 
 def late_months(event_times_ns: Iterable[int], before_ns: int, tz: ZoneInfo) -> Counter[str]:
@@ -64,16 +64,8 @@ class LateEventMarker:
         self._writer = writer
         self._tz = tz
         self._writer_id = writer_id
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last_ns = 0
+        self._now_ns = RisingClock(clock)  # two marks never land on one point
         self.marks = 0
-
-    def _now_ns(self) -> int:
-        """The clock, made strictly rising so two marks never land on one point."""
-        with self._lock:
-            self._last_ns = max(self._clock(), self._last_ns + 1)
-            return self._last_ns
 
     def stored(self, event_times_ns: list[int]) -> None:
         """Mark the past months of events just stored (a :data:`StoredEvents`)."""

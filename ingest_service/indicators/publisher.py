@@ -31,7 +31,7 @@ from farm_contract import schema
 from farm_contract.indicators import IndicatorValue, Member
 from farm_contract.registry import Registry
 from ingest_service.daemon import DaemonLoop
-from ingest_service.indicators.closing import ClosedYears
+from ingest_service.indicators.closing import ClosedYears, frozen_members, frozen_rows
 from ingest_service.indicators.engine import IndicatorEngine
 from ingest_service.indicators.rollups import RollupMaintainer
 from ingest_service.influxql import QueryError, Series, quote_ident, quote_literal
@@ -309,8 +309,9 @@ class IndicatorPublisher(DaemonLoop):
         written = 0
         closed = ClosedYears(self.engine.query)
         for year in self.due_years(moment):
-            frozen = closed.frozen(year)  # a closed year publishes what was signed
-            rows = frozen if frozen is not None else self.engine.compute(year, now=moment)
+            signed = closed.frozen_document(year)  # a closed year publishes what was signed
+            rows = (frozen_rows(signed) if signed is not None
+                    else self.engine.compute(year, now=moment))
             points: list[Point] = []
             figures = _figures(rows)
             if year == current or self.years is not None or self._written.get(year) != figures:
@@ -318,8 +319,7 @@ class IndicatorPublisher(DaemonLoop):
             member_figures: tuple[tuple[object, ...], ...] | None = None
             members: list[Member] = []
             if members_of is not None:
-                signed = closed.frozen_members(year) if frozen is not None else None
-                members = (signed if signed is not None
+                members = (frozen_members(signed) if signed is not None
                            else _call_members(members_of, year, moment))
                 member_figures = _member_figures(members)
                 if self._members.get(year) != member_figures:

@@ -131,12 +131,11 @@ def build_report(
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     current = registry()
-    book = ClosedYears(engine.query)
-    frozen = book.figures(engine, year)  # a closed year's, as frozen
+    frozen = ClosedYears(engine.query).figures(engine, year)  # a closed year's, as frozen
     if frozen is not None:  # the figures, their members and the registry version signed
         indicators = frozen.rows
-        members = book.frozen_members(year) or []
-        registry_digest = str(book.document(year, frozen.digest)["registry"]["sha256"])
+        members = frozen.members
+        registry_digest = frozen.registry_digest
     else:
         indicators = engine.compute(year, now=moment)
         members = engine.members(year, now=moment)

@@ -12,7 +12,6 @@ the data, so a builder that saw the mark also sees the readings.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from farm_contract import schema
 from ingest_service.model import Point
 from ingest_service.outputs.influx import WriteError, Writer
 from ingest_service.outputs.lineprotocol import encode
+from ingest_service.rising_clock import RisingClock
 
 LATE_TELEMETRY = "late_telemetry"
 _TELEMETRY_LINE = schema.TELEMETRY.encode() + b","
@@ -104,16 +104,8 @@ class LateTelemetryMarker:
         self._tz = tz
         self._writer_id = writer_id
         self._late_after_ns = int(late_after_s * 1e9)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last_ns = 0
+        self._now_ns = RisingClock(clock)  # two marks never land on one point
         self.marks = 0
-
-    def _now_ns(self) -> int:
-        """The clock, made strictly rising so two marks never land on one point."""
-        with self._lock:
-            self._last_ns = max(self._clock(), self._last_ns + 1)
-            return self._last_ns
 
     def write(self, body: bytes) -> None:
         self._inner.write(body)

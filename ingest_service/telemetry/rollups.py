@@ -414,27 +414,24 @@ class TelemetryRollups(DaemonLoop):
     def marks(self) -> dict[date, int]:
         q = (f"SELECT count({quote_ident('points')}) FROM {quote_ident(LATE_TELEMETRY)}"
              f" GROUP BY {quote_ident('day')}")
-        found: dict[date, int] = {}
-        for series in run(self._query, q):
-            try:
-                day = date.fromisoformat(series.tags.get("day", ""))
-            except ValueError:
-                continue
-            found[day] = sum(int(r.get("count") or 0) for r in series.rows())
-        return found
+        return {day: sum(int(r.get("count") or 0) for r in rows)
+                for day, rows in self._per_day(q)}
 
     def manifests(self) -> dict[date, int]:
         """Built days and the mark count each was built with."""
         q = (f"SELECT {quote_ident('marks')} FROM {quote_ident(MANIFEST)}"
              f" GROUP BY {quote_ident('day')}")
-        found: dict[date, int] = {}
+        return {day: int(rows[-1].get("marks") or 0) for day, rows in self._per_day(q) if rows}
+
+    def _per_day(self, q: str) -> list[tuple[date, list[dict[str, Any]]]]:
+        """The rows of a query grouped by the ``day`` tag; a malformed day is skipped."""
+        found = []
         for series in run(self._query, q):
             try:
                 day = date.fromisoformat(series.tags.get("day", ""))
             except ValueError:
                 continue
-            for row in series.rows():
-                found[day] = int(row.get("marks") or 0)
+            found.append((day, series.rows()))
         return found
 
     def first_day(self, horizon: date) -> date | None:
