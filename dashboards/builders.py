@@ -368,12 +368,42 @@ def piechart(
     )
 
 
+def geojson_layer(name: str, src: str, *, text_field: str = "name") -> Json:
+    """A geomap layer drawn from a static GeoJSON file (``src``: a URL Grafana serves,
+    e.g. ``public/maps/…``), each point labelled with its ``text_field`` property.
+
+    It needs no query and no internet: it is the map when there are no tiles."""
+    return {
+        "config": {
+            "rules": [],
+            "src": src,
+            "style": {
+                "color": {"fixed": "blue"},
+                "opacity": 0.5,
+                "size": {"fixed": 6},
+                "symbol": {"fixed": "img/icons/marker/square.svg", "mode": "fixed"},
+                "text": {"field": text_field, "fixed": "", "mode": "field"},
+                "textConfig": {"fontSize": 12, "offsetY": 14, "textAlign": "center"},
+            },
+        },
+        "name": name,
+        "opacity": 1,
+        "tooltip": False,
+        "type": "geojson",
+    }
+
+
 def geomap(
     title: str, box: Box, targets: Sequence[Json], *, color_field: str, center: tuple[float, float],
     zoom: float, description: str = "", transformations: Sequence[Json] = (),
-    defaults: Json | None = None,
+    defaults: Json | None = None, below: Sequence[Json] = (),
 ) -> Json:
-    """Markers at each row's ``lat``/``lon``, coloured by ``color_field``."""
+    """Markers at each row's ``lat``/``lon``, coloured by ``color_field``, drawn over the
+    ``below`` layers (e.g. :func:`geojson_layer`: Grafana draws its layers in list order).
+
+    The basemap is Grafana's "default" one, which follows the server's
+    ``[geomap] default_baselayer_config`` (docker-compose.yml sets it; offline by default).
+    """
     layer: Json = {
         "config": {
             "showLegend": True,
@@ -397,7 +427,7 @@ def geomap(
         options={
             "basemap": {"config": {}, "name": "Basemap", "type": "default"},
             "controls": {"mouseWheelZoom": True, "showAttribution": True, "showZoom": True},
-            "layers": [layer],
+            "layers": [*below, layer],
             "tooltip": {"mode": "details"},
             "view": {"id": "coords", "lat": center[0], "lon": center[1], "zoom": zoom},
         },

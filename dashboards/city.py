@@ -21,6 +21,7 @@ from dashboards.builders import (
     data_link,
     field_override,
     gauge,
+    geojson_layer,
     geomap,
     ident,
     join_by,
@@ -40,6 +41,7 @@ from dashboards.farm import (
     scope_variables,
     year_filter,
 )
+from dashboards.mapdata import COUNTY_SEATS, URL_PREFIX
 from dashboards.members import members_url
 from farm_contract import schema
 from farm_contract.indicators import TARGETS, IndicatorId
@@ -171,9 +173,12 @@ def site_map(box: Box) -> Json:
         "Sites and status / 站点分布与状态", box,
         [table_target(facts, "A"), table_target(online, "B")],
         color_field="online", center=DATONG, zoom=8,
+        below=[geojson_layer("Counties / 区县", f"{URL_PREFIX}/{COUNTY_SEATS}")],
         description="Each registry site (lat/lon from the registry). Green: the latest "
                     "status message of the site's devices says online; red: offline (MQTT "
-                    "last will); grey: no status yet. Status as of the end of the range.",
+                    "last will); grey: no status yet. Status as of the end of the range. "
+                    "Blue squares: the county-level divisions (a file Grafana serves, so "
+                    "the map draws offline); map tiles only where the server sets them.",
         defaults={"mappings": bool_mappings("online / 在线", "offline / 离线",
                                             "no status / 无状态")},
         transformations=[join_by("site_id"), organize(hide=("Time", "Time 1", "Time 2"))],

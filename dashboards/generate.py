@@ -3,6 +3,9 @@
     python -m dashboards.generate            # or: python dashboards/generate.py
     python -m dashboards.generate --out DIR  # somewhere else (the tests compare)
 
+Without ``--out`` it also writes the map files Grafana serves (dashboards/maps/,
+mapdata.py).
+
 The output is deterministic (sorted keys, fixed ids and layout), and the
 generated JSON is committed: Grafana's file provider reads dashboards/json/,
 and ``python -m dashboards.push`` sends the same files to an existing Grafana.
@@ -18,6 +21,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from dashboards import mapdata
 from dashboards.builders import (
     DATASOURCE,
     DATASOURCE_UID,
@@ -86,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for path in write_all(args.out):
         print(path)
+    if args.out.resolve() == OUT_DIR:
+        for path in mapdata.write_all():
+            print(path)
     return 0
 
 

@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
+from dashboards import mapdata
 from ingest_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,22 +50,59 @@ class MissingVariable(ValueError):
     """``${V:?message}`` with V unset: compose refuses to start with ``message``."""
 
 
+def _closing_brace(text: str) -> int:
+    """Where the ``${`` that ``text`` starts with closes, or -1: compose-go's
+    getFirstBraceClosingIndex (template/template.go), braces counted, so a default may
+    hold JSON; like it, the character after each ``{`` is skipped."""
+    depth, i = 0, 0
+    while i < len(text):
+        if text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        if text[i] == "{":
+            depth += 1
+            i += 1
+        i += 1
+    return -1
+
+
 def interpolate(value: str, env: dict[str, str] | None = None) -> str:
     """Compose's variable substitution for the forms the file uses:
     ${V}, ${V:-default}, ${V:?message}, $$ (``env`` defaults to compose.demo.env's)."""
     env = DEMO_ENV if env is None else env
-
-    def one(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, form, argument = match.group(1), match.group(3), match.group(4)
+    out, i = [], 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+            continue
+        if not value.startswith("${", i):
+            out.append(value[i])
+            i += 1
+            continue
+        end = _closing_brace(value[i:])
+        assert end > 0, f"unclosed ${{ in {value!r}"
+        body = value[i + 2:i + end]
+        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)(?::([-?])(.*))?", body, re.DOTALL)
+        assert match, f"not a substitution compose knows: ${{{body}}}"
+        name, form, argument = match.groups()
         if env.get(name):
-            return env[name]
-        if form == "?":
+            out.append(env[name])
+        elif form == "?":
             raise MissingVariable(f"{name}: {argument}")
-        return argument if form == "-" else ""
+        elif form == "-":
+            out.append(interpolate(argument, env))
+        i += end + 1
+    return "".join(out)
 
-    return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:([-?])([^}]*))?\}", one, value)
+
+def test_interpolate_counts_braces_like_compose() -> None:
+    assert interpolate('${UNSET:-{"a":{"b":1}}}', {}) == '{"a":{"b":1}}'
+    assert interpolate('${SET:-{"a":1}}', {"SET": "x"}) == "x"
+    assert interpolate("${A:-x}}-$$-${B}", {}) == "x}-$-"
+    with pytest.raises(MissingVariable, match="A: say so"):
+        interpolate("${A:?say so}", {})
 
 
 def environment(service: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, str]:
@@ -227,6 +265,57 @@ def test_grafana_mounts_provisioning_and_dashboards(compose: dict[str, Any]) -> 
     assert mounts["./dashboards/provisioning/datasources"] == (
         "/etc/grafana/provisioning/datasources")
     assert mounts["./dashboards/provisioning/dashboards"] == "/etc/grafana/provisioning/dashboards"
+    assert mounts["./dashboards/maps"] == mapdata.GRAFANA_MAPS_DIR
+
+
+GRAFANA_STATIC_ROOT = "/usr/share/grafana/"
+"""The grafana/grafana-oss image's home: it serves its ``public/`` folder as ``public/``."""
+
+
+def served_by_grafana(compose: dict[str, Any], url: str) -> Path:
+    """The repository file the compose stack's Grafana serves at ``url`` (``public/…``)."""
+    in_container = GRAFANA_STATIC_ROOT + url
+    for kind, source, target in _mounts(compose["services"]["grafana"]):
+        if kind == "bind" and in_container.startswith(target.rstrip("/") + "/"):
+            return ROOT / source / in_container[len(target.rstrip("/")) + 1:]
+    raise AssertionError(f"{url}: no mount of the grafana service serves it")
+
+
+def _geomap_layers() -> list[dict[str, Any]]:
+    board = json.loads((ROOT / "dashboards/json/city-overview.json").read_text(encoding="utf-8"))
+    (geomap,) = [p for p in board["panels"] if p["type"] == "geomap"]
+    layers: list[dict[str, Any]] = geomap["options"]["layers"]
+    assert geomap["options"]["basemap"]["type"] == "default", "follows the server's basemap"
+    return layers
+
+
+def test_grafana_serves_the_maps_geojson_layers(compose: dict[str, Any]) -> None:
+    sources = [layer["config"]["src"] for layer in _geomap_layers() if layer["type"] == "geojson"]
+    assert sources == [f"{mapdata.URL_PREFIX}/{mapdata.COUNTY_SEATS}"]
+    for src in sources:
+        assert served_by_grafana(compose, src).is_file(), src
+
+
+TILES = '{"type":"xyz","config":{"url":"http://tiles.lan/{z}/{x}/{y}.png","attribution":"ours"}}'
+
+
+@pytest.mark.parametrize("env", [DEMO_ENV, {}], ids=["demo", "bare"])
+def test_grafana_basemap_is_offline_unless_set(
+    compose: dict[str, Any], env: dict[str, str],
+) -> None:
+    """Grafana's "default" basemap is the server's default_baselayer_config when set (else
+    CARTO's tiles from the internet): compose sets one that fetches nothing by default."""
+    grafana = compose["services"]["grafana"]
+    secrets = {k: "x" * 8 for k in ("INFLUX_TOKEN", "GRAFANA_ADMIN_PASSWORD")}
+    variable = "GF_GEOMAP_DEFAULT_BASELAYER_CONFIG"
+    offline = json.loads(environment(grafana, {**secrets, **env})[variable])
+    assert offline == mapdata.OFFLINE_BASEMAP
+    assert offline["type"] == "geojson" and "url" not in offline["config"]
+    blank = json.loads(served_by_grafana(compose, offline["config"]["src"]).read_text())
+    assert blank == {"type": "FeatureCollection", "features": []}
+    # An office with internet or a tile server of its own sets GRAFANA_BASEMAP.
+    chosen = environment(grafana, {**secrets, **env, "GRAFANA_BASEMAP": TILES})[variable]
+    assert chosen == TILES
 
 
 def test_dockerfile() -> None:
@@ -322,10 +411,12 @@ def test_provisioning_shares_the_broker_password_file(compose: dict[str, Any]) -
 
 
 def test_dashboards_are_installed_with_the_package() -> None:
-    """``dashboards.push`` from an install reads dashboards/json/ next to its module."""
+    """``dashboards.push`` from an install reads dashboards/json/ next to its module; the
+    map files are there too, for a Grafana of one's own (README)."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     globs = pyproject["tool"]["setuptools"]["package-data"]["dashboards"]
     found = [p for g in globs for p in (ROOT / "dashboards").glob(g)]
     from dashboards.push import JSON_DIR
 
-    assert sorted(found) == sorted(JSON_DIR.glob("*.json")) and found
+    maps = sorted(mapdata.MAPS_DIR.glob("*.geojson"))
+    assert sorted(found) == sorted([*JSON_DIR.glob("*.json"), *maps]) and found and maps

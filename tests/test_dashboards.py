@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import geojson
 import httpx
 import pytest
 import yaml
 
-from dashboards import generate, shapes
+from dashboards import generate, mapdata, shapes
 from dashboards.panel_queries import (
     auto_interval_ms,
     format_interval,
@@ -33,6 +34,7 @@ from dashboards.panel_queries import (
 )
 from devstack.servers import Influxd
 from farm_contract import schema
+from farm_contract.indicator_params import load_divisions
 from farm_contract.indicators import TARGETS, IndicatorId, IndicatorValue, Member
 from farm_contract.schema import SITE as SITE_MEASUREMENT
 from ingest_service.indicators.publisher import indicator_points, member_points
@@ -67,6 +69,41 @@ def test_committed_json_is_generated(tmp_path: Path) -> None:
     # Deterministic: a second run writes the same bytes.
     again = generate.write_all(tmp_path / "again")
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in written]
+
+
+def test_committed_maps_are_generated(tmp_path: Path) -> None:
+    written = mapdata.write_all(tmp_path)
+    assert sorted(p.name for p in written) == sorted(
+        p.name for p in mapdata.MAPS_DIR.glob("*.geojson"))
+    for path in written:
+        assert path.read_bytes() == (mapdata.MAPS_DIR / path.name).read_bytes(), (
+            f"dashboards/maps/{path.name} is stale: run python -m dashboards.generate")
+
+
+DATONG_BOX = (112.0, 39.0, 115.0, 41.0)
+"""(west, south, east, north): all of 大同市 lies inside."""
+
+
+def test_county_seats_geojson_names_every_division() -> None:
+    path = mapdata.MAPS_DIR / mapdata.COUNTY_SEATS
+    assert path.stat().st_size < 300_000
+    collection = geojson.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(collection, geojson.FeatureCollection)
+    assert collection.is_valid, collection.errors()
+    divisions = load_divisions()
+    assert [f["properties"]["name"] for f in collection["features"]] == list(divisions.counties)
+    assert len(divisions.counties) == 10
+    west, south, east, north = DATONG_BOX
+    for feature in collection["features"]:
+        assert isinstance(feature["geometry"], geojson.Point)
+        lon, lat = feature["geometry"]["coordinates"]
+        assert west < lon < east and south < lat < north, feature["properties"]["name"]
+        assert feature["properties"]["city"] == divisions.city
+    # Ten distinct places, not one point repeated.
+    assert len({tuple(f["geometry"]["coordinates"]) for f in collection["features"]}) == 10
+    blank = geojson.loads((mapdata.MAPS_DIR / mapdata.BLANK).read_text(encoding="utf-8"))
+    assert isinstance(blank, geojson.FeatureCollection) and blank.is_valid
+    assert blank["features"] == []
 
 
 def test_generate_cli_writes_to_out(tmp_path: Path) -> None:
@@ -178,7 +215,12 @@ def test_city_overview_content() -> None:
     bars = next(p for p in panels if p["type"] == "barchart")
     assert bars["options"]["xField"] == "county"
     geomap = next(p for p in panels if p["type"] == "geomap")
-    layer = geomap["options"]["layers"][0]
+    counties, layer = geomap["options"]["layers"]
+    # The counties (a served file, no query) under the site markers; tiles from the server.
+    assert counties["type"] == "geojson" and layer["type"] == "markers"
+    assert counties["config"]["src"] == f"{mapdata.URL_PREFIX}/{mapdata.COUNTY_SEATS}"
+    assert counties["config"]["style"]["text"] == {"field": "name", "fixed": "", "mode": "field"}
+    assert geomap["options"]["basemap"]["type"] == "default"
     assert layer["location"] == {"latitude": "lat", "longitude": "lon", "mode": "coords"}
     assert layer["config"]["style"]["color"]["field"] == "online"
     assert f'FROM "{SITE_MEASUREMENT}"' in geomap["targets"][0]["query"]
