@@ -1,7 +1,8 @@
 """Closed years (issue 12, point 4): a year's figures frozen, with a digest that verifies.
 
 Closing a year stores one JSON document in InfluxDB — every figure
-(:meth:`IndicatorEngine.compute` rows), its members, the parameters and settings used,
+(:meth:`IndicatorEngine.compute` rows), its members, the ledgers behind them
+(:mod:`ingest_service.indicators.ledger`), the parameters and settings used,
 the SHA-256 of the registry, who closed it, when and why — and the SHA-256 of that
 document in canonical form (:func:`canonical_json`: sorted keys, no whitespace, UTF-8).
 From then on reads of the year serve the frozen figures with ``closed: true`` and
@@ -34,6 +35,8 @@ from farm_contract import CONTRACT_VERSION, schema
 from farm_contract.indicators import IndicatorValue, Member
 from farm_contract.registry import Registry
 from ingest_service.indicators.engine import IndicatorEngine, UnknownCountyError, year_window
+from ingest_service.indicators.ledger import LedgerEntry, manure_sites
+from ingest_service.indicators.reading import set_day
 from ingest_service.influxql import QueryError, Series, quote_ident, quote_literal
 from ingest_service.model import Point
 from ingest_service.outputs.influx import Writer
@@ -151,6 +154,18 @@ class ClosedFigures:
     @property
     def members(self) -> list[Member]:
         return frozen_members(self.document)
+
+    @property
+    def ledger(self) -> list[LedgerEntry] | None:
+        """The ledgers frozen with the figures; None for a year closed before they were."""
+        items = self.document.get("ledger")
+        return None if items is None else [LedgerEntry.from_json(item) for item in items]
+
+    @property
+    def manure_sites(self) -> dict[str, list[tuple[str, str, bool]]]:
+        """The manure sheet's farms per county, as they were when the year was closed."""
+        return {county: [(str(s[0]), str(s[1]), bool(s[2])) for s in sites]
+                for county, sites in self.document.get("manure_sites", {}).items()}
 
     @property
     def registry_digest(self) -> str:
@@ -336,15 +351,18 @@ class ClosedYears:
                 raise YearStateError(f"{year} is closed already; reopen it first")
             at, reason = _after(state, now), one_line(reason)
             rows = engine.compute(year, now=at)
+            window = year_window(year, settings.tz, at)
             document = {
                 "year": year,
                 "closed_at": at.isoformat(),
-                "as_of": year_window(year, settings.tz, at).as_of.astimezone(UTC).isoformat(),
+                "as_of": window.as_of.astimezone(UTC).isoformat(),
                 "reason": reason,
                 "client": client,
                 "contract_version": CONTRACT_VERSION,
                 "figures": [row.model_dump(mode="json") for row in rows],
                 "members": [m.model_dump(mode="json") for m in (members(year) if members else [])],
+                "ledger": [entry.as_json() for entry in engine.ledger(year, now=at)],
+                "manure_sites": manure_sites(registry.at(set_day(window))),
                 "parameters": {
                     "figures": {"/".join(_key(row.model_dump(mode="json"))): row.parameters
                                 for row in rows},

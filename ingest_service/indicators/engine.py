@@ -46,6 +46,7 @@ from farm_contract.payloads import EventType
 from farm_contract.registry import Registry, Site, day_of
 from ingest_service.indicators import aggregates
 from ingest_service.indicators.aggregates import LEDGER_TYPES, THIN_FILM_MM, Querier, run
+from ingest_service.indicators.ledger import LedgerEntry, read_ledger
 from ingest_service.indicators.months import Span
 from ingest_service.indicators.reading import (
     Window,
@@ -204,6 +205,13 @@ class IndicatorEngine:
         latest = aggregates.latest_facility_events(self._query, Span(None, moment, True))
         faulty = aggregates.open_fault_sites(latest)
         return {site_id: site_id in reporting and site_id not in faulty for site_id in farms}
+
+    def ledger(self, year: int, now: datetime | None = None) -> list[LedgerEntry]:
+        """The ledgers behind the year's figures, read and attributed as the figures are
+        (:mod:`ingest_service.indicators.ledger`): they add up to the numerators and
+        denominators."""
+        return read_ledger(self._query, self._reader, self._registry(), year, self._now(now),
+                           self.straw_factor)
 
     def straw_factor(self, county: str | None, crop: str) -> float:
         """Collectable straw per tonne of grain of ``crop`` in ``county``."""

@@ -136,6 +136,19 @@ def _split(span: Span, at: Iterable[datetime]) -> list[Span]:
     return [Span(a, b) for a, b in pairwise(bounds)]
 
 
+def site_parts(registry: Registry, site_ids: Iterable[str], span: Span) -> dict[str, list[Span]]:
+    """The sites whose registry row changes inside ``span``, each with ``span`` cut at its
+    changes (midnight of each row's first day); sites with one row throughout are left out."""
+    split: dict[str, list[Span]] = {}
+    for site_id in sorted(site_ids):
+        changes = [_midnight(p.start) for p in registry.periods(site_id)[1:]
+                   if p.start is not None]
+        parts = _split(span, changes)
+        if len(parts) > 1:
+            split[site_id] = parts
+    return split
+
+
 def row_at(registry: Registry, site_id: str, moment: datetime) -> Site | None:
     """The registry row of ``site_id`` in effect at ``moment``; data from before a site's
     first row counts for its first row (ingest accepted it); None for an unknown site."""
@@ -154,6 +167,10 @@ class YearReader:
         self._tz = tz
         self._rollups = RollupReader(query, tz) if rollups else None
         self._until = until
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return self._tz
 
     def pieces(self, year: int, window: Window, now: datetime) -> list[Piece]:
         """The year split where what counts changes (see the module docstring)."""
@@ -236,13 +253,7 @@ class YearReader:
         span = piece.span
         assert span.start is not None
         out: list[Attributed] = []
-        split: dict[str, list[Span]] = {}
-        for site_id in sorted({key[0] for key in found.masses}):
-            changes = [_midnight(p.start) for p in registry.periods(site_id)[1:]
-                       if p.start is not None]
-            parts = _split(span, changes)
-            if len(parts) > 1:
-                split[site_id] = parts
+        split = site_parts(registry, {key[0] for key in found.masses}, span)
         for key, mass in sorted(found.masses.items()):
             if key[0] in split:
                 continue
