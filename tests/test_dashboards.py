@@ -35,6 +35,7 @@ from devstack.servers import Influxd
 from farm_contract import schema
 from farm_contract.indicators import TARGETS, IndicatorId, IndicatorValue, Member
 from farm_contract.schema import SITE as SITE_MEASUREMENT
+from ingest_service.indicators.live import FarmLive, LiveState, OpenFault, live_points
 from ingest_service.indicators.publisher import indicator_points, member_points
 from ingest_service.influxql import InfluxQL
 from ingest_service.outputs.influx import make_writer
@@ -429,12 +430,25 @@ def indicator_lines(time_ms: int, year: int) -> list[str]:
             for line in body.decode().splitlines()]  # this body is written in ms
 
 
+def live_lines(time_ms: int) -> list[str]:
+    """``facility_live`` points as the publisher writes them: farm-1 reports but its
+    lagoon fault (below) is open, so it is not live."""
+    fault = OpenFault("lagoon", time_ms)
+    farm = FarmLive("farm-1", "养殖场", COUNTY, reporting=True, last_seen_ms=time_ms,
+                    open_faults=(fault,))
+    state = LiveState(datetime.fromtimestamp(time_ms / 1000, UTC), 24, [farm], [COUNTY])
+    time_ns = time_ms * 1_000_000
+    body = encode(live_points(state, time_ns, SHANGHAI))
+    return [line[: -len(str(time_ns))] + str(time_ms) for line in body.decode().splitlines()]
+
+
 def contract_points(now_ms: int) -> str:
     """A few points of each measurement the dashboards read, as the ingest service writes them."""
     lines = [SITE_POINTS.format(t0=now_ms - 7_200_000).strip()]
     for step, minutes_ago in enumerate((30, 10)):
         ts = now_ms - minutes_ago * 60_000
         lines += indicator_lines(ts, year_of(now_ms))
+        lines += live_lines(ts)
         lines += [
             f"{schema.TELEMETRY},site_id=drip-1,device_id=dev-1,site_type=drip,county={COUNTY}"
             f" soil_moisture_vwc=0.31,flow_lpm=12.5,pressure_kpa=180.0,volume_m3={100.0 + step},"
