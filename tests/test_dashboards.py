@@ -142,7 +142,8 @@ def test_dashboards_cover_the_issue() -> None:
     for needle in ("soil_moisture_vwc", "flow_lpm", "pressure_kpa", "volume_m3",
                    "water_quota_m3_per_mu", "fertilizer_l"):
         assert needle in text["drip-irrigation.json"], needle
-    for needle in ("lagoon_level_pct", "facility_fault", "manure_treated", "manure_utilized"):
+    for needle in ("lagoon_level_pct", "facility_fault", "manure_treated", "manure_utilized",
+                   schema.FACILITY_LIVE):
         assert needle in text["livestock-manure.json"], needle
     for needle in ('GROUP BY \\"use\\"', "harvest", "straw_burning", "straw_utilization_rate"):
         assert needle in text["straw.json"], needle
@@ -378,6 +379,15 @@ def test_shapes_finds_what_a_panel_cannot_draw() -> None:
     assert any("noValue" in p for p in shapes.check(expected, null, na_gauge))
     assert shapes.check(expected, null, na_gauge, allow_null=True) == []
     assert "not a number" in shapes.check(expected, null, gauge, allow_null=True)[0]
+    stat = {"type": "stat", "fieldConfig": {"defaults": {"noValue": "n/a"}}}
+    two_numbers = shapes.expectation(stat, {"query": 'SELECT "share", "farms" FROM "f"'})
+    live = {"series": [{"name": "f", "columns": ["time", "share", "farms"],
+                        "values": [[1, 0.5, 2]]}]}
+    assert shapes.check(two_numbers, live, stat) == []
+    assert shapes.check(two_numbers, {"series": live["series"] * 2}, stat) == [
+        "stat needs one series, got 2"]
+    text = {"series": [{**live["series"][0], "values": [[1, "x", 2]]}]}
+    assert shapes.check(two_numbers, text, stat) == ["stat's last row ['x', 2] is not numbers"]
     ordered = ('SELECT "v" FROM (SELECT "v", "d" FROM "i" WHERE time <= 1ms GROUP BY "c" '
                'ORDER BY time DESC LIMIT 1) GROUP BY "c", "k" ORDER BY time DESC LIMIT 1')
     assert shapes.group_by(ordered) == (("c", "k"), False)

@@ -321,10 +321,9 @@ class IndicatorPublisher(DaemonLoop):
         return len(points)
 
     def publish_once(self, now: datetime | None = None) -> int:
-        """Write the live state (:meth:`publish_live`), then compute the due years'
-        indicators and write them; return how many indicator and member points."""
+        """Compute the due years' indicators and write them, then the live state
+        (:meth:`publish_live`); return how many indicator and member points."""
         moment = _aware(now)
-        self.publish_live(moment)
         current = moment.astimezone(self.settings.tz).year
         time_ns = int(moment.timestamp() * 1_000_000) * 1000
         members_of = _members_method(self.engine)
@@ -357,6 +356,7 @@ class IndicatorPublisher(DaemonLoop):
                 self._member_keys[year] = {(str(m.indicator), m.county, m.site_id)
                                            for m in members}
         self.published += written
+        self.publish_live(moment)
         return written
 
     def _member_points(self, year: int, members: list[Member], time_ns: int) -> list[Point]:
