@@ -175,6 +175,32 @@ def gauge(
     )
 
 
+def stat(
+    title: str, box: Box, query: str, description: str = "", defaults: Json | None = None,
+    overrides: Sequence[Json] = (),
+) -> Json:
+    """Big numbers of one series' last row, one per selected field; null shows
+    :data:`NO_DATA`."""
+    return panel(
+        "stat", title, box, [target(query)], description=description,
+        defaults={"noValue": NO_DATA, **(defaults or {})}, overrides=overrides,
+        options={
+            "colorMode": "value",
+            "graphMode": "none",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "reduceOptions": _reduce_last(),
+            "textMode": "value_and_name",
+        },
+    )
+
+
+def row(title: str, y: int) -> Json:
+    """A row header: the panels below it, up to the next row, form a section."""
+    return {"collapsed": False, "gridPos": Box(0, y, GRID_WIDTH, 1).grid_pos(), "panels": [],
+            "title": title, "type": "row"}
+
+
 def timeseries(
     title: str, box: Box, targets: Sequence[Json], *, unit: str = "", description: str = "",
     target_line: float | None = None, bars: bool = False, stacked: bool = False,

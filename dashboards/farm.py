@@ -89,6 +89,7 @@ def scope_variables() -> list[Json]:
 
 def latest_published(
     measurement: str, columns: Mapping[str, str], where: str, group: Sequence[str] = (),
+    always: str = ALWAYS_PRESENT,
 ) -> str:
     """The latest published row of each series: the figure as the service last computed it.
 
@@ -97,12 +98,12 @@ def latest_published(
     (n/a) comes back null instead of an older point's value, as ``last()`` would give.
     No time bound: ``where`` picks the year (``$year``), and a viewer who sets the time
     range to that year (to read its events) must still see its figures, which were
-    published later.
+    published later. ``always`` is a field every point of ``measurement`` has.
     """
     grouped = f" GROUP BY {', '.join(ident(g) for g in group)}" if group else ""
     inner_fields = list(columns)
-    if ALWAYS_PRESENT not in inner_fields:
-        inner_fields.append(ALWAYS_PRESENT)
+    if always not in inner_fields:
+        inner_fields.append(always)
     inner = (f"SELECT {', '.join(ident(f) for f in inner_fields)} FROM {ident(measurement)}"
              f" WHERE {where}{grouped} ORDER BY time DESC LIMIT 1")
     outer = ", ".join(ident(f) if f == name else f"{ident(f)} AS {ident(name)}"

@@ -10,25 +10,41 @@ and used, by use.
 from __future__ import annotations
 
 from dashboards.builders import (
+    NO_DATA,
     Box,
     Json,
     bargauge,
     colored_cells,
     dashboard,
+    field_override,
     ident,
     keep_rows,
     literal,
+    row,
+    stat,
     steps,
     table,
     table_target,
     target,
     timeseries,
 )
-from dashboards.farm import scope_filter, scope_variables, site_variable
+from dashboards.farm import (
+    county_filter,
+    latest_published,
+    scope_filter,
+    scope_variables,
+    site_filter,
+    site_variable,
+)
 from dashboards.resolution import metric_targets, scaled
 from farm_contract import schema
 
 MANURE = "manure"
+LIVE_FRESH = "1h"
+"""A ``facility_live`` point older than this before the end of the range is not "now": the
+publisher writes them every minute, so older ones are of farms since removed or moved, or
+of a publisher that stopped (then the panels are empty rather than stale)."""
+LIVE_SHARE_STEPS = steps(("red", None), ("orange", 0.8), ("green", 0.95))
 LAGOON_STEPS = steps(("green", None), ("orange", 80), ("red", 90))
 
 
@@ -126,10 +142,59 @@ def ledger_panels() -> list[Json]:
     ]
 
 
+def _live_where(scope: str) -> str:
+    """The ``facility_live`` points of the last hour before the end of the range."""
+    return (f"{ident('scope')} {scope} AND time <= ${{__to}}ms"
+            f" AND time > ${{__to}}ms - {LIVE_FRESH}")
+
+
+def live_panels(top: int) -> list[Json]:
+    """Operational, not the plan's indicator: live = reported in the last 24 h and no
+    facility fault open (docs/indicators.md, "Facilities live now")."""
+    share = latest_published(
+        schema.FACILITY_LIVE, {"share": "share", "live_farms": "live_farms", "farms": "farms"},
+        f"{_live_where('!= ' + literal('farm'))} AND {ident('county')} =~ /^$county$/",
+        always="farms")
+    farms = latest_published(
+        schema.FACILITY_LIVE, {"live": "live", "name": "name", "reason": "reason"},
+        f"{_live_where('= ' + literal('farm'))} AND {county_filter()} AND {site_filter()}",
+        ("county", "site_id"), always="live")
+    not_live = (f"SELECT {ident('name')}, {ident('reason')} FROM ({farms})"
+                f" WHERE {ident('live')} = false"
+                f" GROUP BY {ident('county')}, {ident('site_id')} ORDER BY time DESC")
+    return [
+        row("Facilities live now (operational) / 设施实时运行（运行监测）", top),
+        stat("Facilities live now / 设施实时运行", Box(0, top + 1, 8, 8), share,
+             description="Operational figure, not the plan's indicator "
+                         "(manure_facility_rate, a property of the year): the share of the "
+                         "large-scale farms in effect today (of $county; all = the city) that "
+                         "are live — their manure telemetry reported in the last 24 h and no "
+                         "facility fault is open — with the live and all large-scale farms. "
+                         "As last published (every minute) in the hour before the end of the "
+                         f"range; a county without large-scale farms shows {NO_DATA}.",
+             defaults={"decimals": 0, "thresholds": steps(("text", None))},
+             overrides=[
+                 field_override("share", unit="percentunit", decimals=1,
+                                displayName="Live share / 运行率",
+                                thresholds=LIVE_SHARE_STEPS),
+                 field_override("live_farms", displayName="Live / 运行中"),
+                 field_override("farms", displayName="Large-scale farms / 规模养殖场"),
+             ]),
+        table("Farms not live / 未实时运行的养殖场", Box(8, top + 1, 16, 8), [target(not_live)],
+              description="Each large-scale farm of $county that is not live now, and why: "
+                          "no manure reading in the last 24 h (with its last reading), or a "
+                          "facility fault open since its report. Operational, not the plan's "
+                          "indicator. Empty is good.",
+              rename={"county": "County / 区县", "site_id": "Farm / 养殖场",
+                      "name": "Name / 名称", "reason": "Why / 原因"},
+              sort=("Farm / 养殖场", False)),
+    ]
+
+
 def livestock_manure() -> Json:
     return dashboard(
         "farm-manure", "Livestock manure / 畜禽粪污", [
-            *lagoon_panels(), *facility_panels(), *ledger_panels()],
+            *lagoon_panels(), *facility_panels(), *ledger_panels(), *live_panels(27)],
         variables=[*scope_variables(), site_variable(MANURE, "Farm / 养殖场")],
         description="Lagoon levels with overflow warnings, facility status and open faults, "
                     "and the manure ledger of the livestock farms.",

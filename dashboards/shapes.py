@@ -9,6 +9,7 @@ so a panel edited into something that cannot draw fails without a hand-kept list
 
 - gauge: exactly one series whose last value is a number within the panel's min/max
   (or null, shown as the panel's ``noValue``, where the caller expects n/a);
+- stat: exactly one series whose last row holds numbers (or nulls, shown as ``noValue``);
 - timeseries: every series has rows at real times (``GROUP BY time``) and numbers;
 - table-like (table, bargauge, barchart, piechart, geomap): every series carries the
   grouped tags (they become columns) and the selected columns; a column may be null in
@@ -212,6 +213,12 @@ def _check_panel_type(
         rates = defaults.get("unit") == "percentunit"  # a rate may exceed 100 %, flagged
         if not _is_number(last) or not low <= last <= (float("inf") if rates else high):
             return [f"gauge's last value {last!r} is not a number in [{low}, {high}]"]
+    if kind == "stat":
+        if len(series) != 1:
+            return [f"stat needs one series, got {len(series)}"]
+        last = series[0]["values"][-1][1:]
+        if not all(v is None or _is_number(v) for v in last):
+            return [f"stat's last row {last!r} is not numbers"]
     if kind == "timeseries":
         if expected.result_format != "time_series":
             return ["a time series panel needs resultFormat time_series"]

@@ -18,6 +18,9 @@ YEAR_CLOSE = "year_close"
 """The append-only history of closing and reopening years (contract §8, §10)."""
 YEAR_FROZEN = "year_frozen"
 """A closed year's frozen document, in parts (contract §10, "Closed years")."""
+FACILITY_LIVE = "facility_live"
+"""The large-scale farms' live state now, an operational figure, not the plan's
+indicator (contract §10, "Facilities live now")."""
 
 TELEMETRY_TAGS = ("site_id", "device_id", "site_type", "county")
 """The tags of a device's points: its site, itself, the site's type and county."""
@@ -27,6 +30,8 @@ names, when present (``type`` always)."""
 DEVICE_STATUS_TAGS = ("site_id", "device_id", "county")
 SITE_TAGS = ("site_id", "county", "site_type", "name")
 LATE_EVENT_TAGS = ("month", "writer")
+FACILITY_LIVE_TAGS = ("scope", "county", "site_id")
+"""``scope`` is ``farm`` (with ``site_id``), ``county`` or ``city`` (``county`` = ``all``)."""
 
 CITY_COUNTY_TAG = "all"
 """The ``county`` tag value of city-wide indicator points."""

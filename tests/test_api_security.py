@@ -264,7 +264,7 @@ def test_a_stopped_influxdb_is_503_with_a_one_line_message(
     server.stop()
     queried = ["/api/v1/indicators", "/api/v1/rejections", "/api/v1/report",
                "/api/v1/devices/d1-dev/latest", "/api/v1/years", "/api/v1/years/2025",
-               "/api/v1/devices/d1-dev/events/1", MEMBERS, EVENTS]
+               "/api/v1/devices/d1-dev/events/1", MEMBERS, EVENTS, "/api/v1/facilities/live"]
     for path in queried:
         for fmt in ({}, {"format": "csv"}):
             response = client.get(path, params={**_params(path), **fmt})

@@ -37,6 +37,7 @@ from farm_contract import schema
 from farm_contract.indicator_params import load_divisions
 from farm_contract.indicators import TARGETS, IndicatorId, IndicatorValue, Member
 from farm_contract.schema import SITE as SITE_MEASUREMENT
+from ingest_service.indicators.live import FarmLive, LiveState, OpenFault, live_points
 from ingest_service.indicators.publisher import indicator_points, member_points
 from ingest_service.influxql import InfluxQL
 from ingest_service.outputs.influx import make_writer
@@ -178,7 +179,8 @@ def test_dashboards_cover_the_issue() -> None:
     for needle in ("soil_moisture_vwc", "flow_lpm", "pressure_kpa", "volume_m3",
                    "water_quota_m3_per_mu", "fertilizer_l"):
         assert needle in text["drip-irrigation.json"], needle
-    for needle in ("lagoon_level_pct", "facility_fault", "manure_treated", "manure_utilized"):
+    for needle in ("lagoon_level_pct", "facility_fault", "manure_treated", "manure_utilized",
+                   schema.FACILITY_LIVE):
         assert needle in text["livestock-manure.json"], needle
     for needle in ('GROUP BY \\"use\\"', "harvest", "straw_burning", "straw_utilization_rate"):
         assert needle in text["straw.json"], needle
@@ -419,6 +421,15 @@ def test_shapes_finds_what_a_panel_cannot_draw() -> None:
     assert any("noValue" in p for p in shapes.check(expected, null, na_gauge))
     assert shapes.check(expected, null, na_gauge, allow_null=True) == []
     assert "not a number" in shapes.check(expected, null, gauge, allow_null=True)[0]
+    stat = {"type": "stat", "fieldConfig": {"defaults": {"noValue": "n/a"}}}
+    two_numbers = shapes.expectation(stat, {"query": 'SELECT "share", "farms" FROM "f"'})
+    live = {"series": [{"name": "f", "columns": ["time", "share", "farms"],
+                        "values": [[1, 0.5, 2]]}]}
+    assert shapes.check(two_numbers, live, stat) == []
+    assert shapes.check(two_numbers, {"series": live["series"] * 2}, stat) == [
+        "stat needs one series, got 2"]
+    text = {"series": [{**live["series"][0], "values": [[1, "x", 2]]}]}
+    assert shapes.check(two_numbers, text, stat) == ["stat's last row ['x', 2] is not numbers"]
     ordered = ('SELECT "v" FROM (SELECT "v", "d" FROM "i" WHERE time <= 1ms GROUP BY "c" '
                'ORDER BY time DESC LIMIT 1) GROUP BY "c", "k" ORDER BY time DESC LIMIT 1')
     assert shapes.group_by(ordered) == (("c", "k"), False)
@@ -471,12 +482,25 @@ def indicator_lines(time_ms: int, year: int) -> list[str]:
             for line in body.decode().splitlines()]  # this body is written in ms
 
 
+def live_lines(time_ms: int) -> list[str]:
+    """``facility_live`` points as the publisher writes them: farm-1 reports but its
+    lagoon fault (below) is open, so it is not live."""
+    fault = OpenFault("lagoon", time_ms)
+    farm = FarmLive("farm-1", "养殖场", COUNTY, reporting=True, last_seen_ms=time_ms,
+                    open_faults=(fault,))
+    state = LiveState(datetime.fromtimestamp(time_ms / 1000, UTC), 24, [farm], [COUNTY])
+    time_ns = time_ms * 1_000_000
+    body = encode(live_points(state, time_ns, SHANGHAI))
+    return [line[: -len(str(time_ns))] + str(time_ms) for line in body.decode().splitlines()]
+
+
 def contract_points(now_ms: int) -> str:
     """A few points of each measurement the dashboards read, as the ingest service writes them."""
     lines = [SITE_POINTS.format(t0=now_ms - 7_200_000).strip()]
     for step, minutes_ago in enumerate((30, 10)):
         ts = now_ms - minutes_ago * 60_000
         lines += indicator_lines(ts, year_of(now_ms))
+        lines += live_lines(ts)
         lines += [
             f"{schema.TELEMETRY},site_id=drip-1,device_id=dev-1,site_type=drip,county={COUNTY}"
             f" soil_moisture_vwc=0.31,flow_lpm=12.5,pressure_kpa=180.0,volume_m3={100.0 + step},"

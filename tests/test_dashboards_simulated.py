@@ -67,6 +67,12 @@ def results_of(
     # Members are published once the engine lists them (issue 13); until then their
     # panels are empty, and status (the facility rate's) is null for other indicators.
     has_members = getattr(simulated.service.engine, "members", None) is not None
+    # The live panels (operational): n/a where the county has no large-scale farm, and
+    # the not-live table empty where every farm of the county (and site) is live.
+    county, site = variables.get("county"), variables.get("site", ".*")
+    live_farms = [f for f in simulated.service.engine.facility_live_state().farms
+                  if county in (schema.CITY_COUNTY_TAG, f.county)]
+    not_live = [f for f in live_farms if not f.live and site in (".*", "$__all", f.site_id)]
     out: dict[str, dict[str, dict[str, Any]]] = {}
     problems = []
     for title, ref, query in panel_queries(board, variables, start, end):
@@ -83,9 +89,12 @@ def results_of(
             continue
         out.setdefault(title, {})[ref] = result
         members = '"indicator_member"' in query
+        live = f'"{schema.FACILITY_LIVE}"' in query
         for problem in shapes.check(shapes.expectation(panel, target), result, panel,
-                                    allow_null=members):
+                                    allow_null=members or (live and not live_farms)):
             if members and not has_members and problem == "no data":
+                continue
+            if live and problem == "no data" and not not_live:  # "empty is good"
                 continue
             problems.append(f"{name} {variables} {title!r} {ref}: {problem}\n    {query}")
     for title, results in out.items():

@@ -20,6 +20,7 @@ from farm_contract import CONTRACT_VERSION
 from ingest_service.api import (
     admin,
     devices,
+    facilities,
     health,
     indicators,
     members,
@@ -54,8 +55,8 @@ _TAGS = [
     {"name": "devices", "description": "Did it arrive? A device's newest data and rejections."},
 ]
 
-_ROUTERS = (stats, health, indicators, members, years, rejections, devices, registry, admin,
-            report)
+_ROUTERS = (stats, health, indicators, members, years, rejections, devices, facilities,
+            registry, admin, report)
 """In the order the OpenAPI document lists them."""
 
 

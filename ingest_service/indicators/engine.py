@@ -47,6 +47,7 @@ from farm_contract.registry import Registry, Site, day_of
 from ingest_service.indicators import aggregates
 from ingest_service.indicators.aggregates import LEDGER_TYPES, THIN_FILM_MM, Querier, run
 from ingest_service.indicators.ledger import LedgerEntry, read_ledger
+from ingest_service.indicators.live import FarmLive, LiveState, OpenFault
 from ingest_service.indicators.months import Span
 from ingest_service.indicators.reading import (
     Window,
@@ -57,6 +58,7 @@ from ingest_service.indicators.reading import (
 )
 from ingest_service.influxql import QueryError, Series, quote_ident, quote_literal, time_literal
 from ingest_service.settings import Settings
+from ingest_service.telemetry.rollups import LAST_SEEN
 
 __all__ = ["IndicatorEngine", "UnknownCountyError", "Window", "year_window"]
 
@@ -96,6 +98,17 @@ class Figures:
             iter(self.errors.values()), None)
         if error is not None:
             raise error
+
+
+def _latest_times(series: list[Series]) -> dict[str, int]:
+    """``site_id`` → the time (epoch ms) of a ``last()`` row grouped by site."""
+    out: dict[str, int] = {}
+    for one in series:
+        site_id = one.tags.get("site_id")
+        for row in one.rows():
+            if site_id and isinstance(row.get("time"), int | float):
+                out[site_id] = int(row["time"])
+    return out
 
 
 def _tonnes(value: float) -> float:
@@ -189,22 +202,60 @@ class IndicatorEngine:
     def facility_live(self, now: datetime | None = None) -> dict[str, bool]:
         """The operational state, not the plan's indicator: per large-scale manure farm in
         effect today, whether its telemetry reported in the last ``stale_hours`` and no
-        facility fault is open now."""
+        facility fault is open now (:meth:`facility_live_state` says why not)."""
+        return self.facility_live_state(now).live()
+
+    def facility_live_state(self, now: datetime | None = None) -> LiveState:
+        """Each large-scale manure farm in effect at ``now``: reporting, open faults and
+        last reading. Two queries whatever the number of farms (the readings of the last
+        ``stale_hours``, each facility's latest event), and a third on the
+        ``device_last_seen`` roll-up for the last reading of silent farms."""
         moment = self._now(now)
-        registry = self._registry().on(moment)
-        farms = [s.site_id for s in registry.large_scale_manure_sites()]
+        registry = self._registry()
+        farms = sorted(registry.on(moment).large_scale_manure_sites(), key=lambda s: s.site_id)
         since = moment - timedelta(hours=self._settings.stale_hours)
+        manure = f"{quote_ident('site_type')} = {quote_literal('manure')}"
         q = (
-            f"SELECT count({quote_ident('seq')}) FROM {quote_ident(schema.TELEMETRY)} "
-            f"WHERE {quote_ident('site_type')} = {quote_literal('manure')} "
-            f"AND time > {time_literal(since)} AND time <= {time_literal(moment)} "
+            f"SELECT last({quote_ident('seq')}) FROM {quote_ident(schema.TELEMETRY)} "
+            f"WHERE {manure} AND time > {time_literal(since)} AND time <= {time_literal(moment)} "
             f"GROUP BY {quote_ident('site_id')}"
         )
-        reporting = {s.tags["site_id"] for s in self.query(q) if s.tags.get("site_id")
-                     and s.values}
+        seen = _latest_times(self.query(q))
         latest = aggregates.latest_facility_events(self._query, Span(None, moment, True))
-        faulty = aggregates.open_fault_sites(latest)
-        return {site_id: site_id in reporting and site_id not in faulty for site_id in farms}
+        faults: dict[str, list[OpenFault]] = {}
+        for (site_id, facility), (at_ms, _, kind) in sorted(latest.items()):
+            if kind == EventType.FACILITY_FAULT:
+                faults.setdefault(site_id, []).append(OpenFault(facility, int(at_ms)))
+        silent = [s.site_id for s in farms if s.site_id not in seen]
+        before = self._last_seen(moment) if silent and self._settings.telemetry_rollups else {}
+        states = [
+            FarmLive(site_id=s.site_id, name=s.name, county=s.county,
+                     reporting=s.site_id in seen,
+                     last_seen_ms=seen.get(s.site_id, before.get(s.site_id)),
+                     open_faults=tuple(faults.get(s.site_id, ())))
+            for s in farms
+        ]
+        counties = self._settings.divisions.listed(registry.counties_ever)
+        return LiveState(moment, self._settings.stale_hours, states, counties)
+
+    def _last_seen(self, moment: datetime) -> dict[str, int]:
+        """Each manure site's latest reading per the ``device_last_seen`` roll-up (one point
+        per device and month, kept by the telemetry roll-ups), over its 400 days."""
+        q = (
+            f"SELECT max({quote_ident('seen_ms')}) FROM {quote_ident(LAST_SEEN)} "
+            f"WHERE {quote_ident('site_type')} = {quote_literal('manure')} "
+            f"AND time > {time_literal(moment - timedelta(days=400))} "
+            f"AND time <= {time_literal(moment)} GROUP BY {quote_ident('site_id')}"
+        )
+        moment_ms = moment.timestamp() * 1000
+        out: dict[str, int] = {}
+        for series in self.query(q):
+            for row in series.rows():
+                value = row.get("max")  # a month's point after a past "now" is not known then
+                if (isinstance(value, int | float) and value <= moment_ms
+                        and series.tags.get("site_id")):
+                    out[series.tags["site_id"]] = int(value)
+        return out
 
     def ledger(self, year: int, now: datetime | None = None) -> list[LedgerEntry]:
         """The ledgers behind the year's figures, read and attributed as the figures are

@@ -15,6 +15,10 @@ When the engine can list a figure's members (``engine.members(year)``, issue 13)
 each published year also gets ``indicator_member`` points, one per indicator and
 site, for Grafana's drill-down; a site that stopped being a member gets a point with
 ``member=false``, so "the latest point per site" never shows a former member.
+
+Every cycle also writes the facilities' live state (``facility_live``, contract §10):
+an operational figure for the dashboards, not the plan's indicator
+(:mod:`ingest_service.indicators.live`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from farm_contract.registry import Registry
 from ingest_service.daemon import DaemonLoop
 from ingest_service.indicators.closing import ClosedYears, frozen_members, frozen_rows
 from ingest_service.indicators.engine import IndicatorEngine
+from ingest_service.indicators.live import live_points
 from ingest_service.indicators.rollups import RollupMaintainer
 from ingest_service.influxql import QueryError, Series, quote_ident, quote_literal
 from ingest_service.model import FieldValue, Point
@@ -126,6 +131,11 @@ def _call_members(method: MembersOf, year: int, moment: datetime) -> list[Member
     except (TypeError, ValueError):
         takes_now = False
     return list(method(year, now=moment) if takes_now else method(year))
+
+
+def _aware(now: datetime | None) -> datetime:
+    moment = now or datetime.now(UTC)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _figures(rows: Iterable[IndicatorValue]) -> tuple[tuple[object, ...], ...]:
@@ -278,6 +288,8 @@ class IndicatorPublisher(DaemonLoop):
     schedule: YearSchedule = field(default_factory=YearSchedule)
     retry_s: float = 5.0
     published: int = 0
+    live_published: int = 0
+    """``facility_live`` points written (not counted in :attr:`published`)."""
     errors: int = 0
     _written: dict[int, tuple[tuple[object, ...], ...]] = field(default_factory=dict, repr=False)
     """Per past year, the figures written last: unchanged ones are not written again."""
@@ -298,11 +310,20 @@ class IndicatorPublisher(DaemonLoop):
         registry = self.registry() if self.registry is not None else None
         return self.schedule.plan(current, first, late_marks(self.engine.query), registry)
 
+    def publish_live(self, now: datetime | None = None) -> int:
+        """Write the large-scale farms' live state as of ``now``; return how many points."""
+        moment = _aware(now)
+        state = self.engine.facility_live_state(moment)
+        points = live_points(state, int(moment.timestamp() * 1_000_000) * 1000, self.settings.tz)
+        if points:
+            self.writer.write(encode(points))
+        self.live_published += len(points)
+        return len(points)
+
     def publish_once(self, now: datetime | None = None) -> int:
-        """Compute the due years' indicators and write them; return how many points."""
-        moment = now or datetime.now(UTC)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
+        """Compute the due years' indicators and write them, then the live state
+        (:meth:`publish_live`); return how many indicator and member points."""
+        moment = _aware(now)
         current = moment.astimezone(self.settings.tz).year
         time_ns = int(moment.timestamp() * 1_000_000) * 1000
         members_of = _members_method(self.engine)
@@ -335,6 +356,7 @@ class IndicatorPublisher(DaemonLoop):
                 self._member_keys[year] = {(str(m.indicator), m.county, m.site_id)
                                            for m in members}
         self.published += written
+        self.publish_live(moment)
         return written
 
     def _member_points(self, year: int, members: list[Member], time_ns: int) -> list[Point]:
