@@ -10,7 +10,7 @@ docker-compose.yml), offline by default: ``OFFLINE_BASEMAP``.
 No county outline data with a licence that allows shipping it was found (maps/README.md),
 so the layer is the ten county-level divisions as labelled points, written from what the
 project already has: the divisions of ``farm_contract/params/counties.toml`` and each one's
-approximate centre (``simulators.scenario.COUNTIES``, where the simulators place sites).
+approximate centre (its ``seats`` entry there, where the simulators place sites too).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from farm_contract.indicator_params import load_divisions
-from simulators.scenario import COUNTIES
 
 MAPS_DIR = Path(__file__).resolve().parent / "maps"
 """The repository's copy; compose mounts it at ``GRAFANA_MAPS_DIR``."""
@@ -53,7 +52,7 @@ def county_seats() -> dict[str, Any]:
     divisions = load_divisions()
     features = []
     for name in divisions.counties:
-        geo = COUNTIES[name]
+        geo = divisions.seats[name]
         features.append({
             "type": "Feature",
             "geometry": {"type": "Point", "coordinates": [geo.lon, geo.lat]},

@@ -108,11 +108,22 @@ def load_straw(path: Path | None = None, ratios: dict[str, float] | None = None)
 
 
 @dataclass(frozen=True, slots=True)
+class Seat:
+    """A division's code (simulated site ids) and approximate centre (its county seat)."""
+
+    code: str
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True, slots=True)
 class Divisions:
     """A city's county-level divisions, always listed, in official order."""
 
     city: str
     counties: tuple[str, ...]
+    seats: dict[str, Seat] = field(default_factory=dict)
+    """Division → its seat, for the divisions the file gives one."""
 
     def listed(self, named: list[str]) -> list[str]:
         """These counties, then any other county ``named`` (the registry's), sorted."""
@@ -124,4 +135,11 @@ def load_divisions(path: Path | None = None) -> Divisions:
     counties = raw.get("counties")
     if not isinstance(counties, list) or not all(isinstance(c, str) and c for c in counties):
         raise ValueError(f"{path or COUNTIES_FILE}: counties must be a list of names")
-    return Divisions(str(raw.get("city", "")), tuple(counties))
+    seats: dict[str, Seat] = {}
+    for name, seat in raw.get("seats", {}).items():
+        try:
+            seats[name] = Seat(str(seat["code"]), float(seat["lat"]), float(seat["lon"]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path or COUNTIES_FILE}: seats.{name} needs code, lat and lon"
+                             ) from None
+    return Divisions(str(raw.get("city", "")), tuple(counties), seats)

@@ -8,40 +8,24 @@ can assert exactly what ingest must compute from what the fleet sends.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from farm_contract.indicator_params import Seat, load_divisions
 from farm_contract.indicators import IndicatorId
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
 
-@dataclass(frozen=True, slots=True)
-class CountyGeo:
-    """A county's id code (used in site ids) and its approximate centre."""
+CountyGeo = Seat
+"""A county's id code (used in site ids) and its approximate centre."""
 
-    code: str
-    lat: float
-    lon: float
-
-
-COUNTIES: dict[str, CountyGeo] = {
-    "平城区": CountyGeo("pingcheng", 40.08, 113.30),
-    "云冈区": CountyGeo("yungang", 40.02, 113.15),
-    "新荣区": CountyGeo("xinrong", 40.26, 113.14),
-    "云州区": CountyGeo("yunzhou", 40.04, 113.61),
-    "阳高县": CountyGeo("yanggao", 40.36, 113.75),
-    "天镇县": CountyGeo("tianzhen", 40.42, 114.09),
-    "广灵县": CountyGeo("guangling", 39.76, 114.28),
-    "灵丘县": CountyGeo("lingqiu", 39.44, 114.23),
-    "浑源县": CountyGeo("hunyuan", 39.70, 113.70),
-    "左云县": CountyGeo("zuoyun", 40.01, 112.70),
-}
-"""Datong's counties and districts (the plan's reporting units)."""
+COUNTIES: dict[str, CountyGeo] = load_divisions().seats
+"""Datong's counties and districts (the plan's reporting units), from
+``farm_contract/params/counties.toml``."""
 
 def exact(value: float) -> Fraction:
     """A declared decimal fraction as the exact fraction it was written as (0.85 → 17/20)."""

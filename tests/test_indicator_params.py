@@ -61,6 +61,24 @@ def test_the_ten_divisions_and_another_city(tmp_path: Path) -> None:
     other = tmp_path / "counties.toml"
     other.write_text('city = "朔州市"\ncounties = ["朔城区", "平鲁区"]\n', encoding="utf-8")
     assert Settings(counties_file=other).divisions.listed([]) == ["朔城区", "平鲁区"]
+    assert Settings(counties_file=other).divisions.seats == {}  # seats are optional
+
+
+def test_every_division_has_a_seat_inside_datong() -> None:
+    """The simulators place sites and the offline map labels divisions at these seats."""
+    datong = load_divisions()
+    assert set(datong.seats) == set(DATONG)
+    assert len({seat.code for seat in datong.seats.values()}) == len(DATONG)
+    for seat in datong.seats.values():
+        assert 39.0 < seat.lat < 41.0 and 112.0 < seat.lon < 115.0
+
+
+def test_a_seat_without_its_position_is_refused(tmp_path: Path) -> None:
+    broken = tmp_path / "counties.toml"
+    broken.write_text('counties = ["朔城区"]\n[seats]\n"朔城区" = { code = "x" }\n',
+                      encoding="utf-8")
+    with pytest.raises(ValueError, match=r"seats\.朔城区 needs code, lat and lon"):
+        load_divisions(broken)
 
 
 def test_recovery_until_must_be_a_day() -> None:
