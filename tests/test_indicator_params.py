@@ -3,7 +3,10 @@ overridable per county and per city."""
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -11,6 +14,10 @@ from pydantic import ValidationError
 from farm_contract.indicator_params import NO_SOURCE, load_divisions, load_straw
 from farm_contract.payloads import Crop
 from ingest_service.settings import Settings
+
+SHIPPED_STRAW = Path(__file__).parents[1] / "farm_contract/params/straw.toml"
+YEAR = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")
+"""A citation names its year; a value without one says exactly ``NO_SOURCE``."""
 
 DATONG = ("平城区", "云冈区", "新荣区", "云州区", "阳高县", "天镇县", "广灵县", "灵丘县",
           "浑源县", "左云县")
@@ -26,11 +33,35 @@ def test_every_crop_has_values_and_says_where_they_come_from() -> None:
     corn = straw.of("平城区", "corn")
     assert (corn.ratio, corn.coefficient) == (0.84, 0.81)
     assert "霍丽丽" in corn.ratio_source and "农业工程学报" in corn.ratio_source
+    potato = straw.of("平城区", "potato")
+    assert potato.ratio == 0.71 and "谢光辉" in potato.ratio_source  # was 0.5, unsourced
     assert straw.of(None, "unknown-crop") == straw.crops["other"]
 
 
+def _valued_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every crop table of a straw file, the city's and each county's, by a readable name."""
+    tables = {f"crops.{crop}": table for crop, table in raw.get("crops", {}).items()}
+    for county, crops in raw.get("counties", {}).items():
+        tables |= {f"counties.{county}.{crop}": table for crop, table in crops.items()}
+    return tables
+
+
+def test_every_shipped_value_has_its_source_in_the_file() -> None:
+    """The loader reads a bare number as unsourced; the shipped file may not hold one: each
+    value sits next to a citation (with its year) or exactly "unsourced, to be confirmed"."""
+    tables = _valued_tables(tomllib.loads(SHIPPED_STRAW.read_text("utf-8")))
+    assert "crops.corn" in tables and "crops.other" in tables
+    for name, table in tables.items():
+        values = [key for key in ("ratio", "coefficient") if key in table]
+        assert values, name
+        for key in values:
+            source = table.get(f"{key}_source")
+            assert isinstance(source, str) and source.strip(), (name, key)
+            assert source == NO_SOURCE or YEAR.search(source), (name, key, source)
+
+
 def test_a_county_table_overrides_one_value_and_keeps_the_rest(tmp_path: Path) -> None:
-    shipped = (Path(__file__).parents[1] / "farm_contract/params/straw.toml").read_text("utf-8")
+    shipped = SHIPPED_STRAW.read_text("utf-8")
     custom = tmp_path / "straw.toml"
     custom.write_text(shipped + '[counties."云州区".corn]\nratio = 1.1\n', encoding="utf-8")
     straw = load_straw(custom)

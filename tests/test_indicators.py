@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from devstack.servers import Influxd
+from farm_contract.indicator_params import load_straw
 from farm_contract.indicators import IndicatorId, IndicatorValue
 from farm_contract.payloads import EventType
 from farm_contract.registry import Registry
@@ -200,8 +201,18 @@ def _check(row: IndicatorValue, numerator: float, denominator: float) -> None:
     assert row.met == (None if expected is None else expected >= row.target - 1e-9)
 
 
-STRAW_PC = 10 * 0.84 * 0.81 + 4 * 0.5 * 0.81  # corn, potato: collectable straw
-STRAW_YZ = 5 * 1.4 * 0.81 + 3 * 1.0 * 0.81  # millet, other
+SHIPPED = load_straw()
+"""The shipped straw parameters (farm_contract/params/straw.toml), which the expected
+collectable straw follows when a published value replaces another."""
+
+
+def _collectable(grain_t: dict[str, float]) -> float:
+    """Collectable straw of these harvests (crop → grain t): grain × ratio × coefficient."""
+    return sum(grain * SHIPPED.crops[crop].factor for crop, grain in grain_t.items())
+
+
+STRAW_PC = _collectable({"corn": 10, "potato": 4})
+STRAW_YZ = _collectable({"millet": 5, "other": 3})
 
 
 @pytest.mark.integration
@@ -241,7 +252,7 @@ def test_year_2025_every_county_and_the_city(influx: Influxd, registry: Registry
     assert all(row.year == 2025 and row.formula.endswith("/2") for row in rows)
     assert all(row.computed_at is not None and row.source == "raw" for row in rows)
     assert table[facility, None].parameters["days_required"] == 30
-    assert table[straw, YZ].parameters["straw_ratio.corn"] == 0.84
+    assert table[straw, YZ].parameters["straw_ratio.corn"] == SHIPPED.crops["corn"].ratio
     assert table[facility, PC].coverage == 1.0 and table[film, YG].coverage is None
     assert table[straw, YG].coverage == 0.0  # s3 registered, reported nothing
 
@@ -317,8 +328,11 @@ def test_straw_ratios_from_the_environment(
     settings = Settings(influx_url=influx.url, influx_api="v1")
     engine = IndicatorEngine(InfluxQL(settings), lambda: registry, settings)
     rows = _table(engine.compute(2025, now=LATER))
-    _check(rows["straw_utilization_rate", PC], 12.6, (10 * 2.0 + 4 * 0.5) * 0.81)
-    _check(rows["straw_utilization_rate", YZ], 4.0, (5 * 1.0 + 3 * 1.0) * 0.81)
+    corn, millet = SHIPPED.crops["corn"], SHIPPED.crops["millet"]
+    _check(rows["straw_utilization_rate", PC], 12.6,
+           10 * 2.0 * corn.coefficient + _collectable({"potato": 4}))
+    _check(rows["straw_utilization_rate", YZ], 4.0,
+           5 * 1.0 * millet.coefficient + _collectable({"other": 3}))
 
 
 @pytest.mark.integration
@@ -330,7 +344,7 @@ def test_straw_parameters_per_county_from_a_file(
     custom.write_text(shipped + f'[counties."{YZ}".millet]\nratio = 2.0\ncoefficient = 0.5\n',
                       encoding="utf-8")
     rows = _table(_engine(influx, registry, straw_params_file=custom).compute(2025, now=LATER))
-    _check(rows["straw_utilization_rate", YZ], 4.0, 5 * 2.0 * 0.5 + 3 * 0.81)
+    _check(rows["straw_utilization_rate", YZ], 4.0, 5 * 2.0 * 0.5 + _collectable({"other": 3}))
     _check(rows["straw_utilization_rate", PC], 12.6, STRAW_PC)  # other counties unchanged
 
 
