@@ -195,6 +195,9 @@ def dashboard_table(dash: dict[str, Any], console: Console) -> None:
         table_.add_row(*item)
     console.print(table_)
     console.print(
-        f"  roll-ups built in {dash['rollup_build_s']} s ({dash['rollup_days_built']} days); "
-        f"a steady maintenance cycle takes {dash['rollup_cycle_s']} s"
+        f"  roll-ups built in {dash['rollup_build_s']} s ({dash['rollup_days_built']} days, "
+        f"{dash['rollup_build_s'] / max(1, dash['rollup_days_built']):.2f} s/day, "
+        f"{dash.get('rollup_build_cycles', 1)} cycles); "
+        f"a steady maintenance cycle takes {dash['rollup_cycle_s']} s; raw queries given up "
+        f"after {dash.get('query_cap_s', '–')} s"
     )
