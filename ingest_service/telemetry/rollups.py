@@ -35,6 +35,7 @@ import time
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -106,6 +107,8 @@ class TelemetryRollupSettings:
     (``FARM_TELEMETRY_ROLLUP_BUDGET_S``): the first build is spread over cycles."""
     points_per_query: int = 200_000
     """Consecutive closed days are read from raw in one query up to about this many readings."""
+    read_ahead: bool = True
+    """Read the next group's raw rows while this one is aggregated and written."""
     last_seen_lookback: timedelta = timedelta(days=2)
     """How far back the first cycle looks for last-seen state in raw readings."""
 
@@ -193,6 +196,23 @@ def hour_buckets(series: Series, site_type: str) -> tuple[list[Bucket], Bucket |
     return out, _latest(series, key, column)
 
 
+RawRows = list[tuple[str, list[Series]]]
+"""Raw readings per site type, one series per device (:meth:`TelemetryRollups._raw_rows`)."""
+
+
+def raw_buckets(rows: RawRows) -> tuple[list[Bucket], list[Bucket]]:
+    """Hourly buckets of raw rows, and each device's latest reading."""
+    hourly: list[Bucket] = []
+    latest: list[Bucket] = []
+    for site_type, found in rows:
+        for series in found:
+            buckets, newest = hour_buckets(series, site_type)
+            hourly += buckets
+            if newest is not None:
+                latest.append(newest)
+    return hourly, latest
+
+
 def _latest(series: Series, key: Key, column: dict[str, int]) -> Bucket | None:
     """The device's newest reading that has a ``seq``, as a last-seen bucket."""
     seq = column.get("seq")
@@ -213,16 +233,19 @@ def _window(start: datetime, end: datetime) -> str:
     return f"time >= {time_literal(start)} AND time < {time_literal(end)}"
 
 
-def _series_buckets(series: Iterable[Any]) -> list[Bucket]:
+def _series_buckets(series: Iterable[Series]) -> list[Bucket]:
+    """Stored roll-up rows as buckets: every numeric column but time (bools left out)."""
     out = []
     for one in series:
         key = tuple(one.tags.get(t, "") for t in TAGS)
-        for row in one.rows():
-            fields = {k: float(v) for k, v in row.items()
-                      if k not in TAGS and k != "time" and isinstance(v, int | float)
-                      and not isinstance(v, bool)}
+        numeric = [(i, name) for i, name in enumerate(one.columns)
+                   if name != "time" and name not in TAGS]
+        time_i = one.columns.index("time")
+        for row in one.values:
+            fields = {name: float(v) for i, name in numeric
+                      if (v := row[i]) is not None and type(v) in (int, float)}
             if fields:
-                out.append(Bucket(int(row["time"]) * 1_000_000, key, fields))
+                out.append(Bucket(int(row[time_i]) * 1_000_000, key, fields))
     return out
 
 
@@ -370,6 +393,50 @@ def day_groups(todo: Sequence[date], counts: dict[date, int],
         yield group
 
 
+class OrderedWrites:
+    """Line-protocol bodies written by one background thread, in the order given.
+
+    The closed-day build hands its writes over so that InfluxDB stores one group while
+    the next is aggregated (on 2 cores the two overlap). Once a write fails every later
+    one is dropped, so a day's manifest, written after its data, never lands without
+    it; :meth:`drain` waits for what was handed over and raises the first failure.
+    """
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollup-write")
+        self._pending: list[Future[None]] = []
+        self._failed: BaseException | None = None
+
+    def write(self, body: bytes) -> None:
+        self._pending.append(self._pool.submit(self._send, body))
+
+    def _send(self, body: bytes) -> None:
+        if self._failed is not None:
+            raise RuntimeError("an earlier roll-up write failed") from self._failed
+        try:
+            self._writer.write(body)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def drain(self) -> None:
+        """Wait for every write handed over; raise the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def __enter__(self) -> OrderedWrites:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            if kind is None:
+                self.drain()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 @dataclass(slots=True)
 class Cycle:
     """What one maintenance cycle did."""
@@ -395,6 +462,7 @@ class TelemetryRollups(DaemonLoop):
                  settings: TelemetryRollupSettings | None = None) -> None:
         self._query = querier
         self._writer = writer
+        self._ordered: OrderedWrites | None = None
         self._tz = tz
         self.settings = settings or TelemetryRollupSettings()
         self._today_marks: tuple[date, int] | None = None
@@ -406,15 +474,19 @@ class TelemetryRollups(DaemonLoop):
 
     # --- writing -------------------------------------------------------------------
 
+    def _send(self, body: bytes) -> None:
+        """Write now, or hand over to the closed-day build's :class:`OrderedWrites`."""
+        (self._ordered or self._writer).write(body)
+
     def _write(self, points: Sequence[Point]) -> int:
         for first in range(0, len(points), WRITE_CHUNK):
-            self._writer.write(encode(list(points[first:first + WRITE_CHUNK])))
+            self._send(encode(list(points[first:first + WRITE_CHUNK])))
         return len(points)
 
     def _write_lines(self, lines: Sequence[str]) -> int:
         for first in range(0, len(lines), WRITE_CHUNK):
             body = "\n".join(lines[first:first + WRITE_CHUNK])
-            self._writer.write(body.encode("utf-8", errors="replace"))
+            self._send(body.encode("utf-8", errors="replace"))
         return len(lines)
 
     # --- reading -------------------------------------------------------------------
@@ -423,22 +495,19 @@ class TelemetryRollups(DaemonLoop):
         return self._raw(start, end)[0]
 
     def _raw(self, start: datetime, end: datetime) -> tuple[list[Bucket], list[Bucket]]:
-        """Hourly buckets of [start, end) from raw readings, and each device's latest reading.
+        """Hourly buckets of [start, end) from raw readings, and each device's latest reading."""
+        return raw_buckets(self._raw_rows(start, end))
 
-        One query per site type, reading only the fields that type's devices may send.
-        """
-        hourly: list[Bucket] = []
-        latest: list[Bucket] = []
+    def _raw_rows(self, start: datetime, end: datetime) -> RawRows:
+        """The raw rows of [start, end): one query per site type, reading only the fields
+        that type's devices may send."""
+        found: RawRows = []
         for site_type in SITE_METRICS:
             q = (f"SELECT {_raw_select(site_type)} FROM {quote_ident(schema.TELEMETRY)}"
                  f" WHERE {quote_ident('site_type')} = {quote_literal(site_type)}"
                  f" AND {_window(start, end)} GROUP BY {_group_tags()}")
-            for series in run(self._query, q):
-                buckets, newest = hour_buckets(series, site_type)
-                hourly += buckets
-                if newest is not None:
-                    latest.append(newest)
-        return hourly, latest
+            found.append((site_type, run(self._query, q)))
+        return found
 
     def _hourly_rollups(self, start: datetime, end: datetime) -> list[Bucket]:
         """Stored hourly buckets, per site type with only its fields (``SELECT *`` costs
@@ -524,17 +593,30 @@ class TelemetryRollups(DaemonLoop):
         return self._write_days(daily)
 
     def build_days(self, days: Sequence[date], marks: dict[date, int],
-                   empty: bool = False) -> int:
+                   empty: bool = False, rows: RawRows | None = None) -> int:
         """Consecutive closed days (oldest first) from raw in one read: hourly, daily and
         last-seen points, then each day's manifest last. ``empty``: known to hold no
-        readings, so only the manifests are written."""
+        readings, so only the manifests are written; ``rows``: their raw rows, already
+        read (:meth:`_raw_rows`)."""
         build = time.time_ns()
         start, end = day_start(days[0], self._tz), day_start(days[-1], self._tz) + DAY
-        hourly, latest = ([], []) if empty else self._raw(start, end)
+        hourly: list[Bucket] = []
+        latest: list[Bucket] = []
+        if not empty:
+            hourly, latest = raw_buckets(self._raw_rows(start, end) if rows is None else rows)
+        del rows
+        if self._ordered is not None:
+            # The previous group's writes land first: its last-seen points are read back
+            # below (a newer month point must never be overwritten by an older reading).
+            self._ordered.drain()
         points = self._write_hours(hourly)
         by_day: dict[date, dict[Key, list[Bucket]]] = defaultdict(lambda: defaultdict(list))
+        day_of_hour: dict[int, date] = {}
         for b in sorted(hourly, key=lambda b: b.start_ns):
-            by_day[day_of(b.start_ns, self._tz)][b.tags].append(b)
+            day = day_of_hour.get(b.start_ns)
+            if day is None:
+                day = day_of_hour[b.start_ns] = day_of(b.start_ns, self._tz)
+            by_day[day][b.tags].append(b)
         # Each day's counter use starts from the day before's last value: read once, then
         # carried forward through the group.
         before = self._counters_before(start) if hourly else {}
@@ -550,6 +632,16 @@ class TelemetryRollups(DaemonLoop):
                            {"build": build, "marks": marks.get(day, 0)},
                            _ns(day_start(day, self._tz))) for day in days]
         return points + self._write(manifests)
+
+    def _read_ahead(self, reader: ThreadPoolExecutor, groups: Sequence[list[date]],
+                    counts: dict[date, int], i: int) -> Future[RawRows] | None:
+        """Start reading group ``i``'s raw rows (none for a missing or empty group)."""
+        if (not self.settings.read_ahead or i >= len(groups)
+                or not any(counts.get(day) for day in groups[i])):
+            return None
+        days = groups[i]
+        return reader.submit(self._raw_rows, day_start(days[0], self._tz),
+                             day_start(days[-1], self._tz) + DAY)
 
     def build_day(self, day: date, marks: int) -> int:
         """A closed day from raw: hourly, daily, last seen; its manifest last."""
@@ -638,12 +730,26 @@ class TelemetryRollups(DaemonLoop):
                       reverse=True)
         batch = todo[:self.settings.days_per_cycle]
         counts = self.day_counts(batch[-1], batch[0]) if batch else {}
-        for group in day_groups(batch, counts, self.settings.points_per_query):
-            if cycle.days_built and time.monotonic() - started > self.settings.budget_s:
-                break
-            empty = not any(counts.get(day) for day in group)
-            cycle.points += self.build_days(group, marks, empty)
-            cycle.days_built += group
+        groups = list(day_groups(batch, counts, self.settings.points_per_query))
+        # The next group's raw rows are read, and the last group's points written, while
+        # this one is aggregated: InfluxDB works on the other core (docs/performance.md).
+        try:
+            with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollup-read") as reader,
+                  OrderedWrites(self._writer) as self._ordered):
+                ahead = self._read_ahead(reader, groups, counts, 0)
+                for i, group in enumerate(groups):
+                    if cycle.days_built and time.monotonic() - started > self.settings.budget_s:
+                        break
+                    rows = None if ahead is None else ahead.result()
+                    ahead = (self._read_ahead(reader, groups, counts, i + 1)
+                             if time.monotonic() - started <= self.settings.budget_s else None)
+                    empty = not any(counts.get(day) for day in group)
+                    cycle.points += self.build_days(group, marks, empty, rows)
+                    cycle.days_built += group
+                if ahead is not None:
+                    ahead.cancel()
+        finally:
+            self._ordered = None
         cycle.pending_days = len(todo) - len(cycle.days_built)
         # A day's counter use starts from the previous day's last value: the day after
         # each (re)built group is refreshed, as groups are built newest first and late
