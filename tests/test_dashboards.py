@@ -554,12 +554,13 @@ def test_devices_table_is_bounded_for_the_city_and_complete_for_a_county(
     assert response.status_code == 204, response.text
     board = committed()["devices.json"]
 
-    def table(county: str) -> dict[str, Any]:
-        out = {}
+    def table(county: str) -> dict[tuple[str, str], Any]:
+        out: dict[tuple[str, str], Any] = {}
         for title, ref, query in panel_queries(board, {"county": county, "site": "$__all"},
                                                now_ms - 86_400_000, now_ms + 60_000):
             if title in ("Devices / 设备清单", "Devices by county / 各区县设备"):
-                out[(title, ref)] = influxd.query(query)["results"][0]
+                result: Any = influxd.query(query)
+                out[(title, ref)] = result["results"][0]
         return out
 
     city = table(schema.CITY_COUNTY_TAG)

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from devstack.servers import Influxd
 from farm_contract import schema
 from ingest_service.influxql import InfluxQL
-from ingest_service.outputs.influx import Writer, make_writer
+from ingest_service.outputs.influx import WriteError, Writer, make_writer
 from ingest_service.settings import Settings
 from ingest_service.telemetry.late import LateTelemetryMarker, all_fresh, late_days
 from ingest_service.telemetry.rollups import (
@@ -35,6 +35,7 @@ from ingest_service.telemetry.rollups import (
     HOURLY,
     LAST_SEEN,
     SITE_USE,
+    OrderedWrites,
     TelemetryRollups,
     TelemetryRollupSettings,
     day_groups,
@@ -316,3 +317,36 @@ def test_first_build_is_bounded_by_horizon_and_spread_by_budget(influxd: Influxd
     assert set(inside) <= rolled and not rolled & (set(days) - set(inside)), rolled
     query.close()
     writer.close()
+
+
+class FlakyWriter:
+    """Stores bodies, refuses ``b"bad"``: the one write failure :class:`OrderedWrites` sees."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def write(self, body: bytes) -> None:
+        if body == b"bad":
+            raise WriteError("InfluxDB unreachable", transient=True)
+        self.bodies.append(body)
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_ordered_writes_keep_order_and_drop_everything_after_a_failure() -> None:
+    """A day's manifest is handed over after its data: if the data's write fails the
+    manifest must not land, and the failure reaches the cycle."""
+    writer = FlakyWriter()
+    with OrderedWrites(writer) as ordered:
+        for body in (b"1", b"2", b"3"):
+            ordered.write(body)
+    assert writer.bodies == [b"1", b"2", b"3"]
+    writer = FlakyWriter()
+    with pytest.raises(WriteError), OrderedWrites(writer) as ordered:
+        for body in (b"data", b"bad", b"manifest"):
+            ordered.write(body)
+    assert writer.bodies == [b"data"]
