@@ -350,3 +350,29 @@ def test_ordered_writes_keep_order_and_drop_everything_after_a_failure() -> None
         for body in (b"data", b"bad", b"manifest"):
             ordered.write(body)
     assert writer.bodies == [b"data"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_days_use_starts_from_the_day_before_across_groups(influxd: Influxd) -> None:
+    """Every closed day its own group, built newest first in one cycle: each day's
+    counter use still starts from the previous day's last reading (built after it), not
+    from its own first one."""
+    settings = Settings(influx_url=influxd.url, influx_api="v1")
+    query, writer = InfluxQL(settings), make_writer(settings)
+    tz = settings.tz
+    now = datetime.now(UTC)
+    today = now.astimezone(tz).date()
+    days = [today - timedelta(days=k) for k in (5, 4, 3)]
+    data = readings(days, tz)
+    write(writer, data)
+    rollups = TelemetryRollups(query, writer, tz, TelemetryRollupSettings(
+        budget_s=1e9, points_per_query=96 * len(DEVICES)))
+    cycle = rollups.maintain_once(now)
+    assert set(days) <= set(cycle.days_built), cycle
+    daily = Store(influxd).rows(DAILY)
+    for (device, day), used in expected_use(data, tz).items():
+        start_ms = int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()) * 1000
+        assert daily[(device, start_ms)]["volume_m3_used"] == pytest.approx(used), (device, day)
+    query.close()
+    writer.close()

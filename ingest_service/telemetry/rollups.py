@@ -463,6 +463,9 @@ class TelemetryRollups(DaemonLoop):
         self._query = querier
         self._writer = writer
         self._ordered: OrderedWrites | None = None
+        self._newer_first: tuple[date, dict[Key, list[Bucket]]] | None = None
+        """During a cycle's closed-day build: the last group's first day and its hourly
+        buckets (see :meth:`build_days`)."""
         self._tz = tz
         self.settings = settings or TelemetryRollupSettings()
         self._today_marks: tuple[date, int] | None = None
@@ -628,6 +631,17 @@ class TelemetryRollups(DaemonLoop):
                 before[key] = before.get(key, {}) | {
                     c: one.fields[f"{c}_last"] for c in COUNTERS if f"{c}_last" in one.fields}
         points += self._write_days(daily) + self.write_last_seen(latest)
+        # Groups go newest first: the newer group built just before this one took its
+        # first day's counter use from roll-ups that did not hold this group yet (the
+        # rise from this group's last reading to that day's first was lost). That day
+        # is combined again from its hourly buckets, now with this group's last values.
+        newer, self._newer_first = self._newer_first, None
+        if self._ordered is not None:  # a cycle's closed-day build
+            self._newer_first = (days[0], by_day.get(days[0], {}))
+        if newer is not None and newer[0] == days[-1] + DAY and hourly:
+            points += self._write_days([
+                combine(_ns(day_start(newer[0], self._tz)), key, parts, before.get(key, {}))
+                for key, parts in sorted(newer[1].items())])
         manifests = [Point(MANIFEST, {"day": day.isoformat()},
                            {"build": build, "marks": marks.get(day, 0)},
                            _ns(day_start(day, self._tz))) for day in days]
@@ -733,6 +747,7 @@ class TelemetryRollups(DaemonLoop):
         groups = list(day_groups(batch, counts, self.settings.points_per_query))
         # The next group's raw rows are read, and the last group's points written, while
         # this one is aggregated: InfluxDB works on the other core (docs/performance.md).
+        self._newer_first = None
         try:
             with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollup-read") as reader,
                   OrderedWrites(self._writer) as self._ordered):
@@ -750,6 +765,7 @@ class TelemetryRollups(DaemonLoop):
                     ahead.cancel()
         finally:
             self._ordered = None
+            self._newer_first = None
         cycle.pending_days = len(todo) - len(cycle.days_built)
         # A day's counter use starts from the previous day's last value: the day after
         # each (re)built group is refreshed, as groups are built newest first and late
