@@ -8,7 +8,14 @@ panel's queries are filled in as Grafana would (``dashboards.panel_queries``: co
 time is the sum of its queries', its rows the rows they return. "Before" runs the
 panels committed before the roll-ups (bench/baseline_dashboards/), "after" the current
 ones, once :class:`ingest_service.telemetry.rollups.TelemetryRollups` has built the
-roll-ups (its build time is reported too).
+roll-ups (its build time is reported too, built as the service does: at most
+``days_per_cycle`` days per cycle, with the progress printed after each cycle).
+
+A raw query is given up after :data:`QUERY_CAP_S`: the bench's InfluxDB stops it
+itself (``[coordinator] query-timeout``, devstack/servers.py), so a given-up query
+does not keep loading the machine; the panel's cell says "> N s (gave up)".
+``before_ranges`` limits the raw panels to some ranges (at 2,000 devices a year of
+raw panels would take an hour or more, mostly spent hitting the cap).
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from bench import machine
 from bench.stack import Stack
@@ -37,6 +47,10 @@ WRITE_BATCH = 50_000
 STEP = timedelta(minutes=15)
 DEVICES_PER_SITE = 2
 RANGES = {"2d": timedelta(days=2), "30d": timedelta(days=30), "1y": timedelta(days=365)}
+QUERY_CAP_S = 60.0
+"""A panel query running longer is given up: the bench InfluxDB's ``query-timeout``."""
+GAVE_UP = "query-timeout limit exceeded"
+"""InfluxDB 1.x's error for a query it stopped at its ``query-timeout``."""
 
 
 def lines(devices: int, start: datetime, end: datetime, seed: int = 15) -> Any:
@@ -83,26 +97,58 @@ def site_lines(devices: int, at_ns: int) -> str:
 
 def time_panels(stack: Stack, board_path: Path, start: datetime, end: datetime,
                 max_data_points: int) -> dict[str, dict[str, Any]]:
-    """Panel title → seconds (its queries one after the other) and rows returned."""
+    """Panel title → seconds (its queries one after the other), rows returned, and
+    whether a query was given up at :data:`QUERY_CAP_S`."""
     board = json.loads(board_path.read_text(encoding="utf-8"))
-    out: dict[str, dict[str, Any]] = {p["title"]: {"s": 0.0, "rows": 0, "error": ""}
+    out: dict[str, dict[str, Any]] = {p["title"]: {"s": 0.0, "rows": 0, "error": "",
+                                                   "gave_up": False}
                                       for p in iter_panels(board["panels"])}
     for title, _ref, query in panel_queries(board, {"county": "all"}, start, end,
                                             max_data_points=max_data_points):
         started = time.perf_counter()
-        response = stack.http.post("/query", data={"q": query, "db": "farm", "epoch": "ms"},
-                                   timeout=600)
+        try:
+            response = stack.http.post("/query", data={"q": query, "db": "farm", "epoch": "ms"},
+                                       timeout=QUERY_CAP_S + 30)
+        except httpx.TimeoutException:
+            out[title]["s"] += time.perf_counter() - started
+            out[title]["gave_up"] = True
+            continue
         out[title]["s"] += time.perf_counter() - started
         result: dict[str, Any] = (response.json()["results"][0] if response.status_code == 200
                                   else {"error": response.text[:200]})
         if "error" in result:
-            out[title]["error"] = str(result["error"])[:120]
+            if GAVE_UP in str(result["error"]):
+                out[title]["gave_up"] = True
+            else:
+                out[title]["error"] = str(result["error"])[:120]
         out[title]["rows"] += sum(len(s.get("values") or []) for s in result.get("series", []))
     return {t: {**v, "s": round(v["s"], 3)} for t, v in out.items()}
 
 
-def run(devices: int = 2000, days: int = 365, max_data_points: int = 1000) -> dict[str, Any]:
-    """Write the fleet's history, time the old panels, build the roll-ups, time the new ones."""
+def build_rollups(rollups: TelemetryRollups, now: datetime,
+                  progress: Callable[[str], None]) -> dict[str, Any]:
+    """The roll-ups' first build as the service runs it, cycle after cycle (each at most
+    ``days_per_cycle`` days), until no day is pending; the progress after each cycle."""
+    started = time.perf_counter()
+    built, cycles = 0, 0
+    while True:
+        cycle = rollups.maintain_once(now + timedelta(seconds=cycles))
+        cycles += 1
+        built += len(cycle.days_built)
+        elapsed = time.perf_counter() - started
+        progress(f"  roll-ups: {built} day(s) built in {elapsed:.0f} s "
+                 f"({elapsed / max(1, built):.2f} s/day), {cycle.pending_days} to go")
+        if not cycle.pending_days or not cycle.days_built:
+            return {"s": elapsed, "days": built, "cycles": cycles}
+
+
+def run(devices: int = 2000, days: int = 365, max_data_points: int = 1000,
+        before_ranges: Collection[str] | None = None,
+        progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the fleet's history, time the old panels, build the roll-ups, time the new ones.
+
+    ``before_ranges``: the ranges (of :data:`RANGES`) whose raw panels are timed (all).
+    """
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     start = end - timedelta(days=days)
     with Stack() as stack:
@@ -111,25 +157,33 @@ def run(devices: int = 2000, days: int = 365, max_data_points: int = 1000) -> di
         }).raise_for_status()
         written, started = 0, time.perf_counter()
         stack.write(site_lines(devices, int(start.timestamp()) * 1_000_000_000).encode())
+        per_day = devices * int(timedelta(days=1) / STEP)
         for batch in lines(devices, start, end):
             stack.write("\n".join(batch).encode())
+            done = (written + len(batch)) // per_day
+            if done != written // per_day and done % 30 == 0:
+                progress(f"  written {done} of {days} days "
+                         f"({written / (time.perf_counter() - started):,.0f} readings/s)")
             written += len(batch)
         write_s = time.perf_counter() - started
         now = end + timedelta(minutes=1)
         ranges = {label: (now - span, now) for label, span in RANGES.items()
                   if span <= timedelta(days=days)}
-        before = {label: {name: time_panels(stack, BASELINE / name, a, b, max_data_points)
-                          for name in BOARDS} for label, (a, b) in ranges.items()}
+        before: dict[str, Any] = {}
+        for label, (a, b) in ranges.items():
+            if before_ranges is None or label in before_ranges:
+                progress(f"  raw panels, {label} …")
+                before[label] = {name: time_panels(stack, BASELINE / name, a, b, max_data_points)
+                                 for name in BOARDS}
         settings = Settings(influx_url=stack.influxd.url, influx_api="v1", influx_db="farm")
         query, writer = InfluxQL(settings), make_writer(settings)
         rollups = TelemetryRollups(query, writer, settings.tz,
-                                   TelemetryRollupSettings(days_per_cycle=days + 2, budget_s=1e9))
-        build_s = time.perf_counter()
-        cycle = rollups.maintain_once(now)
-        build_s = time.perf_counter() - build_s
+                                   TelemetryRollupSettings(budget_s=1e9))
+        build = build_rollups(rollups, now, progress)
         steady_s = time.perf_counter()
         rollups.maintain_once(now + timedelta(minutes=1))
         steady_s = time.perf_counter() - steady_s
+        progress("  roll-up panels …")
         after = {label: {name: time_panels(stack, OUT_DIR / name, a, b, max_data_points)
                          for name in BOARDS} for label, (a, b) in ranges.items()}
         query.close()
@@ -137,9 +191,10 @@ def run(devices: int = 2000, days: int = 365, max_data_points: int = 1000) -> di
     return {
         "devices": devices, "days": days, "points_written": written,
         "write_s": round(write_s, 1), "max_data_points": max_data_points,
-        "rollup_build_s": round(build_s, 1), "rollup_days_built": len(cycle.days_built),
-        "rollup_cycle_s": round(steady_s, 2),
-        "before": before, "after": after, "load_after": machine.load(),
+        "rollup_build_s": round(build["s"], 1), "rollup_days_built": build["days"],
+        "rollup_build_cycles": build["cycles"], "rollup_cycle_s": round(steady_s, 2),
+        "query_cap_s": QUERY_CAP_S, "before": before, "after": after,
+        "load_after": machine.load(),
     }
 
 
@@ -148,14 +203,17 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     out = []
     for label, boards in result["after"].items():
         for name, panels in boards.items():
-            old = result["before"][label][name]
+            old = result["before"].get(label, {}).get(name)
             for title, new in panels.items():
-                was = old.get(title)
-                out.append((label, title, _cell(was) if was else "(new panel)", _cell(new)))
+                was = None if old is None else old.get(title)
+                cell = ("(not timed)" if old is None else _cell(was) if was else "(new panel)")
+                out.append((label, title, cell, _cell(new)))
     return out
 
 
 def _cell(item: dict[str, Any]) -> str:
+    if item.get("gave_up"):
+        return f"> {item['s']:.0f} s (gave up)"
     if item["error"]:
         return f"{item['s']:.2f} s, error: {item['error'][:40]}"
     return f"{item['s']:.2f} s, {item['rows']:,} rows"

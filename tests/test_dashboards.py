@@ -599,3 +599,45 @@ def test_every_panel_query_returns_data_of_its_shape(influxd: Influxd) -> None:
                     check_board(influxd, name, board,
                                 {"county": county, "site": site, "year": year},
                                 end - span, end)
+
+
+@pytest.mark.integration
+def test_devices_table_is_bounded_for_the_city_and_complete_for_a_county(
+    influxd: Influxd,
+) -> None:
+    """More devices than the city-wide list shows: for "all" the table lists the
+    ``CITY_LIST`` heard from longest ago; for one county, every device of it."""
+    from dashboards.devices import CITY_LIST
+
+    now_ms = int(time.time() * 1000)
+    month_ns = (now_ms - 86_400_000) * 1_000_000
+    devices = CITY_LIST + 100
+    lines = [f"device_last_seen,county=c{i % 4},device_id=d{i:04d},site_id=s{i:04d},"
+             f"site_type=drip seen_ms={now_ms - i * 60_000}i,battery_v=12.5,rssi_dbm=-90.0 "
+             f"{month_ns}" for i in range(devices)]
+    response = httpx.post(f"{influxd.url}/write", params={"db": "farm"},
+                          content="\n".join(lines).encode(), timeout=30)
+    assert response.status_code == 204, response.text
+    board = committed()["devices.json"]
+
+    def table(county: str) -> dict[tuple[str, str], Any]:
+        out: dict[tuple[str, str], Any] = {}
+        for title, ref, query in panel_queries(board, {"county": county, "site": "$__all"},
+                                               now_ms - 86_400_000, now_ms + 60_000):
+            if title in ("Devices / 设备清单", "Devices by county / 各区县设备"):
+                result: Any = influxd.query(query)
+                out[(title, ref)] = result["results"][0]
+        return out
+
+    city = table(schema.CITY_COUNTY_TAG)
+    listed = city[("Devices / 设备清单", "B")]["series"][0]
+    assert "series" not in city[("Devices / 设备清单", "A")]
+    assert len(listed["values"]) == CITY_LIST
+    seen = [row[listed["columns"].index("seen_ms")] for row in listed["values"]]
+    assert max(seen) == now_ms - (devices - CITY_LIST) * 60_000  # the oldest ones
+    summary = city[("Devices by county / 各区县设备", "A")]["series"]
+    assert {s["tags"]["county"]: s["values"][0][1] for s in summary} == {
+        f"c{k}": devices // 4 for k in range(4)}
+    one = table("c1")
+    assert "series" not in one[("Devices / 设备清单", "B")]
+    assert len(one[("Devices / 设备清单", "A")]["series"]) == devices // 4

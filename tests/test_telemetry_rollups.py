@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from devstack.servers import Influxd
 from farm_contract import schema
 from ingest_service.influxql import InfluxQL
-from ingest_service.outputs.influx import Writer, make_writer
+from ingest_service.outputs.influx import WriteError, Writer, make_writer
 from ingest_service.settings import Settings
 from ingest_service.telemetry.late import LateTelemetryMarker, all_fresh, late_days
 from ingest_service.telemetry.rollups import (
@@ -35,6 +35,7 @@ from ingest_service.telemetry.rollups import (
     HOURLY,
     LAST_SEEN,
     SITE_USE,
+    OrderedWrites,
     TelemetryRollups,
     TelemetryRollupSettings,
     day_groups,
@@ -314,5 +315,64 @@ def test_first_build_is_bounded_by_horizon_and_spread_by_budget(influxd: Influxd
     store = Store(influxd)
     rolled = {local(ms * 1_000_000, tz).date() for _, ms in store.rows(DAILY)}
     assert set(inside) <= rolled and not rolled & (set(days) - set(inside)), rolled
+    query.close()
+    writer.close()
+
+
+class FlakyWriter:
+    """Stores bodies, refuses ``b"bad"``: the one write failure :class:`OrderedWrites` sees."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def write(self, body: bytes) -> None:
+        if body == b"bad":
+            raise WriteError("InfluxDB unreachable", transient=True)
+        self.bodies.append(body)
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_ordered_writes_keep_order_and_drop_everything_after_a_failure() -> None:
+    """A day's manifest is handed over after its data: if the data's write fails the
+    manifest must not land, and the failure reaches the cycle."""
+    writer = FlakyWriter()
+    with OrderedWrites(writer) as ordered:
+        for body in (b"1", b"2", b"3"):
+            ordered.write(body)
+    assert writer.bodies == [b"1", b"2", b"3"]
+    writer = FlakyWriter()
+    with pytest.raises(WriteError), OrderedWrites(writer) as ordered:
+        for body in (b"data", b"bad", b"manifest"):
+            ordered.write(body)
+    assert writer.bodies == [b"data"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_days_use_starts_from_the_day_before_across_groups(influxd: Influxd) -> None:
+    """Every closed day its own group, built newest first in one cycle: each day's
+    counter use still starts from the previous day's last reading (built after it), not
+    from its own first one."""
+    settings = Settings(influx_url=influxd.url, influx_api="v1")
+    query, writer = InfluxQL(settings), make_writer(settings)
+    tz = settings.tz
+    now = datetime.now(UTC)
+    today = now.astimezone(tz).date()
+    days = [today - timedelta(days=k) for k in (5, 4, 3)]
+    data = readings(days, tz)
+    write(writer, data)
+    rollups = TelemetryRollups(query, writer, tz, TelemetryRollupSettings(
+        budget_s=1e9, points_per_query=96 * len(DEVICES)))
+    cycle = rollups.maintain_once(now)
+    assert set(days) <= set(cycle.days_built), cycle
+    daily = Store(influxd).rows(DAILY)
+    for (device, day), used in expected_use(data, tz).items():
+        start_ms = int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()) * 1000
+        assert daily[(device, start_ms)]["volume_m3_used"] == pytest.approx(used), (device, day)
     query.close()
     writer.close()

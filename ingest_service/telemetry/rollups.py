@@ -32,11 +32,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from itertools import groupby
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -47,7 +48,7 @@ from ingest_service.indicators.aggregates import Querier, run
 from ingest_service.influxql import Series, quote_ident, quote_literal, time_literal
 from ingest_service.model import FieldValue, Point
 from ingest_service.outputs.influx import Writer
-from ingest_service.outputs.lineprotocol import encode
+from ingest_service.outputs.lineprotocol import encode, escape_tag, series_key
 from ingest_service.telemetry.late import LATE_TELEMETRY, day_of
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,10 @@ SITE_METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 """Per site type, the gauges and counters its devices may send (contract §4): the only
 fields a roll-up reads for it."""
+GAUGE_KEYS = {m: (f"{m}_min", f"{m}_mean", f"{m}_max", f"{m}_n") for m in GAUGES}
+"""Per gauge, its roll-up field names: min, mean, max, readings."""
+COUNTER_KEYS = {c: (f"{c}_first", f"{c}_last", f"{c}_used") for c in COUNTERS}
+"""Per counter, its roll-up field names: first, last, used."""
 LAST_SEEN_FIELDS = ("battery_v", "rssi_dbm")
 TAGS = schema.TELEMETRY_TAGS
 HOUR = timedelta(hours=1)
@@ -102,6 +107,8 @@ class TelemetryRollupSettings:
     (``FARM_TELEMETRY_ROLLUP_BUDGET_S``): the first build is spread over cycles."""
     points_per_query: int = 200_000
     """Consecutive closed days are read from raw in one query up to about this many readings."""
+    read_ahead: bool = True
+    """Read the next group's raw rows while this one is aggregated and written."""
     last_seen_lookback: timedelta = timedelta(days=2)
     """How far back the first cycle looks for last-seen state in raw readings."""
 
@@ -122,13 +129,6 @@ class Bucket:
     start_ns: int
     tags: Key
     fields: dict[str, float] = field(default_factory=dict)
-
-    def gauge(self, metric: str) -> tuple[float, float, float, float] | None:
-        n = self.fields.get(f"{metric}_n")
-        if not n:
-            return None
-        f = self.fields
-        return f[f"{metric}_min"], f[f"{metric}_mean"], f[f"{metric}_max"], n
 
 
 def _ns(moment: datetime) -> int:
@@ -155,29 +155,62 @@ def hour_buckets(series: Series, site_type: str) -> tuple[list[Bucket], Bucket |
     Aggregated here rather than by InfluxDB: with 1.x a ``min/mean/max/count`` call per
     metric costs about as much per series and bucket as reading the rows themselves, so
     36 calls took ~10× longer than one plain ``SELECT`` of the same rows (docs/performance.md).
+    The rows are turned into columns once and each hour is a slice of them, so the
+    per-value work is done by ``min``/``max``/``sum`` in C (docs/performance.md).
     """
     key = tuple(series.tags.get(t, "") for t in TAGS)
     column = {name: i for i, name in enumerate(series.columns)}
     gauges, counters = SITE_METRICS[site_type]
-    gauge_columns = [(m, column[m]) for m in gauges if m in column]
-    counter_columns = [(c, column[c]) for c in counters if c in column]
+    if not series.values:
+        return [], None
+    columns = list(zip(*series.values, strict=True))
+    gauge_columns = [(GAUGE_KEYS[m], columns[column[m]]) for m in gauges if m in column]
+    counter_columns = [(COUNTER_KEYS[c], columns[column[c]]) for c in counters if c in column]
+    hours = [int(t) // 3_600_000 for t in columns[0]]
     out: list[Bucket] = []
-    for hour, group in groupby(series.values, key=lambda row: int(row[0]) // 3_600_000):
-        rows = list(group)
+    first, rows = 0, len(hours)
+    while first < rows:
+        hour = hours[first]
+        last = bisect_right(hours, hour, first)
         fields: dict[str, float] = {}
-        for m, j in gauge_columns:
-            values = [row[j] for row in rows if row[j] is not None]
-            if values:
-                n = len(values)
-                fields |= {f"{m}_min": float(min(values)), f"{m}_mean": sum(values) / n,
-                           f"{m}_max": float(max(values)), f"{m}_n": float(n)}
-        for c, j in counter_columns:
-            values = [row[j] for row in rows if row[j] is not None]
-            if values:
-                fields |= {f"{c}_first": float(values[0]), f"{c}_last": float(values[-1])}
+        for (k_min, k_mean, k_max, k_n), values in gauge_columns:
+            part = values[first:last]
+            if None in part:
+                part = tuple(v for v in part if v is not None)
+            if part:
+                n = len(part)
+                fields[k_min] = float(min(part))
+                fields[k_mean] = sum(part) / n
+                fields[k_max] = float(max(part))
+                fields[k_n] = float(n)
+        for (k_first, k_last, _used), values in counter_columns:
+            part = values[first:last]
+            if None in part:
+                part = tuple(v for v in part if v is not None)
+            if part:
+                fields[k_first] = float(part[0])
+                fields[k_last] = float(part[-1])
         if fields:
             out.append(Bucket(hour * 3_600_000_000_000, key, fields))
+        first = last
     return out, _latest(series, key, column)
+
+
+RawRows = list[tuple[str, list[Series]]]
+"""Raw readings per site type, one series per device (:meth:`TelemetryRollups._raw_rows`)."""
+
+
+def raw_buckets(rows: RawRows) -> tuple[list[Bucket], list[Bucket]]:
+    """Hourly buckets of raw rows, and each device's latest reading."""
+    hourly: list[Bucket] = []
+    latest: list[Bucket] = []
+    for site_type, found in rows:
+        for series in found:
+            buckets, newest = hour_buckets(series, site_type)
+            hourly += buckets
+            if newest is not None:
+                latest.append(newest)
+    return hourly, latest
 
 
 def _latest(series: Series, key: Key, column: dict[str, int]) -> Bucket | None:
@@ -200,16 +233,19 @@ def _window(start: datetime, end: datetime) -> str:
     return f"time >= {time_literal(start)} AND time < {time_literal(end)}"
 
 
-def _series_buckets(series: Iterable[Any]) -> list[Bucket]:
+def _series_buckets(series: Iterable[Series]) -> list[Bucket]:
+    """Stored roll-up rows as buckets: every numeric column but time (bools left out)."""
     out = []
     for one in series:
         key = tuple(one.tags.get(t, "") for t in TAGS)
-        for row in one.rows():
-            fields = {k: float(v) for k, v in row.items()
-                      if k not in TAGS and k != "time" and isinstance(v, int | float)
-                      and not isinstance(v, bool)}
+        numeric = [(i, name) for i, name in enumerate(one.columns)
+                   if name != "time" and name not in TAGS]
+        time_i = one.columns.index("time")
+        for row in one.values:
+            fields = {name: float(v) for i, name in numeric
+                      if (v := row[i]) is not None and type(v) in (int, float)}
             if fields:
-                out.append(Bucket(int(row["time"]) * 1_000_000, key, fields))
+                out.append(Bucket(int(row[time_i]) * 1_000_000, key, fields))
     return out
 
 
@@ -220,18 +256,19 @@ def combine(start_ns: int, key: Key, parts: Sequence[Bucket], before: dict[str, 
     a counter's rise is summed hour by hour, a fall (a replaced meter) counting 0.
     """
     out = Bucket(start_ns, key)
-    for m in GAUGES:
-        found = [g for p in parts if (g := p.gauge(m)) is not None]
+    fields = out.fields
+    for k_min, k_mean, k_max, k_n in GAUGE_KEYS.values():
+        found = [p.fields for p in parts if p.fields.get(k_n)]
         if found:
-            n = sum(g[3] for g in found)
-            out.fields |= {f"{m}_min": min(g[0] for g in found),
-                           f"{m}_mean": sum(g[1] * g[3] for g in found) / n,
-                           f"{m}_max": max(g[2] for g in found), f"{m}_n": n}
-    for c in COUNTERS:
-        lasts = [(p.fields.get(f"{c}_first"), p.fields[f"{c}_last"])
-                 for p in parts if f"{c}_last" in p.fields]
+            n = sum(f[k_n] for f in found)
+            fields[k_min] = min(f[k_min] for f in found)
+            fields[k_mean] = sum(f[k_mean] * f[k_n] for f in found) / n
+            fields[k_max] = max(f[k_max] for f in found)
+            fields[k_n] = n
+    for c, (k_first, k_last, _used) in COUNTER_KEYS.items():
+        lasts = [(p.fields.get(k_first), p.fields[k_last]) for p in parts if k_last in p.fields]
         if lasts:
-            out.fields |= used_fields(c, lasts, before.get(c))
+            fields |= used_fields(c, lasts, before.get(c))
     return out
 
 
@@ -248,6 +285,12 @@ def used_fields(counter: str, firsts_lasts: Sequence[tuple[float | None, float]]
             f"{counter}_last": firsts_lasts[-1][1], f"{counter}_used": used}
 
 
+def _gauges_of(site_type: str) -> tuple[str, ...]:
+    """The gauges a site type's buckets can hold (their roll-ups read no others)."""
+    known = SITE_METRICS.get(site_type)
+    return GAUGES if known is None else known[0]
+
+
 def county_points(measurement: str, buckets: Iterable[Bucket], daily: bool) -> list[Point]:
     """County aggregates over the sites' means (each site's devices weighted by readings)."""
     sites: dict[tuple[int, str, str, str], list[Bucket]] = defaultdict(list)
@@ -257,10 +300,11 @@ def county_points(measurement: str, buckets: Iterable[Bucket], daily: bool) -> l
     counties: dict[tuple[int, str, str], list[dict[str, float]]] = defaultdict(list)
     for (start_ns, county, site_type, _site), devices in sites.items():
         means: dict[str, float] = {}
-        for m in GAUGES:
-            found = [g for d in devices if (g := d.gauge(m)) is not None]
+        for m in _gauges_of(site_type):
+            _min, k_mean, _max, k_n = GAUGE_KEYS[m]
+            found = [d.fields for d in devices if d.fields.get(k_n)]
             if found:
-                means[m] = sum(g[1] * g[3] for g in found) / sum(g[3] for g in found)
+                means[m] = sum(f[k_mean] * f[k_n] for f in found) / sum(f[k_n] for f in found)
         for counter, name in USE_FIELDS.items():
             uses = [d.fields[f"{counter}_used"] for d in devices
                     if f"{counter}_used" in d.fields]
@@ -270,7 +314,7 @@ def county_points(measurement: str, buckets: Iterable[Bucket], daily: bool) -> l
     points = []
     for (start_ns, county, site_type), site_means in sorted(counties.items()):
         fields: dict[str, FieldValue] = {"sites": len(site_means)}
-        for m in GAUGES:
+        for m in _gauges_of(site_type):
             values = [s[m] for s in site_means if m in s]
             if not values:
                 continue
@@ -302,10 +346,33 @@ def site_use_points(buckets: Iterable[Bucket]) -> list[Point]:
             for (start_ns, s, t, c), fields in sorted(sums.items()) if fields]
 
 
-def bucket_points(measurement: str, buckets: Iterable[Bucket]) -> list[Point]:
-    return [Point(measurement, dict(zip(TAGS, b.tags, strict=True)),
-                  {k: (int(v) if k.endswith("_n") else v) for k, v in sorted(b.fields.items())},
-                  b.start_ns) for b in buckets]
+def bucket_lines(measurement: str, buckets: Iterable[Bucket]) -> list[str]:
+    """Buckets as line-protocol lines (``<m>_n`` as integers, every other field a float).
+
+    Encoded here, not through :class:`~ingest_service.model.Point`: a day at 2,000
+    devices is ~50,000 hourly buckets of ~30 fields. A device's series key is escaped
+    once, and buckets with the same field names (nearly all) share one ``%`` template,
+    so a line is one C-level format.
+    """
+    series: dict[Key, str] = {}
+    templates: dict[tuple[str, ...], str] = {}
+    out = []
+    for b in buckets:
+        head = series.get(b.tags)
+        if head is None:
+            head = series[b.tags] = series_key(measurement, dict(zip(TAGS, b.tags, strict=True)))
+        names = tuple(b.fields)
+        template = templates.get(names)
+        if template is None:
+            template = templates[names] = _fields_template(names)
+        out.append(f"{head} {template % tuple(b.fields.values())} {b.start_ns}")
+    return out
+
+
+def _fields_template(names: Sequence[str]) -> str:
+    """``a=%r,b_n=%di``: floats as ``repr`` (exact), readings counts as integers."""
+    return ",".join(escape_tag(name).replace("%", "%%") + ("=%di" if name.endswith("_n") else "=%r")
+                    for name in names)
 
 
 def day_groups(todo: Sequence[date], counts: dict[date, int],
@@ -324,6 +391,50 @@ def day_groups(todo: Sequence[date], counts: dict[date, int],
         size += n
     if group:
         yield group
+
+
+class OrderedWrites:
+    """Line-protocol bodies written by one background thread, in the order given.
+
+    The closed-day build hands its writes over so that InfluxDB stores one group while
+    the next is aggregated (on 2 cores the two overlap). Once a write fails every later
+    one is dropped, so a day's manifest, written after its data, never lands without
+    it; :meth:`drain` waits for what was handed over and raises the first failure.
+    """
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollup-write")
+        self._pending: list[Future[None]] = []
+        self._failed: BaseException | None = None
+
+    def write(self, body: bytes) -> None:
+        self._pending.append(self._pool.submit(self._send, body))
+
+    def _send(self, body: bytes) -> None:
+        if self._failed is not None:
+            raise RuntimeError("an earlier roll-up write failed") from self._failed
+        try:
+            self._writer.write(body)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def drain(self) -> None:
+        """Wait for every write handed over; raise the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def __enter__(self) -> OrderedWrites:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            if kind is None:
+                self.drain()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 @dataclass(slots=True)
@@ -351,6 +462,10 @@ class TelemetryRollups(DaemonLoop):
                  settings: TelemetryRollupSettings | None = None) -> None:
         self._query = querier
         self._writer = writer
+        self._ordered: OrderedWrites | None = None
+        self._newer_first: tuple[date, dict[Key, list[Bucket]]] | None = None
+        """During a cycle's closed-day build: the last group's first day and its hourly
+        buckets (see :meth:`build_days`)."""
         self._tz = tz
         self.settings = settings or TelemetryRollupSettings()
         self._today_marks: tuple[date, int] | None = None
@@ -362,10 +477,20 @@ class TelemetryRollups(DaemonLoop):
 
     # --- writing -------------------------------------------------------------------
 
+    def _send(self, body: bytes) -> None:
+        """Write now, or hand over to the closed-day build's :class:`OrderedWrites`."""
+        (self._ordered or self._writer).write(body)
+
     def _write(self, points: Sequence[Point]) -> int:
         for first in range(0, len(points), WRITE_CHUNK):
-            self._writer.write(encode(list(points[first:first + WRITE_CHUNK])))
+            self._send(encode(list(points[first:first + WRITE_CHUNK])))
         return len(points)
+
+    def _write_lines(self, lines: Sequence[str]) -> int:
+        for first in range(0, len(lines), WRITE_CHUNK):
+            body = "\n".join(lines[first:first + WRITE_CHUNK])
+            self._send(body.encode("utf-8", errors="replace"))
+        return len(lines)
 
     # --- reading -------------------------------------------------------------------
 
@@ -373,22 +498,19 @@ class TelemetryRollups(DaemonLoop):
         return self._raw(start, end)[0]
 
     def _raw(self, start: datetime, end: datetime) -> tuple[list[Bucket], list[Bucket]]:
-        """Hourly buckets of [start, end) from raw readings, and each device's latest reading.
+        """Hourly buckets of [start, end) from raw readings, and each device's latest reading."""
+        return raw_buckets(self._raw_rows(start, end))
 
-        One query per site type, reading only the fields that type's devices may send.
-        """
-        hourly: list[Bucket] = []
-        latest: list[Bucket] = []
+    def _raw_rows(self, start: datetime, end: datetime) -> RawRows:
+        """The raw rows of [start, end): one query per site type, reading only the fields
+        that type's devices may send."""
+        found: RawRows = []
         for site_type in SITE_METRICS:
             q = (f"SELECT {_raw_select(site_type)} FROM {quote_ident(schema.TELEMETRY)}"
                  f" WHERE {quote_ident('site_type')} = {quote_literal(site_type)}"
                  f" AND {_window(start, end)} GROUP BY {_group_tags()}")
-            for series in run(self._query, q):
-                buckets, newest = hour_buckets(series, site_type)
-                hourly += buckets
-                if newest is not None:
-                    latest.append(newest)
-        return hourly, latest
+            found.append((site_type, run(self._query, q)))
+        return found
 
     def _hourly_rollups(self, start: datetime, end: datetime) -> list[Bucket]:
         """Stored hourly buckets, per site type with only its fields (``SELECT *`` costs
@@ -453,11 +575,11 @@ class TelemetryRollups(DaemonLoop):
         return buckets
 
     def _write_hours(self, buckets: list[Bucket]) -> int:
-        return (self._write(bucket_points(HOURLY, buckets))
+        return (self._write_lines(bucket_lines(HOURLY, buckets))
                 + self._write(county_points(COUNTY_HOURLY, buckets, daily=False)))
 
     def _write_days(self, daily: list[Bucket]) -> int:
-        return (self._write(bucket_points(DAILY, daily))
+        return (self._write_lines(bucket_lines(DAILY, daily))
                 + self._write(county_points(COUNTY_DAILY, daily, daily=True))
                 + self._write(site_use_points(daily)))
 
@@ -474,17 +596,30 @@ class TelemetryRollups(DaemonLoop):
         return self._write_days(daily)
 
     def build_days(self, days: Sequence[date], marks: dict[date, int],
-                   empty: bool = False) -> int:
+                   empty: bool = False, rows: RawRows | None = None) -> int:
         """Consecutive closed days (oldest first) from raw in one read: hourly, daily and
         last-seen points, then each day's manifest last. ``empty``: known to hold no
-        readings, so only the manifests are written."""
+        readings, so only the manifests are written; ``rows``: their raw rows, already
+        read (:meth:`_raw_rows`)."""
         build = time.time_ns()
         start, end = day_start(days[0], self._tz), day_start(days[-1], self._tz) + DAY
-        hourly, latest = ([], []) if empty else self._raw(start, end)
+        hourly: list[Bucket] = []
+        latest: list[Bucket] = []
+        if not empty:
+            hourly, latest = raw_buckets(self._raw_rows(start, end) if rows is None else rows)
+        del rows
+        if self._ordered is not None:
+            # The previous group's writes land first: its last-seen points are read back
+            # below (a newer month point must never be overwritten by an older reading).
+            self._ordered.drain()
         points = self._write_hours(hourly)
         by_day: dict[date, dict[Key, list[Bucket]]] = defaultdict(lambda: defaultdict(list))
+        day_of_hour: dict[int, date] = {}
         for b in sorted(hourly, key=lambda b: b.start_ns):
-            by_day[day_of(b.start_ns, self._tz)][b.tags].append(b)
+            day = day_of_hour.get(b.start_ns)
+            if day is None:
+                day = day_of_hour[b.start_ns] = day_of(b.start_ns, self._tz)
+            by_day[day][b.tags].append(b)
         # Each day's counter use starts from the day before's last value: read once, then
         # carried forward through the group.
         before = self._counters_before(start) if hourly else {}
@@ -496,10 +631,31 @@ class TelemetryRollups(DaemonLoop):
                 before[key] = before.get(key, {}) | {
                     c: one.fields[f"{c}_last"] for c in COUNTERS if f"{c}_last" in one.fields}
         points += self._write_days(daily) + self.write_last_seen(latest)
+        # Groups go newest first: the newer group built just before this one took its
+        # first day's counter use from roll-ups that did not hold this group yet (the
+        # rise from this group's last reading to that day's first was lost). That day
+        # is combined again from its hourly buckets, now with this group's last values.
+        newer, self._newer_first = self._newer_first, None
+        if self._ordered is not None:  # a cycle's closed-day build
+            self._newer_first = (days[0], by_day.get(days[0], {}))
+        if newer is not None and newer[0] == days[-1] + DAY and hourly:
+            points += self._write_days([
+                combine(_ns(day_start(newer[0], self._tz)), key, parts, before.get(key, {}))
+                for key, parts in sorted(newer[1].items())])
         manifests = [Point(MANIFEST, {"day": day.isoformat()},
                            {"build": build, "marks": marks.get(day, 0)},
                            _ns(day_start(day, self._tz))) for day in days]
         return points + self._write(manifests)
+
+    def _read_ahead(self, reader: ThreadPoolExecutor, groups: Sequence[list[date]],
+                    counts: dict[date, int], i: int) -> Future[RawRows] | None:
+        """Start reading group ``i``'s raw rows (none for a missing or empty group)."""
+        if (not self.settings.read_ahead or i >= len(groups)
+                or not any(counts.get(day) for day in groups[i])):
+            return None
+        days = groups[i]
+        return reader.submit(self._raw_rows, day_start(days[0], self._tz),
+                             day_start(days[-1], self._tz) + DAY)
 
     def build_day(self, day: date, marks: int) -> int:
         """A closed day from raw: hourly, daily, last seen; its manifest last."""
@@ -588,12 +744,28 @@ class TelemetryRollups(DaemonLoop):
                       reverse=True)
         batch = todo[:self.settings.days_per_cycle]
         counts = self.day_counts(batch[-1], batch[0]) if batch else {}
-        for group in day_groups(batch, counts, self.settings.points_per_query):
-            if cycle.days_built and time.monotonic() - started > self.settings.budget_s:
-                break
-            empty = not any(counts.get(day) for day in group)
-            cycle.points += self.build_days(group, marks, empty)
-            cycle.days_built += group
+        groups = list(day_groups(batch, counts, self.settings.points_per_query))
+        # The next group's raw rows are read, and the last group's points written, while
+        # this one is aggregated: InfluxDB works on the other core (docs/performance.md).
+        self._newer_first = None
+        try:
+            with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollup-read") as reader,
+                  OrderedWrites(self._writer) as self._ordered):
+                ahead = self._read_ahead(reader, groups, counts, 0)
+                for i, group in enumerate(groups):
+                    if cycle.days_built and time.monotonic() - started > self.settings.budget_s:
+                        break
+                    rows = None if ahead is None else ahead.result()
+                    ahead = (self._read_ahead(reader, groups, counts, i + 1)
+                             if time.monotonic() - started <= self.settings.budget_s else None)
+                    empty = not any(counts.get(day) for day in group)
+                    cycle.points += self.build_days(group, marks, empty, rows)
+                    cycle.days_built += group
+                if ahead is not None:
+                    ahead.cancel()
+        finally:
+            self._ordered = None
+            self._newer_first = None
         cycle.pending_days = len(todo) - len(cycle.days_built)
         # A day's counter use starts from the previous day's last value: the day after
         # each (re)built group is refreshed, as groups are built newest first and late
