@@ -264,12 +264,13 @@ def test_roll_ups_are_what_is_read(influxd: Influxd) -> None:
     rig.maintainer.maintain_once(NOW)
     manifest = rig.reader.manifests()[Month(2025, 4)]
     at = int(Month(2025, 4).start(SHANGHAI).timestamp()) * 1_000_000_000
-    tags = {"kind": "mass", "site_id": DRIP, "type": "film_applied"}
-    rig.writer.write(encode([Point("rollup", tags, {"build": manifest.build, "mass_t": 1e6,
-                                                    "grain_t": 0.0}, at)]))
+    tags = {"kind": "mass_rows", "part": "0"}  # the month's packed per-site masses
+    rows = json.dumps([[DRIP, "film_applied", "", "", 1e6, 0.0, 0.0]])
+    rig.writer.write(encode([Point("rollup", tags, {"build": manifest.build, "rows": rows},
+                                   at)]))
     assert _plain(rig.rolled.compute(2025, now=NOW)) != _plain(rig.raw.compute(2025, now=NOW))
     rig.writer.write(encode([Point("rollup", tags, {"build": manifest.build + 1,
-                                                    "mass_t": 1e6, "grain_t": 0.0}, at)]))
+                                                    "rows": rows}, at)]))
     assert rig.covered(2025, NOW) == _months(2025, 1, 12) - {Month(2025, 4)}
     rig.same(2025, NOW)
 
