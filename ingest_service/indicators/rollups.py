@@ -219,13 +219,17 @@ def _unpack(kind: str, text: object, into: Aggregates) -> None:
     try:
         rows = orjson.loads(str(text or "[]"))
         if kind == MASS_ROWS:
-            for site_id, type_, crop, season, mass, grain, thin in rows:
-                into.masses[str(site_id), str(type_), str(crop), str(season)] = (
-                    float(mass), float(grain), float(thin))
+            masses = {(site_id, type_, crop, season): (float(mass), float(grain), float(thin))
+                      for site_id, type_, crop, season, mass, grain, thin in rows}
+            if any(type(tag) is not str for key in masses for tag in key):
+                raise TypeError("a site, type, crop or season that is not a string")
+            into.masses.update(masses)
         elif kind == DAYS_ROWS:
-            for site_id, days, last_day in rows:
-                into.days[str(site_id)] = int(days)
-                into.last_day[str(site_id)] = int(last_day)
+            days = {site_id: int(count) for site_id, count, _ in rows}
+            if any(type(site_id) is not str for site_id in days):
+                raise TypeError("a site that is not a string")
+            into.days.update(days)
+            into.last_day.update({site_id: int(last) for site_id, _, last in rows})
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise QueryError(f"a {kind} roll-up point is malformed: {exc}") from None
 
