@@ -209,12 +209,12 @@ class RollupReader:
                     text = row[at["site_ids"]] if "site_ids" in at else None
                     parts[month].ledger.update(filter(None, str(text or "").split(",")))
                 else:
-                    _unpack(kind, row[at["rows"]] if "rows" in at else None, parts[month])
+                    unpack_rows(kind, row[at["rows"]] if "rows" in at else None, parts[month])
         torn |= {month for month, manifest in valid.items() if seen[month] != manifest.parts}
         return {month: parts[month] for month in sorted(valid.keys() - torn)}
 
 
-def _unpack(kind: str, text: object, into: Aggregates) -> None:
+def unpack_rows(kind: str, text: object, into: Aggregates) -> None:
     """A packed point's rows into ``into``; anything malformed is a :class:`QueryError`."""
     try:
         rows = orjson.loads(str(text or "[]"))
@@ -237,12 +237,12 @@ def _unpack(kind: str, text: object, into: Aggregates) -> None:
 def _packed(rows: Iterable[list[object]]) -> Iterator[str]:
     """JSON arrays of ``rows``, each at most :data:`PART_BYTES` (at least one row)."""
     chunk: list[bytes] = []
-    size = 0
+    size = 1  # the brackets, less the comma the first row does not need
     for row in rows:
         encoded = orjson.dumps(row)
         if chunk and size + len(encoded) + 1 > PART_BYTES:
             yield "[" + b",".join(chunk).decode() + "]"
-            chunk, size = [], 0
+            chunk, size = [], 1
         chunk.append(encoded)
         size += len(encoded) + 1
     if chunk:
