@@ -275,7 +275,7 @@ def test_roll_ups_are_what_is_read(influxd: Influxd) -> None:
     manifest = rig.reader.manifests()[Month(2025, 4)]
     at = int(Month(2025, 4).start(SHANGHAI).timestamp()) * 1_000_000_000
     tags = {"kind": "mass_rows", "part": "0"}  # the month's packed per-site masses
-    rows = json.dumps([[DRIP, "film_applied", "", "", 1e6, 0.0, 0.0]])
+    rows = json.dumps([[DRIP], ["film_applied"], [""], [""], [1e6], [0.0], [0.0]])  # columns
     rig.writer.write(encode([Point("rollup", tags, {"build": manifest.build, "rows": rows},
                                    at)]))
     assert _plain(rig.rolled.compute(2025, now=NOW)) != _plain(rig.raw.compute(2025, now=NOW))

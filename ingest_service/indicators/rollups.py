@@ -10,15 +10,17 @@ Measurement ``rollup``; every point sits at its month's first instant in
 ``settings.tz``; ``build`` (an int, the build's start in ns) ties a month's points
 together:
 
-- ``kind=mass_rows``, ``part``: ``rows``, a JSON array of ``[site_id, type, crop, season,
-  mass_t, grain_t, thin_t]`` (sums; ``thin_t`` is applied film below 0.01 mm), at most
+- ``kind=mass_rows``, ``part``: ``rows``, JSON columns (an array per column) of
+  :data:`MASS_COLUMNS` — ``site_id``, ``type``, ``crop``, ``season``, ``mass_t``,
+  ``grain_t``, ``thin_t`` (sums; ``thin_t`` is applied film below 0.01 mm) — at most
   :data:`PART_BYTES` per point. Keyed by site, never by the stored county tag: the engine
   maps sites to counties through the registry history.
 - ``kind=ledger``, ``part``: ``site_ids`` (sorted, comma-separated, at most
   :data:`LEDGER_PART` per point), ``sites`` — a set, because a site is counted
   once however many months it kept its ledger in
-- ``kind=days_rows``, ``part``: ``rows``, a JSON array of ``[site_id, days, last_day]``
-  (days of the month a manure site's telemetry reported on, epoch ms of its last reading)
+- ``kind=days_rows``, ``part``: ``rows``, JSON columns of :data:`DAYS_COLUMNS` — ``site_id``,
+  ``days`` (days of the month a manure site's telemetry reported on), ``last_day`` (epoch
+  ms of its last reading)
 - ``kind=month``, ``month``: ``marks``, ``events``, ``readings``, ``value_sum``, ``parts``,
   ``format`` — the manifest, written last; a manifest of another :data:`FORMAT` is not valid
 
@@ -214,48 +216,62 @@ class RollupReader:
         return {month: parts[month] for month in sorted(valid.keys() - torn)}
 
 
+MASS_COLUMNS = ("site_id", "type", "crop", "season", "mass_t", "grain_t", "thin_t")
+DAYS_COLUMNS = ("site_id", "days", "last_day")
+
+
+def _strings(column: list[object]) -> bool:
+    return set(map(type, column)) <= {str}
+
+
 def unpack_rows(kind: str, text: object, into: Aggregates) -> None:
-    """A packed point's rows into ``into``; anything malformed is a :class:`QueryError`."""
+    """A packed point's columns into ``into``; anything malformed is a :class:`QueryError`."""
     try:
-        rows = orjson.loads(str(text or "[]"))
+        columns = orjson.loads(str(text or "[]"))
+        if kind not in (MASS_ROWS, DAYS_ROWS):
+            return
+        width = len(MASS_COLUMNS if kind == MASS_ROWS else DAYS_COLUMNS)
+        if (type(columns) is not list or len(columns) != width
+                or any(type(c) is not list or len(c) != len(columns[0]) for c in columns)):
+            raise ValueError(f"not {width} columns of one length")
         if kind == MASS_ROWS:
-            masses = {(site_id, type_, crop, season): (float(mass), float(grain), float(thin))
-                      for site_id, type_, crop, season, mass, grain, thin in rows}
-            if any(type(tag) is not str for key in masses for tag in key):
+            sites, types, crops, seasons, mass, grain, thin = columns
+            if not all(map(_strings, (sites, types, crops, seasons))):
                 raise TypeError("a site, type, crop or season that is not a string")
-            into.masses.update(masses)
-        elif kind == DAYS_ROWS:
-            days = {site_id: int(count) for site_id, count, _ in rows}
-            if any(type(site_id) is not str for site_id in days):
+            into.masses.update(zip(zip(sites, types, crops, seasons, strict=True),
+                                   zip(map(float, mass), map(float, grain), map(float, thin),
+                                       strict=True), strict=True))
+        else:
+            sites, days, last = columns
+            if not _strings(sites):
                 raise TypeError("a site that is not a string")
-            into.days.update(days)
-            into.last_day.update({site_id: int(last) for site_id, _, last in rows})
+            into.days.update(zip(sites, map(int, days), strict=True))
+            into.last_day.update(zip(sites, map(int, last), strict=True))
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise QueryError(f"a {kind} roll-up point is malformed: {exc}") from None
 
 
-def _packed(rows: Iterable[list[object]]) -> Iterator[str]:
-    """JSON arrays of ``rows``, each at most :data:`PART_BYTES` (at least one row)."""
-    chunk: list[bytes] = []
+def _packed(rows: Iterable[tuple[object, ...]]) -> Iterator[str]:
+    """``rows`` as JSON columns (one array per column), each point's at most
+    :data:`PART_BYTES`: sized as JSON rows, which columns never exceed."""
+    chunk: list[tuple[object, ...]] = []
     size = 1  # the brackets, less the comma the first row does not need
     for row in rows:
-        encoded = orjson.dumps(row)
-        if chunk and size + len(encoded) + 1 > PART_BYTES:
-            yield "[" + b",".join(chunk).decode() + "]"
+        length = len(orjson.dumps(row)) + 1
+        if chunk and size + length > PART_BYTES:
+            yield orjson.dumps([list(column) for column in zip(*chunk, strict=True)]).decode()
             chunk, size = [], 1
-        chunk.append(encoded)
-        size += len(encoded) + 1
+        chunk.append(row)
+        size += length
     if chunk:
-        yield "[" + b",".join(chunk).decode() + "]"
+        yield orjson.dumps([list(column) for column in zip(*chunk, strict=True)]).decode()
 
 
 def rollup_points(month: Month, found: Aggregates, build: int, tz: ZoneInfo) -> list[Point]:
     """A month's aggregates as ``rollup`` points (the manifest excluded)."""
     at = _start_ns(month, tz)
     points: list[Point] = []
-    masses = ([site_id, kind, crop, season, mass, grain, thin]
-              for (site_id, kind, crop, season), (mass, grain, thin)
-              in sorted(found.masses.items()))
+    masses = (key + value for key, value in sorted(found.masses.items()))
     for part, rows in enumerate(_packed(masses)):
         points.append(Point(schema.ROLLUP, {"kind": MASS_ROWS, "part": str(part)},
                             {"build": build, "rows": rows}, at))
@@ -265,7 +281,7 @@ def rollup_points(month: Month, found: Aggregates, build: int, tz: ZoneInfo) -> 
         fields: dict[str, FieldValue] = {"build": build, "sites": len(chunk),
                                          "site_ids": ",".join(chunk)}
         points.append(Point(schema.ROLLUP, {"kind": LEDGER, "part": str(part)}, fields, at))
-    days = ([site_id, count, found.last_day.get(site_id, 0)]
+    days = ((site_id, count, found.last_day.get(site_id, 0))
             for site_id, count in sorted(found.days.items()))
     for part, rows in enumerate(_packed(days)):
         points.append(Point(schema.ROLLUP, {"kind": DAYS_ROWS, "part": str(part)},
