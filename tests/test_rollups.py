@@ -9,6 +9,7 @@ in a real InfluxDB; every computation is compared with the raw one.
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -21,12 +22,21 @@ from devstack.servers import Influxd, Mosquitto
 from farm_contract.indicators import IndicatorValue
 from farm_contract.registry import Registry
 from ingest_service.indicators import aggregates
+from ingest_service.indicators.aggregates import Aggregates
 from ingest_service.indicators.engine import IndicatorEngine
 from ingest_service.indicators.late_events import LateEventMarker, late_months
 from ingest_service.indicators.months import Month, Span, gaps
 from ingest_service.indicators.publisher import IndicatorPublisher
-from ingest_service.indicators.rollups import RollupMaintainer, RollupReader
-from ingest_service.influxql import InfluxQL, Series
+from ingest_service.indicators.rollups import (
+    DAYS_ROWS,
+    MASS_ROWS,
+    PART_BYTES,
+    RollupMaintainer,
+    RollupReader,
+    rollup_points,
+    unpack_rows,
+)
+from ingest_service.influxql import InfluxQL, QueryError, Series
 from ingest_service.model import FieldValue, Inbound, Point
 from ingest_service.outputs.influx import WriteError, make_writer
 from ingest_service.outputs.lineprotocol import encode
@@ -264,12 +274,13 @@ def test_roll_ups_are_what_is_read(influxd: Influxd) -> None:
     rig.maintainer.maintain_once(NOW)
     manifest = rig.reader.manifests()[Month(2025, 4)]
     at = int(Month(2025, 4).start(SHANGHAI).timestamp()) * 1_000_000_000
-    tags = {"kind": "mass", "site_id": DRIP, "type": "film_applied"}
-    rig.writer.write(encode([Point("rollup", tags, {"build": manifest.build, "mass_t": 1e6,
-                                                    "grain_t": 0.0}, at)]))
+    tags = {"kind": "mass_rows", "part": "0"}  # the month's packed per-site masses
+    rows = json.dumps([[DRIP], ["film_applied"], [""], [""], [1e6], [0.0], [0.0]])  # columns
+    rig.writer.write(encode([Point("rollup", tags, {"build": manifest.build, "rows": rows},
+                                   at)]))
     assert _plain(rig.rolled.compute(2025, now=NOW)) != _plain(rig.raw.compute(2025, now=NOW))
     rig.writer.write(encode([Point("rollup", tags, {"build": manifest.build + 1,
-                                                    "mass_t": 1e6, "grain_t": 0.0}, at)]))
+                                                    "rows": rows}, at)]))
     assert rig.covered(2025, NOW) == _months(2025, 1, 12) - {Month(2025, 4)}
     rig.same(2025, NOW)
 
@@ -483,3 +494,39 @@ def test_a_value_overwritten_around_ingest_is_caught_by_the_audit(influxd: Influ
         rebuilt = rebuilt or Month(2025, 12) in done.built
     assert rebuilt
     rig.same(2025, NOW)
+
+
+@pytest.mark.integration
+def test_a_month_missing_one_of_its_parts_is_read_raw(influxd: Influxd) -> None:
+    """The manifest counts the month's points (format 3): a part lost (a torn write, a
+    deletion) sends the month raw instead of reading a month with sites missing."""
+    _load(influxd)
+    rig = Rig(influxd)
+    rig.maintainer.maintain_once(NOW)
+    at = Month(2025, 6).start(SHANGHAI).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    rig.query.query(f"DELETE FROM \"rollup\" WHERE \"kind\" = 'days_rows' AND time = '{at}'")
+    assert rig.covered(2025, NOW) == _months(2025, 1, 12) - {Month(2025, 6)}
+    rig.same(2025, NOW)
+
+
+def test_packed_rows_round_trip_in_parts_under_the_string_limit() -> None:
+    """10,000 sites' masses and days: several points per kind, each under the limit, read
+    back to exactly the same floats and integers."""
+    rng = random.Random(7)
+    found = Aggregates(
+        masses={(f"s{i:05d}", "harvest", "corn" if i % 2 else "", "2025" if i % 3 else ""):
+                (rng.random() * 1e5, rng.random() / 3, 0.1 + 0.2) for i in range(10_000)},
+        days={f"s{i:05d}": i % 31 for i in range(10_000)},
+        last_day={f"s{i:05d}": 1_700_000_000_000 + i for i in range(10_000)},
+    )
+    points = rollup_points(Month(2025, 3), found, 1, SHANGHAI)
+    packed = [p for p in points if p.tags["kind"] in (MASS_ROWS, DAYS_ROWS)]
+    assert len({p.tags["kind"] for p in packed}) == 2 and len(packed) > 10
+    assert all(len(str(p.fields["rows"]).encode()) <= PART_BYTES for p in packed)
+    read = Aggregates()
+    for point in packed:
+        unpack_rows(point.tags["kind"], point.fields["rows"], read)
+    assert read.masses == found.masses
+    assert (read.days, read.last_day) == (found.days, found.last_day)
+    with pytest.raises(QueryError, match="malformed"):
+        unpack_rows(MASS_ROWS, '[["s1", "harvest", "", ""]]', Aggregates())

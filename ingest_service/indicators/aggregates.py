@@ -12,6 +12,7 @@ is a union, days reported (counted in whole days of ``tz``) add up.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -110,6 +111,32 @@ class Aggregates:
             del self.masses[key]
 
 
+MASS_GROUP = ", ".join(quote_ident(tag) for tag in ("site_id", "type", "crop", "season"))
+
+
+def _key(series: Series) -> MassKey:
+    tags = series.tags
+    return (tags.get("site_id", ""), tags.get("type", ""), tags.get("crop", ""),
+            tags.get("season", ""))
+
+
+def overflowing_keys(querier: Querier, where: str) -> list[MassKey]:
+    """The keys of every site whose sums could overflow (more than ``count × max |value|``
+    can reach the float range): ``max``, ``min`` and ``count`` never overflow, so InfluxDB
+    answers this where the sums broke its answer off."""
+    fields = ("mass_t", "grain_t")
+    q = (
+        "SELECT " + ", ".join(f"{agg}({quote_ident(name)}) AS {agg}_{name}"
+                              for name in fields for agg in ("max", "min", "count"))
+        + f" FROM {quote_ident(schema.EVENT)} WHERE {where} GROUP BY {MASS_GROUP}"
+    )
+    found = [(_key(series), row) for series in run(querier, q) for row in series.rows()]
+    sites = {key[0] for key, row in found for name in fields
+             if max(abs(number(row.get(f"max_{name}"))), abs(number(row.get(f"min_{name}"))))
+             * number(row.get(f"count_{name}")) > sys.float_info.max}
+    return sorted({key for key, _ in found if key[0] in sites})
+
+
 def mass_sums(
     querier: Querier, span: Span, types: Iterable[EventType] = MASS_TYPES,
     site_id: str | None = None, finite: bool = True,
@@ -117,42 +144,53 @@ def mass_sums(
     """Film and straw tonnes per site, type, crop and season: one query, plus one for thin
     applied film when ``film_applied`` is among ``types``.
 
-    ``finite=False`` passes a sum InfluxDB overflowed (±Inf) through instead of raising, so
-    the engine can refuse only the figures that site is part of."""
+    ``finite=False`` gives a sum that overflowed (±Inf) as ``inf`` instead of raising, so the
+    engine refuses only the figures that site is part of: when InfluxDB's answer breaks off
+    on such a sum (1.x cannot write ±Inf in JSON), the sites that can overflow are found
+    (:func:`overflowing_keys`), read as ``inf`` and left out of the query asked again."""
     types = tuple(types)
+    where = f"{types_clause(types)} AND {span.condition()}{site_clause(site_id)}"
+    thin_where = (
+        f"{quote_ident('type')} = {quote_literal(EventType.FILM_APPLIED)} "
+        f"AND {quote_ident('thickness_mm')} < {THIN_FILM_MM} AND {span.condition()}"
+        f"{site_clause(site_id)}"
+    )
+    excluded: list[MassKey] | None = None
 
     def value(raw: object) -> float:
         if not finite and isinstance(raw, float) and math.isinf(raw):
             return raw
         return number(raw)
 
-    where = f"{types_clause(types)} AND {span.condition()}{site_clause(site_id)}"
-    group = ", ".join(quote_ident(tag) for tag in ("site_id", "type", "crop", "season"))
-    q = (
-        f"SELECT sum({quote_ident('mass_t')}) AS mass_t, "
-        f"sum({quote_ident('grain_t')}) AS grain_t "
-        f"FROM {quote_ident(schema.EVENT)} WHERE {where} GROUP BY {group}"
-    )
+    def ask(select: str, condition: str) -> list[Series]:
+        nonlocal excluded
+        q = f"SELECT {select} FROM {quote_ident(schema.EVENT)} WHERE {condition}"
+        if excluded is None:
+            try:
+                return run(querier, f"{q} GROUP BY {MASS_GROUP}")
+            except QueryError:
+                if finite:
+                    raise
+                excluded = overflowing_keys(querier, where)
+                if not excluded:
+                    raise
+        skip = "".join(f" AND {quote_ident('site_id')} != {quote_literal(site)}"
+                       for site in sorted({key[0] for key in excluded}))
+        return run(querier, f"{q}{skip} GROUP BY {MASS_GROUP}")
+
     sums: dict[MassKey, Mass] = {}
-    for series in run(querier, q):
-        tags = series.tags
-        key = (tags.get("site_id", ""), tags.get("type", ""), tags.get("crop", ""),
-               tags.get("season", ""))
+    select = (f"sum({quote_ident('mass_t')}) AS mass_t, "
+              f"sum({quote_ident('grain_t')}) AS grain_t")
+    for series in ask(select, where):
         for row in series.rows():
-            add_mass(sums, key, (value(row.get("mass_t")), value(row.get("grain_t")), 0.0))
+            add_mass(sums, _key(series), (value(row.get("mass_t")), value(row.get("grain_t")),
+                                          0.0))
     if EventType.FILM_APPLIED in types:
-        q = (
-            f"SELECT sum({quote_ident('mass_t')}) AS thin_t FROM {quote_ident(schema.EVENT)} "
-            f"WHERE {quote_ident('type')} = {quote_literal(EventType.FILM_APPLIED)} "
-            f"AND {quote_ident('thickness_mm')} < {THIN_FILM_MM} AND {span.condition()}"
-            f"{site_clause(site_id)} GROUP BY {group}"
-        )
-        for series in run(querier, q):
-            tags = series.tags
-            key = (tags.get("site_id", ""), tags.get("type", ""), tags.get("crop", ""),
-                   tags.get("season", ""))
+        for series in ask(f"sum({quote_ident('mass_t')}) AS thin_t", thin_where):
             for row in series.rows():
-                add_mass(sums, key, (0.0, 0.0, value(row.get("thin_t"))))
+                add_mass(sums, _key(series), (0.0, 0.0, value(row.get("thin_t"))))
+    for key in excluded or ():
+        sums[key] = (math.inf, math.inf, 0.0)
     return sums
 
 

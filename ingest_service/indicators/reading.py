@@ -31,6 +31,7 @@ from ingest_service.indicators.aggregates import (
     Mass,
     MassKey,
     Querier,
+    add_mass,
 )
 from ingest_service.indicators.months import Month, Span, gaps
 from ingest_service.indicators.rollups import RollupReader
@@ -140,7 +141,10 @@ def site_parts(registry: Registry, site_ids: Iterable[str], span: Span) -> dict[
     """The sites whose registry row changes inside ``span``, each with ``span`` cut at its
     changes (midnight of each row's first day); sites with one row throughout are left out."""
     split: dict[str, list[Span]] = {}
+    history = registry.site_history
     for site_id in sorted(site_ids):
+        if len(history.get(site_id, ())) < 2:
+            continue  # one row (or none): nothing changes, at city scale nearly every site
         changes = [_midnight(p.start) for p in registry.periods(site_id)[1:]
                    if p.start is not None]
         parts = _split(span, changes)
@@ -152,6 +156,9 @@ def site_parts(registry: Registry, site_ids: Iterable[str], span: Span) -> dict[
 def row_at(registry: Registry, site_id: str, moment: datetime) -> Site | None:
     """The registry row of ``site_id`` in effect at ``moment``; data from before a site's
     first row counts for its first row (ingest accepted it); None for an unknown site."""
+    rows = registry.site_history.get(site_id, ())
+    if len(rows) < 2:  # its one row whatever the day (what the fallback below gives too)
+        return rows[0] if rows else None
     site = registry.site_on(site_id, day_of(moment))
     if site is None:
         periods = registry.periods(site_id)
@@ -200,43 +207,48 @@ class YearReader:
             rolled = self._rollups.read(window.start, pieces[-1].span.end, now)
         for piece in pieces:
             found = self._collect(piece, rolled, data)
-            if piece.main:
-                data.ledger |= found.ledger
-                for site_id, days in found.days.items():
-                    data.days[site_id] = data.days.get(site_id, 0) + days
-                for site_id, day in found.last_day.items():
-                    data.last_day[site_id] = max(day, data.last_day.get(site_id, day))
             data.masses += self._attribute(registry, piece, found)
+        self._read_manure(Span(window.start, window.as_of), rolled, data)
         self._read_faults(window, data)
         return data
 
-    def _collect(self, piece: Piece, rolled: dict[Month, Aggregates], data: YearData) -> Aggregates:
-        """The piece's aggregates: whole valid months from roll-ups, the rest raw."""
-        span = piece.span
+    def _within(self, rolled: dict[Month, Aggregates], span: Span) -> list[Month]:
         assert span.start is not None
-        months = [m for m in rolled
-                  if m.start(self._tz) >= span.start and m.end(self._tz) <= span.end]
+        return [m for m in rolled
+                if m.start(self._tz) >= span.start and m.end(self._tz) <= span.end]
+
+    def _collect(self, piece: Piece, rolled: dict[Month, Aggregates], data: YearData) -> Aggregates:
+        """The piece's masses: whole valid months from roll-ups, the rest raw."""
+        months = self._within(rolled, piece.span)
         found = Aggregates()
+        types = set(piece.types)
         for month in months:
-            part = rolled[month]
-            found.add(Aggregates(
-                masses={k: v for k, v in part.masses.items() if k[1] in piece.types},
-                ledger=part.ledger if piece.main else set(),
-                days=part.days if piece.main else {},
-                last_day=part.last_day if piece.main else {},
-            ))
+            for key, more in rolled[month].masses.items():
+                if key[1] in types:
+                    add_mass(found.masses, key, more)
         data.rollup_months += len(months)
-        for gap in gaps(span, months, self._tz):
+        for gap in gaps(piece.span, months, self._tz):
             data.raw_spans += 1
             found.add(Aggregates(masses=aggregates.mass_sums(self._query, gap, piece.types,
                                                              finite=False)))
-            if piece.main:
-                found.ledger |= aggregates.ledger_sites(self._query, gap)
-                for stretch in self._months(gap):  # a month per query, as roll-ups do
-                    found.add(Aggregates(days=aggregates.days_reported(
-                        self._query, stretch, self._tz)))
-                found.add(Aggregates(last_day=aggregates.last_readings(self._query, gap)))
         return found
+
+    def _read_manure(self, span: Span, rolled: dict[Month, Aggregates], data: YearData) -> None:
+        """Ledgers, days reported and last readings over the year itself, once: unlike
+        masses they count the same in every piece, and each query over raw events costs
+        per site (a union, sums of whole local days and a maximum add up over any cut)."""
+        months = self._within(rolled, span)
+        found = Aggregates()
+        for month in months:
+            part = rolled[month]
+            found.add(Aggregates(ledger=part.ledger, days=part.days, last_day=part.last_day))
+        for gap in gaps(span, months, self._tz):
+            found.ledger |= aggregates.ledger_sites(self._query, gap)
+            for stretch in self._months(gap):  # a month per query, as roll-ups do
+                found.add(Aggregates(days=aggregates.days_reported(
+                    self._query, stretch, self._tz)))
+            found.add(Aggregates(last_day=aggregates.last_readings(self._query, gap)))
+        data.ledger, data.days, data.last_day = found.ledger, found.days, found.last_day
 
     def _months(self, span: Span) -> list[Span]:
         """``span`` cut at the month boundaries of ``tz`` inside it."""

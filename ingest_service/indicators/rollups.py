@@ -10,22 +10,32 @@ Measurement ``rollup``; every point sits at its month's first instant in
 ``settings.tz``; ``build`` (an int, the build's start in ns) ties a month's points
 together:
 
-- ``kind=mass``, ``site_id``, ``type``, ``crop``, ``season``: ``mass_t``, ``grain_t``,
-  ``thin_t`` (sums; ``thin_t`` is applied film below 0.01 mm). Keyed by site, never by
-  the stored county tag: the engine maps sites to counties through the registry history.
+- ``kind=mass_rows``, ``part``: ``rows``, JSON columns (an array per column) of
+  :data:`MASS_COLUMNS` — ``site_id``, ``type``, ``crop``, ``season``, ``mass_t``,
+  ``grain_t``, ``thin_t`` (sums; ``thin_t`` is applied film below 0.01 mm) — at most
+  :data:`PART_BYTES` per point. Keyed by site, never by the stored county tag: the engine
+  maps sites to counties through the registry history.
 - ``kind=ledger``, ``part``: ``site_ids`` (sorted, comma-separated, at most
   :data:`LEDGER_PART` per point), ``sites`` — a set, because a site is counted
   once however many months it kept its ledger in
-- ``kind=days``, ``site_id``: ``days`` (days of the month a manure site's telemetry
-  reported on), ``last_day`` (epoch ms of its last reading)
-- ``kind=month``, ``month``: ``marks``, ``events``, ``readings``, ``value_sum``, ``format`` — the
-  manifest, written last; a manifest of another :data:`FORMAT` is not valid
+- ``kind=days_rows``, ``part``: ``rows``, JSON columns of :data:`DAYS_COLUMNS` — ``site_id``,
+  ``days`` (days of the month a manure site's telemetry reported on), ``last_day`` (epoch
+  ms of its last reading)
+- ``kind=month``, ``month``: ``marks``, ``events``, ``readings``, ``value_sum``, ``parts``,
+  ``format`` — the manifest, written last; a manifest of another :data:`FORMAT` is not valid
+
+Per-site values are packed into a few points a month (format 3) rather than one point per
+site (format 2, tags ``kind=mass``/``kind=days``, ``site_id``): InfluxDB 1.x pays per
+series read, so 10,000 sites' points cost ~1 s to read where a few dozen packed points cost
+milliseconds (docs/performance.md). Points of format 2 are left where they are and never
+read (``DROP SERIES FROM rollup WHERE kind = 'mass' OR kind = 'days'`` removes them).
 
 A month's roll-up is used only if its manifest exists, the month ended before
 "as of", and the month's ``late_event`` marks still number what the manifest
 recorded (:mod:`ingest_service.indicators.late_events`). Points of an older build (a group
 that vanished) are ignored; a point of a newer build than the manifest means a
-rebuild is under way, and the month is read raw instead. Writes that bypass
+rebuild is under way, and so does a month missing some of the ``parts`` its manifest
+counts: the month is read raw instead. Writes that bypass
 ingest, and late telemetry, leave no mark: the maintainer re-counts one month's raw events
 and manure readings, and re-sums its events' numbers, per cycle against the manifest's
 ``events``, ``readings`` and ``value_sum`` and rebuilds on a difference (a value
@@ -38,11 +48,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
+
+import orjson
 
 from farm_contract import schema
 from ingest_service.indicators import aggregates
@@ -61,9 +72,13 @@ LEDGER_PART = 1000
 SETTLE = timedelta(minutes=15)
 """A month is built this long after it ended: more than any clock skew between workers,
 so a worker that still took the month for the current one has finished storing."""
-FORMAT = 2
-"""The roll-up layout: 2 keys masses by site (issue 12) and keeps days reported (issue 13).
-A manifest of another format is not valid, so its month is rebuilt."""
+PART_BYTES = 32_000
+"""Bytes of packed JSON rows per point: under InfluxDB 1.x's 64 KiB string field."""
+FORMAT = 3
+"""The roll-up layout: 2 keyed masses by site (issue 12) and kept days reported (issue 13),
+a point per site; 3 packs those per-site rows into a few points a month. A manifest of
+another format is not valid, so its month is rebuilt."""
+MASS_ROWS, DAYS_ROWS, LEDGER = "mass_rows", "days_rows", "ledger"
 MONTHS_PER_CYCLE = 24
 """Months built per maintenance cycle in the service, so a first start is spread out."""
 
@@ -97,6 +112,8 @@ class Manifest:
     values: float = 0.0
     """Σ of the events' audited fields (:func:`aggregates.event_value_sum`): the audit
     catches a value overwritten around ingest, which leaves the count as it was."""
+    parts: int = 0
+    """Points written for the month besides the manifest: fewer read means a torn build."""
 
     def matches(self, events: int, readings: int, values: float) -> bool:
         """True if a month's raw events still are what this roll-up was built from."""
@@ -118,13 +135,13 @@ class RollupReader:
         """Manifests of this :data:`FORMAT` (others are rebuilt)."""
         q = (
             f"SELECT {quote_ident('build')}, {quote_ident('marks')}, {quote_ident('events')}, "
-            f"{quote_ident('readings')}, {quote_ident('value_sum')}, {quote_ident('format')} "
-            f"FROM {quote_ident(schema.ROLLUP)} WHERE {_kind('month')}"
+            f"{quote_ident('readings')}, {quote_ident('value_sum')}, {quote_ident('parts')}, "
+            f"{quote_ident('format')} FROM {quote_ident(schema.ROLLUP)} WHERE {_kind('month')}"
         )
         return {
             self._month(row["time"]): Manifest(
                 _int(row.get("build")), _int(row.get("marks")), _int(row.get("events")),
-                _int(row.get("readings")), number(row.get("value_sum")),
+                _int(row.get("readings")), number(row.get("value_sum")), _int(row.get("parts")),
             )
             for series in run(self._query, q) for row in series.rows()
             if _int(row.get("format")) == FORMAT
@@ -156,79 +173,127 @@ class RollupReader:
         }
 
     def read(self, start: datetime, end: datetime, as_of: datetime) -> dict[Month, Aggregates]:
-        """The valid roll-ups of the months inside ``start <= time < end``, month by month."""
+        """The valid roll-ups of the months inside ``start <= time < end``, month by month.
+
+        One query reads every month's packed points (a few dozen series, whatever the
+        number of sites)."""
         valid = {month: manifest for month, manifest in self.valid(as_of).items()
                  if month.start(self._tz) >= start and month.end(self._tz) <= end}
         if not valid:
             return {}
         parts: dict[Month, Aggregates] = {month: Aggregates() for month in valid}
+        seen: dict[Month, int] = dict.fromkeys(valid, 0)
         torn: set[Month] = set()
-
-        def usable(time_ms: object, build: object) -> Aggregates | None:
-            month = self._month(time_ms)
-            manifest = valid.get(month)
-            if manifest is None:
-                return None
-            if _int(build) > manifest.build:
-                torn.add(month)  # rebuilt since its manifest was read
-            return parts[month] if _int(build) == manifest.build else None
-
-        def usable_rows(
-            fields: tuple[str, ...], kind: str, group: tuple[str, ...] = ()
-        ) -> Iterator[tuple[dict[str, str], dict[str, Any], Aggregates]]:
-            """(tags, row, month's part) of the roll-up rows of the months' current builds."""
-            columns = ", ".join(quote_ident(name) for name in ("build", *fields))
-            q = (f"SELECT {columns} FROM {quote_ident(schema.ROLLUP)} WHERE {_kind(kind)} "
-                 f"AND time >= {time_literal(start)} AND time < {time_literal(end)}")
-            if group:
-                q += " GROUP BY " + ", ".join(quote_ident(tag) for tag in group)
-            for series in run(self._query, q):
-                for row in series.rows():
-                    if (part := usable(row["time"], row.get("build"))) is not None:
-                        yield series.tags, row, part
-
-        for tags, row, part in usable_rows(("mass_t", "grain_t", "thin_t"), "mass",
-                                           ("site_id", "type", "crop", "season")):
-            key = (tags.get("site_id", ""), tags.get("type", ""), tags.get("crop", ""),
-                   tags.get("season", ""))
-            part.masses[key] = (number(row.get("mass_t")), number(row.get("grain_t")),
-                                number(row.get("thin_t")))
-        for _tags, row, part in usable_rows(("site_ids",), "ledger"):
-            part.ledger.update(filter(None, str(row.get("site_ids") or "").split(",")))
-        for tags, row, part in usable_rows(("days", "last_day"), "days", ("site_id",)):
-            site_id = tags.get("site_id", "")
-            part.days[site_id] = _int(row.get("days"))
-            part.last_day[site_id] = _int(row.get("last_day"))
+        months: dict[object, Month] = {}
+        columns = ", ".join(quote_ident(name) for name in ("build", "rows", "site_ids"))
+        kinds = " OR ".join(_kind(kind) for kind in (MASS_ROWS, DAYS_ROWS, LEDGER))
+        q = (f"SELECT {columns} FROM {quote_ident(schema.ROLLUP)} WHERE ({kinds}) "
+             f"AND time >= {time_literal(start)} AND time < {time_literal(end)} "
+             f"GROUP BY {quote_ident('kind')}")
+        for series in run(self._query, q):
+            kind = series.tags.get("kind", "")
+            at = {name: index for index, name in enumerate(series.columns)}
+            for row in series.values:
+                moment = row[at["time"]]
+                month = months.get(moment)
+                if month is None:
+                    month = months[moment] = self._month(moment)
+                manifest = valid.get(month)
+                if manifest is None:
+                    continue
+                build = _int(row[at["build"]])
+                if build > manifest.build:
+                    torn.add(month)  # rebuilt since its manifest was read
+                if build != manifest.build:
+                    continue
+                seen[month] += 1
+                if kind == LEDGER:
+                    text = row[at["site_ids"]] if "site_ids" in at else None
+                    parts[month].ledger.update(filter(None, str(text or "").split(",")))
+                else:
+                    unpack_rows(kind, row[at["rows"]] if "rows" in at else None, parts[month])
+        torn |= {month for month, manifest in valid.items() if seen[month] != manifest.parts}
         return {month: parts[month] for month in sorted(valid.keys() - torn)}
+
+
+MASS_COLUMNS = ("site_id", "type", "crop", "season", "mass_t", "grain_t", "thin_t")
+DAYS_COLUMNS = ("site_id", "days", "last_day")
+
+
+def _strings(column: list[object]) -> bool:
+    return set(map(type, column)) <= {str}
+
+
+def unpack_rows(kind: str, text: object, into: Aggregates) -> None:
+    """A packed point's columns into ``into``; anything malformed is a :class:`QueryError`."""
+    try:
+        columns = orjson.loads(str(text or "[]"))
+        if kind not in (MASS_ROWS, DAYS_ROWS):
+            return
+        width = len(MASS_COLUMNS if kind == MASS_ROWS else DAYS_COLUMNS)
+        if (type(columns) is not list or len(columns) != width
+                or any(type(c) is not list or len(c) != len(columns[0]) for c in columns)):
+            raise ValueError(f"not {width} columns of one length")
+        if kind == MASS_ROWS:
+            sites, types, crops, seasons, mass, grain, thin = columns
+            if not all(map(_strings, (sites, types, crops, seasons))):
+                raise TypeError("a site, type, crop or season that is not a string")
+            into.masses.update(zip(zip(sites, types, crops, seasons, strict=True),
+                                   zip(map(float, mass), map(float, grain), map(float, thin),
+                                       strict=True), strict=True))
+        else:
+            sites, days, last = columns
+            if not _strings(sites):
+                raise TypeError("a site that is not a string")
+            into.days.update(zip(sites, map(int, days), strict=True))
+            into.last_day.update(zip(sites, map(int, last), strict=True))
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise QueryError(f"a {kind} roll-up point is malformed: {exc}") from None
+
+
+def _packed(rows: Iterable[tuple[object, ...]]) -> Iterator[str]:
+    """``rows`` as JSON columns (one array per column), each point's at most
+    :data:`PART_BYTES`: sized as JSON rows, which columns never exceed."""
+    chunk: list[tuple[object, ...]] = []
+    size = 1  # the brackets, less the comma the first row does not need
+    for row in rows:
+        length = len(orjson.dumps(row)) + 1
+        if chunk and size + length > PART_BYTES:
+            yield orjson.dumps([list(column) for column in zip(*chunk, strict=True)]).decode()
+            chunk, size = [], 1
+        chunk.append(row)
+        size += length
+    if chunk:
+        yield orjson.dumps([list(column) for column in zip(*chunk, strict=True)]).decode()
 
 
 def rollup_points(month: Month, found: Aggregates, build: int, tz: ZoneInfo) -> list[Point]:
     """A month's aggregates as ``rollup`` points (the manifest excluded)."""
     at = _start_ns(month, tz)
     points: list[Point] = []
-    for (site_id, kind, crop, season), (mass, grain, thin) in sorted(found.masses.items()):
-        tags = {"kind": "mass", "site_id": site_id, "type": kind, "crop": crop,
-                "season": season}
-        points.append(Point(schema.ROLLUP, {k: v for k, v in tags.items() if v},
-                            {"build": build, "mass_t": mass, "grain_t": grain, "thin_t": thin},
-                            at))
+    masses = (key + value for key, value in sorted(found.masses.items()))
+    for part, rows in enumerate(_packed(masses)):
+        points.append(Point(schema.ROLLUP, {"kind": MASS_ROWS, "part": str(part)},
+                            {"build": build, "rows": rows}, at))
     sites = sorted(found.ledger)
     for part, first in enumerate(range(0, len(sites), LEDGER_PART)):
         chunk = sites[first:first + LEDGER_PART]
         fields: dict[str, FieldValue] = {"build": build, "sites": len(chunk),
                                          "site_ids": ",".join(chunk)}
-        points.append(Point(schema.ROLLUP, {"kind": "ledger", "part": str(part)}, fields, at))
-    for site_id, days in sorted(found.days.items()):
-        points.append(Point(schema.ROLLUP, {"kind": "days", "site_id": site_id},
-                            {"build": build, "days": days,
-                             "last_day": found.last_day.get(site_id, 0)}, at))
+        points.append(Point(schema.ROLLUP, {"kind": LEDGER, "part": str(part)}, fields, at))
+    days = ((site_id, count, found.last_day.get(site_id, 0))
+            for site_id, count in sorted(found.days.items()))
+    for part, rows in enumerate(_packed(days)):
+        points.append(Point(schema.ROLLUP, {"kind": DAYS_ROWS, "part": str(part)},
+                            {"build": build, "rows": rows}, at))
     return points
 
 
 def manifest_point(month: Month, manifest: Manifest, tz: ZoneInfo) -> Point:
     fields: dict[str, FieldValue] = {
         "build": manifest.build, "marks": manifest.marks, "events": manifest.events,
-        "readings": manifest.readings, "value_sum": float(manifest.values), "format": FORMAT,
+        "readings": manifest.readings, "value_sum": float(manifest.values),
+        "parts": manifest.parts, "format": FORMAT,
     }
     return Point(schema.ROLLUP, {"kind": "month", "month": month.key}, fields,
                  _start_ns(month, tz))
@@ -286,9 +351,8 @@ class RollupMaintainer:
         points = rollup_points(month, found, build, self._tz)
         if points:
             self._writer.write(encode(points))
-        self._writer.write(encode([manifest_point(month, Manifest(build, marks, events, readings,
-                                                                   values),
-                                                  self._tz)]))
+        manifest = Manifest(build, marks, events, readings, values, len(points))
+        self._writer.write(encode([manifest_point(month, manifest, self._tz)]))
         return len(points) + 1
 
     def maintain_once(self, now: datetime | None = None) -> Maintenance:
