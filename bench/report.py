@@ -42,11 +42,26 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+PUBLISHER_BOUND = 0.97
+"""A ceiling run receiving at ≥ 97 % of its publisher's rate measured the publisher (the
+publishing client could not offer more), not what the broker can deliver."""
+
+
+def ceiling_rate(throughput: dict[str, dict[str, Any]]) -> float | None:
+    """The ceiling to compare with: the median of the ceiling runs that were not limited
+    by the publisher; None when every run was (then the ratios to it say nothing)."""
+    runs = throughput.get("ceiling", {}).get("runs", [])
+    free = [r["rate"] for r in runs if r["rate"] < PUBLISHER_BOUND * r["publisher_rate"]]
+    return round(statistics.median(free), 1) if free else None
+
+
 def ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Each subject's median rate against the ceiling and the plain baseline of the same run."""
+    """Each subject's median rate against the ceiling (:func:`ceiling_rate`) and the plain
+    baseline of the same run."""
     out: dict[str, float] = {}
     for reference in ("ceiling", "baseline"):
-        ref = throughput.get(reference, {}).get("rate_median")
+        ref = (ceiling_rate(throughput) if reference == "ceiling"
+               else throughput.get(reference, {}).get("rate_median"))
         if not ref:
             continue
         for name, item in throughput.items():
@@ -114,7 +129,7 @@ def _fmt(value: object, digits: int = 0) -> str:
 def table(result: dict[str, Any], console: Console) -> None:
     """The throughput table, then latency, backlog, indicators and targets."""
     throughput = result.get("throughput", {})
-    ceiling = throughput.get("ceiling", {}).get("rate_median")
+    ceiling = ceiling_rate(throughput)
     baseline = throughput.get("baseline", {}).get("rate_median")
     config = result["config"]
     grid = Table(title=f"{config['messages']:,} QoS 1 messages from {config['devices']:,} devices, "
@@ -138,6 +153,13 @@ def table(result: dict[str, Any], console: Console) -> None:
         )
     if throughput:
         console.print(grid)
+        bound = [r for r in throughput.get("ceiling", {}).get("runs", [])
+                 if r["rate"] >= PUBLISHER_BOUND * r["publisher_rate"]]
+        if bound:
+            console.print(f"{len(bound)} ceiling run(s) were limited by the publisher, not the "
+                          "broker, and are left out of × ceiling"
+                          + ("" if ceiling else ": no ceiling was measured, the ratios to it "
+                             "are not judged"))
     if latency := result.get("latency"):
         console.print(
             f"latency at {latency['offered_rate']:,} msg/s offered for {latency['seconds']:g} s "

@@ -15,7 +15,7 @@ from bench.__main__ import main
 from bench.latency import latencies, percentile
 from bench.mqttraw import chunks, publish_packet
 from bench.profile import classify
-from bench.report import targets
+from bench.report import ceiling_rate, ratios, targets
 from bench.workload import fleet, messages
 from dashboards import shapes
 from farm_contract.payloads import parse_ts
@@ -130,3 +130,19 @@ def test_throughput_targets_are_judged_on_the_issues_workload_only() -> None:
     assert targets(both)["epoch-ms ts: zero lost"] is False
     assert targets(quick)["end_to_end >= 1.5x baseline"] is None
     assert targets(quick)["zero lost"] is True
+
+
+def test_a_publisher_bound_ceiling_run_is_not_a_ceiling() -> None:
+    """mosquitto_sub receiving as fast as the publisher sent measured the publisher: such
+    runs are left out of the ceiling, and with none left the ratios are not judged."""
+    def runs(*pairs: tuple[float, float]) -> dict[str, object]:
+        rates = [rate for rate, _ in pairs]
+        return {"runs": [{"rate": rate, "publisher_rate": offered} for rate, offered in pairs],
+                "rate_median": sorted(rates)[len(rates) // 2]}
+    throughput = {"ceiling": runs((35_000, 48_000), (18_600, 18_500), (17_800, 17_700)),
+                  "ingest": runs((17_000, 44_000))}
+    assert ceiling_rate(throughput) == 35_000
+    assert ratios(throughput)["ingest/ceiling"] == pytest.approx(17_000 / 35_000, abs=1e-3)
+    bound = {"ceiling": runs((18_600, 18_500)), "ingest": runs((17_000, 44_000))}
+    assert ceiling_rate(bound) is None
+    assert "ingest/ceiling" not in ratios(bound)
