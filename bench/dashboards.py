@@ -142,6 +142,19 @@ def build_rollups(rollups: TelemetryRollups, now: datetime,
             return {"s": elapsed, "days": built, "cycles": cycles}
 
 
+def window(days: int) -> tuple[datetime, datetime]:
+    """The fleet's history: ``days`` up to the last whole hour."""
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    return end - timedelta(days=days), end
+
+
+def one_shard_per_year(stack: Stack) -> None:
+    """52-week shards, as ingest creates its database (not InfluxDB's default 7 days)."""
+    stack.http.post("/query", data={
+        "q": 'ALTER RETENTION POLICY "autogen" ON "farm" SHARD DURATION 52w'
+    }).raise_for_status()
+
+
 def run(devices: int = 2000, days: int = 365, max_data_points: int = 1000,
         before_ranges: Collection[str] | None = None,
         progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -149,12 +162,9 @@ def run(devices: int = 2000, days: int = 365, max_data_points: int = 1000,
 
     ``before_ranges``: the ranges (of :data:`RANGES`) whose raw panels are timed (all).
     """
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    start = end - timedelta(days=days)
+    start, end = window(days)
     with Stack() as stack:
-        stack.http.post("/query", data={
-            "q": 'ALTER RETENTION POLICY "autogen" ON "farm" SHARD DURATION 52w'
-        }).raise_for_status()
+        one_shard_per_year(stack)
         written, started = 0, time.perf_counter()
         stack.write(site_lines(devices, int(start.timestamp()) * 1_000_000_000).encode())
         per_day = devices * int(timedelta(days=1) / STEP)

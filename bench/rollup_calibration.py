@@ -15,7 +15,7 @@ import json
 import pstats
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from bench import dashboards, machine
@@ -74,12 +74,9 @@ def stage_seconds(stats: pstats.Stats) -> dict[str, float]:
 
 def calibrate(devices: int, days: int, profile: bool, read_ahead: bool = True) -> dict[str, Any]:
     """Write ``days`` of the fleet, then build its roll-ups once (optionally profiled)."""
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    start = end - timedelta(days=days)
+    start, end = dashboards.window(days)
     with Stack() as stack:
-        stack.http.post("/query", data={
-            "q": 'ALTER RETENTION POLICY "autogen" ON "farm" SHARD DURATION 52w'
-        }).raise_for_status()
+        dashboards.one_shard_per_year(stack)
         written, started = 0, time.perf_counter()
         for batch in dashboards.lines(devices, start, end):
             stack.write("\n".join(batch).encode())

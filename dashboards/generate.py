@@ -45,6 +45,7 @@ from dashboards.builders import (
 from dashboards.city import INDICATOR_NAMES, city_overview
 from dashboards.devices import devices
 from dashboards.drip import drip_irrigation
+from dashboards.files import write_files
 from dashboards.manure import livestock_manure
 from dashboards.members import indicator_members
 from dashboards.straw import straw
@@ -75,13 +76,7 @@ def render(board: Json) -> str:
 
 def write_all(out_dir: Path = OUT_DIR) -> list[Path]:
     """Write every dashboard into ``out_dir``; returns the files written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, build in DASHBOARDS.items():
-        path = out_dir / name
-        path.write_text(render(build()), encoding="utf-8")
-        written.append(path)
-    return written
+    return write_files(out_dir, DASHBOARDS, render)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

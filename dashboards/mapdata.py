@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dashboards.files import write_files
 from farm_contract.indicator_params import load_divisions
 
 MAPS_DIR = Path(__file__).resolve().parent / "maps"
@@ -76,10 +77,4 @@ FILES = {COUNTY_SEATS: county_seats, BLANK: blank}
 
 def write_all(out_dir: Path = MAPS_DIR) -> list[Path]:
     """Write every map file into ``out_dir``; returns the files written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, build in FILES.items():
-        path = out_dir / name
-        path.write_text(render(build()), encoding="utf-8")
-        written.append(path)
-    return written
+    return write_files(out_dir, FILES, render)
