@@ -48,20 +48,22 @@ publishing client could not offer more), not what the broker can deliver."""
 
 
 def ceiling_rate(throughput: dict[str, dict[str, Any]]) -> float | None:
-    """The ceiling to compare with: the median of the ceiling runs that were not limited
-    by the publisher; None when every run was (then the ratios to it say nothing)."""
+    """The ceiling to judge against: the median of the ceiling runs that were not limited
+    by the publisher; None when every run was (then no ratio to it is judged)."""
     runs = throughput.get("ceiling", {}).get("runs", [])
     free = [r["rate"] for r in runs if r["rate"] < PUBLISHER_BOUND * r["publisher_rate"]]
     return round(statistics.median(free), 1) if free else None
 
 
 def ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Each subject's median rate against the ceiling (:func:`ceiling_rate`) and the plain
+    """Each subject's median rate against the ceiling (:func:`ceiling_rate`, or the plain
+    median when every ceiling run was publisher-bound: shown, not judged) and the plain
     baseline of the same run."""
     out: dict[str, float] = {}
     for reference in ("ceiling", "baseline"):
-        ref = (ceiling_rate(throughput) if reference == "ceiling"
-               else throughput.get(reference, {}).get("rate_median"))
+        ref = throughput.get(reference, {}).get("rate_median")
+        if reference == "ceiling":
+            ref = ceiling_rate(throughput) or ref
         if not ref:
             continue
         for name, item in throughput.items():
@@ -89,6 +91,8 @@ def targets(result: dict[str, Any]) -> dict[str, bool | None]:
     )
     r = result.get("ratios", {}) if issue_workload else {}
     throughput = result.get("throughput", {})
+    if "ceiling" in throughput and ceiling_rate(throughput) is None:
+        r = {k: v for k, v in r.items() if not k.endswith("/ceiling")}  # measured the publisher
     ingest = throughput.get("ingest")
     epoch = throughput.get("ingest-epoch")
     latency = result.get("latency")
@@ -129,7 +133,7 @@ def _fmt(value: object, digits: int = 0) -> str:
 def table(result: dict[str, Any], console: Console) -> None:
     """The throughput table, then latency, backlog, indicators and targets."""
     throughput = result.get("throughput", {})
-    ceiling = ceiling_rate(throughput)
+    ceiling = ceiling_rate(throughput) or throughput.get("ceiling", {}).get("rate_median")
     baseline = throughput.get("baseline", {}).get("rate_median")
     config = result["config"]
     grid = Table(title=f"{config['messages']:,} QoS 1 messages from {config['devices']:,} devices, "
@@ -158,8 +162,8 @@ def table(result: dict[str, Any], console: Console) -> None:
         if bound:
             console.print(f"{len(bound)} ceiling run(s) were limited by the publisher, not the "
                           "broker, and are left out of × ceiling"
-                          + ("" if ceiling else ": no ceiling was measured, the ratios to it "
-                             "are not judged"))
+                          + ("" if ceiling_rate(throughput) else ": all were, so no ceiling "
+                             "was measured and the ratios to it are shown, not judged"))
     if latency := result.get("latency"):
         console.print(
             f"latency at {latency['offered_rate']:,} msg/s offered for {latency['seconds']:g} s "

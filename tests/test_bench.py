@@ -138,11 +138,18 @@ def test_a_publisher_bound_ceiling_run_is_not_a_ceiling() -> None:
     def runs(*pairs: tuple[float, float]) -> dict[str, object]:
         rates = [rate for rate, _ in pairs]
         return {"runs": [{"rate": rate, "publisher_rate": offered} for rate, offered in pairs],
-                "rate_median": sorted(rates)[len(rates) // 2]}
+                "rate_median": sorted(rates)[len(rates) // 2], "lost_max": 0}
     throughput = {"ceiling": runs((35_000, 48_000), (18_600, 18_500), (17_800, 17_700)),
                   "ingest": runs((17_000, 44_000))}
     assert ceiling_rate(throughput) == 35_000
     assert ratios(throughput)["ingest/ceiling"] == pytest.approx(17_000 / 35_000, abs=1e-3)
     bound = {"ceiling": runs((18_600, 18_500)), "ingest": runs((17_000, 44_000))}
     assert ceiling_rate(bound) is None
-    assert "ingest/ceiling" not in ratios(bound)
+    shown = ratios(bound)
+    assert shown["ingest/ceiling"] == pytest.approx(17_000 / 18_600, abs=1e-3)
+    judged = targets({"config": {"messages": 100_000, "devices": 1_000}, "ratios": shown,
+                      "throughput": bound})
+    assert judged["end_to_end >= 60% of ceiling"] is None
+    free = targets({"config": {"messages": 100_000, "devices": 1_000},
+                    "ratios": ratios(throughput), "throughput": throughput})
+    assert free["end_to_end >= 60% of ceiling"] is False  # 0.49
