@@ -8,7 +8,10 @@ Water and fertiliser are cumulative counters (``volume_m3``, ``fertilizer_l``);
 the ingest service rolls each device's daily rise up per site (``site_use_1d``) and
 county (``telemetry_county_1d``), which the use panels add up. Area and quota come
 from the ``site`` measurement (registry facts). Time series pick raw readings or
-roll-ups by range, and county aggregates for "All" (dashboards/resolution.py).
+roll-ups by range, and county aggregates for "All" (dashboards/resolution.py). The
+use tables have a row per site for one county (or one site) and a row per county for
+the whole city — thousands of sites are no table anyone reads, nor a 1 s query (issue
+15) — with the devices dashboard's ``$county`` gates (dashboards/devices.py).
 """
 
 from __future__ import annotations
