@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from dashboards import generate, mapdata, shapes
+from dashboards.drip import WATER_BY_COUNTY, WATER_PER_SITE, empty_by_design
 from dashboards.panel_queries import (
     auto_interval_ms,
     format_interval,
@@ -565,7 +566,10 @@ def check_board(influxd: Influxd, name: str, board: dict[str, Any], variables: d
         problems = shapes.check(shapes.expectation(panels[title], target), result,
                                 panels[title])
         assert not problems, (*where, problems)
-    assert set(results) == set(panels), (name, variables, set(panels) - set(results))
+    empty = empty_by_design(variables["county"], variables["site"]) & set(panels)
+    assert not empty & set(results), (name, variables, "gated off by design, yet ran")
+    ran = set(results) | empty
+    assert ran == set(panels), (name, variables, set(panels) - set(results))
     for title, by_ref in results.items():
         assert not shapes.check_transformations(panels[title], by_ref), (name, title)
 
@@ -641,3 +645,80 @@ def test_devices_table_is_bounded_for_the_city_and_complete_for_a_county(
     one = table("c1")
     assert "series" not in one[("Devices / 设备清单", "B")]
     assert len(one[("Devices / 设备清单", "A")]["series"]) == devices // 4
+
+
+@pytest.mark.integration
+def test_drip_county_rows_are_the_sums_of_their_site_rows(influxd: Influxd) -> None:
+    """For the whole city the drip use tables show a row per county (issue 15: a row per
+    site is thousands), from the county daily roll-up; each must be what adding up that
+    county's per-site rows (one county chosen, from ``site_use_1d``) gives."""
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start_ms = int((now - timedelta(days=4)).timestamp() * 1000)
+    sites = {"d-1": ("平城区", 120.0, 300.0), "d-2": ("平城区", 80.0, 250.0),
+             "d-3": ("平城区", 50.0, None), "d-4": ("云州区", 200.0, 400.0),
+             "d-5": ("云州区", 30.0, 350.0)}
+    lines = []
+    for n, (site, (county, area, quota)) in enumerate(sites.items()):
+        quota_field = "" if quota is None else f",water_quota_m3_per_mu={quota}"
+        lines.append(f"{SITE_MEASUREMENT},site_id={site},county={county},site_type=drip,"
+                     f"name=n{n} area_mu={area}{quota_field} {start_ms}")
+        for device in range(1 + n % 2):  # sites with one and with two meters
+            volume, litres = 1000.0 * n, 10.0 * n
+            for step in range(4 * 4):  # every 6 h for 4 days
+                volume += 3.5 + n + device * 0.25 + step % 3
+                litres += 0.5 + (n + step) % 2
+                lines.append(f"{schema.TELEMETRY},site_id={site},device_id={site}-{device},"
+                             f"site_type=drip,county={county} volume_m3={volume},"
+                             f"fertilizer_l={litres},seq={step}i "
+                             f"{start_ms + step * 6 * 3_600_000}")
+    response = httpx.post(f"{influxd.url}/write", params={"db": "farm", "precision": "ms"},
+                          content="\n".join(lines).encode(), timeout=10)
+    assert response.status_code == 204, response.text
+    roll_up(influxd, now + timedelta(hours=1))
+    board = committed()["drip-irrigation.json"]
+    start, end = start_ms - 86_400_000, int(now.timestamp() * 1000) + 60_000
+
+    def rows(county: str, site: str = "$__all") -> dict[tuple[str, str], list[dict[str, Any]]]:
+        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for title, ref, query in panel_queries(board, {"county": county, "site": site},
+                                               start, end):
+            result: Any = influxd.query(query)["results"][0]
+            assert "error" not in result, (title, ref, result)
+            out[(title, ref)] = [
+                {**(s.get("tags") or {}), **dict(zip(s["columns"], v, strict=True))}
+                for s in result.get("series", []) for v in s["values"]]
+        return out
+
+    water, fertiliser = WATER_PER_SITE, "Fertigation total / 施肥总量"
+    by_county = WATER_BY_COUNTY
+    city = rows(schema.CITY_COUNTY_TAG)
+    assert not city[(water, "A")] and not city[(water, "B")] and not city[(fertiliser, "A")]
+    use = {r["county"]: r["water_m3"] for r in city[(by_county, "A")]}
+    areas = {r["county"]: r for r in city[(by_county, "B")]}
+    fert = {r["county"]: r["fertilizer_l"] for r in city[(fertiliser, "B")]}
+    assert set(use) == set(areas) == set(fert) == {"平城区", "云州区"}
+    for county in use:
+        one = rows(county)
+        assert not one[(fertiliser, "B")]
+        site_use = [r["water_m3"] for r in one[(water, "A")]]
+        facts = one[(water, "B")]
+        site_fert = [r["fertilizer_l"] for r in one[(fertiliser, "A")]]
+        in_county = [s for s, (c, _, _) in sites.items() if c == county]
+        assert len(site_use) == len(facts) == len(site_fert) == len(in_county)
+        assert use[county] == pytest.approx(sum(site_use), rel=1e-12) and use[county] > 0
+        assert fert[county] == pytest.approx(sum(site_fert), rel=1e-12) and fert[county] > 0
+        quoted = [f for f in facts if f["water_quota_m3_per_mu"] is not None]
+        assert areas[county]["area_mu"] == pytest.approx(sum(f["area_mu"] for f in facts))
+        assert areas[county]["quota_area_mu"] == pytest.approx(
+            sum(f["area_mu"] for f in quoted))
+        assert areas[county]["quota_m3"] == pytest.approx(
+            sum(f["area_mu"] * f["water_quota_m3_per_mu"] for f in quoted))
+        assert [r["water_m3"] for r in one[(by_county, "A")]] == [use[county]]
+        assert not one[(water, "C")] and not one[(fertiliser, "C")]
+    # one site of the whole city: its own row (the second gate set), as within its county
+    site = rows(schema.CITY_COUNTY_TAG, "d-4")
+    in_county = {r["site_id"]: r for r in rows("云州区")[(water, "A")]}
+    assert site[(water, "C")] == [in_county["d-4"]] and not site[(water, "A")]
+    assert [r["site_id"] for r in site[(water, "D")]] == ["d-4"]
+    assert [r["site_id"] for r in site[(fertiliser, "C")]] == ["d-4"]
+    assert not site[(by_county, "A")] and not site[(fertiliser, "B")]
