@@ -334,7 +334,7 @@ class FlakyWriter:
         return True
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the bodies stay in memory for the test to read."""
 
 
 def test_ordered_writes_keep_order_and_drop_everything_after_a_failure() -> None:
